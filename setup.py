@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="powerstrip-flocker",
+    version="0.1.0",
+    description=(
+        "Portable Docker volumes: docker run -v /flocker/NAME:/data on any node "
+        "creates or moves the volume there before the container starts."
+    ),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["powerstripflocker", "powerstripflocker.*"]),
+    package_data={"powerstripflocker": ["*.yml", "**/*.yml"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "twisted[tls]>=23.10",
+        "treq>=23.11",
+        "klein>=23.5",
+        "pyyaml>=6",
+        "zope.interface>=6",
+        "prometheus_client>=0.17",
+        "jsonschema>=4.17",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.90",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["powerstrip-flocker=powerstripflocker.cli:main"],
+    },
+)
