@@ -1,0 +1,219 @@
+"""The Powerstrip adapter: a Klein app answering pre- and post-hooks.
+
+A container create (or legacy start) pre-hook whose body binds /flocker/NAME gets
+the body back with each such bind pointing at the dataset's real path on this node.
+Every other hook is echoed unchanged.
+"""
+
+import json
+from dataclasses import dataclass
+
+from klein import Klein
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.logger import Logger
+
+from .placement import (
+    ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout, VolumeInUse,
+)
+from .volumes import (
+    InvalidRequest, find_create_volumes, find_legacy_start_volumes, is_container_create,
+    is_container_start, rewrite, unique_names,
+)
+
+log = Logger()
+
+PROTOCOL_VERSION = 1
+MAX_HOOK_BYTES = 4 * 1024 * 1024
+HEALTH_TIMEOUT = 5.0
+
+
+class HookError(Exception):
+    """A hook that gets one status and one message for the docker user."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    method: str
+    request: str
+    body: str | None
+
+
+@dataclass(frozen=True)
+class Hook:
+    type: str
+    client_request: ClientRequest
+    server_response: dict | None
+
+
+def _field(container, key, kinds, where):
+    if key not in container:
+        raise HookError(400, f"{where} has no {key!r}")
+    value = container[key]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
+        raise HookError(400, f"{where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def parse_hook(raw):
+    """Parse a Powerstrip protocol 1 hook envelope; raise HookError(400) saying what's wrong."""
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise HookError(400, "the hook request is not valid JSON") from None
+    if not isinstance(envelope, dict):
+        raise HookError(400, "the hook request must be a JSON object")
+    version = envelope.get("PowerstripProtocolVersion")
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise HookError(
+            400, f"unsupported PowerstripProtocolVersion {version!r}: this adapter speaks 1"
+        )
+    hook_type = envelope.get("Type")
+    if hook_type not in ("pre-hook", "post-hook"):
+        raise HookError(
+            400, f"unknown hook Type {hook_type!r}: expected 'pre-hook' or 'post-hook'"
+        )
+    client = _field(envelope, "ClientRequest", dict, "the hook request")
+    client_request = ClientRequest(
+        method=_field(client, "Method", str, "ClientRequest"),
+        request=_field(client, "Request", str, "ClientRequest"),
+        body=_field(client, "Body", (str, type(None)), "ClientRequest"),
+    )
+    server_response = None
+    if hook_type == "post-hook":
+        server_response = _field(envelope, "ServerResponse", dict, "the post-hook")
+        _field(server_response, "Code", int, "ServerResponse")
+        _field(server_response, "Body", (str, type(None)), "ServerResponse")
+        _field(server_response, "ContentType", (str, type(None)), "ServerResponse")
+    return Hook(hook_type, client_request, server_response)
+
+
+def volume_uses(client_request):
+    """(parsed Docker body, [VolumeUse]) of a request that binds /flocker volumes, or None."""
+    is_create = is_container_create(client_request.method, client_request.request)
+    is_start = is_container_start(client_request.method, client_request.request)
+    if not (is_create or is_start) or client_request.body in (None, ""):
+        return None
+    try:
+        body = json.loads(client_request.body)
+    except ValueError:
+        if is_start:
+            return None
+        raise HookError(400, "the container create body is not valid JSON") from None
+    try:
+        uses = find_create_volumes(body) if is_create else find_legacy_start_volumes(body)
+    except InvalidRequest as reason:
+        raise HookError(400, str(reason)) from None
+    if not uses:
+        return None
+    return body, uses
+
+
+def pre_hook_reply(client_request, body=None):
+    """The ModifiedClientRequest: the client's own Method and Request, and body if given."""
+    return {
+        "PowerstripProtocolVersion": PROTOCOL_VERSION,
+        "ModifiedClientRequest": {
+            "Method": client_request.method,
+            "Request": client_request.request,
+            "Body": client_request.body if body is None else json.dumps(body),
+        },
+    }
+
+
+def post_hook_reply(server_response):
+    return {"PowerstripProtocolVersion": PROTOCOL_VERSION,
+            "ModifiedServerResponse": server_response}
+
+
+_STATUS_BY_FAILURE = {
+    VolumeInUse: 409, PlacementTimeout: 504, ControlServiceUnavailable: 503, NodeUnknown: 503,
+}
+
+
+def _read_body(request, limit):
+    body = request.content.read(limit + 1)
+    if len(body) > limit:
+        raise HookError(413, f"the hook request is larger than {limit} bytes")
+    return body
+
+
+def _json(request, status, document):
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    return json.dumps(document).encode("utf-8")
+
+
+class FlockerAdapter:
+    """POST /flocker-adapter (Powerstrip hooks), GET /healthz, GET /metrics."""
+
+    app = Klein()
+
+    def __init__(self, placement, api, metrics, clock, max_hook_bytes=MAX_HOOK_BYTES):
+        self._placement = placement
+        self._api = api
+        self._metrics = metrics
+        self._clock = clock
+        self._max_hook_bytes = max_hook_bytes
+
+    def resource(self):
+        return self.app.resource()
+
+    @app.route("/flocker-adapter", methods=["POST"])
+    async def hook(self, request):
+        hook_type = "unknown"
+        try:
+            hook = parse_hook(_read_body(request, self._max_hook_bytes))
+            hook_type = hook.type
+            reply = await self.answer(hook)
+        except HookError as reason:
+            return self._refuse(request, hook_type, reason.status, reason.message, "bad_request")
+        except PlacementError as reason:
+            status = _STATUS_BY_FAILURE.get(type(reason), 502)
+            return self._refuse(request, hook_type, status, str(reason), reason.kind)
+        except Exception:
+            log.failure("hook failed unexpectedly")
+            return self._refuse(request, hook_type, 500,
+                                "internal error in the powerstrip-flocker adapter; see its log",
+                                "internal")
+        self._metrics.hooks.labels(type=hook_type, outcome="ok").inc()
+        return _json(request, 200, reply)
+
+    def _refuse(self, request, hook_type, status, message, outcome):
+        log.warn("refused {hook_type}: {message}", hook_type=hook_type, message=message)
+        self._metrics.hooks.labels(type=hook_type, outcome=outcome).inc()
+        return _json(request, status, {"message": message})
+
+    async def answer(self, hook):
+        """The reply document for a parsed hook."""
+        if hook.type == "post-hook":
+            return post_hook_reply(hook.server_response)
+        found = volume_uses(hook.client_request)
+        if found is None:
+            return pre_hook_reply(hook.client_request)
+        body, uses = found
+        paths = await self._placement.ensure_local(unique_names(uses))
+        return pre_hook_reply(hook.client_request, rewrite(body, uses, paths))
+
+    @app.route("/healthz", methods=["GET"])
+    async def healthz(self, request):
+        version = self._api.version()
+        version.addTimeout(HEALTH_TIMEOUT, self._clock)
+        try:
+            flocker = await version
+        except DeferredTimeout:
+            reason = f"the control service did not answer within {HEALTH_TIMEOUT:g}s"
+        except Exception as failure:
+            reason = str(failure)
+        else:
+            return _json(request, 200, {"status": "ok", "control_service": flocker})
+        return _json(request, 503, {"status": "unavailable", "reason": reason})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request):
+        request.setHeader(b"Content-Type", self._metrics.content_type.encode())
+        return self._metrics.render()

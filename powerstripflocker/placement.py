@@ -1,0 +1,282 @@
+"""Make named volumes local to this node: create or move their datasets, wait for state.
+
+The one core behind every frontend (the Powerstrip adapter and the volume plugin).
+"""
+
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError as DeferredTimeout
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .flocker import ConfigurationChanged, ControlServiceUnreachable, FlockerAPIError
+
+log = Logger()
+
+DEFAULT_DEADLINE = 120.0
+FIRST_POLL = 0.05
+LONGEST_POLL = 1.0
+CONDITIONAL_CREATE_ATTEMPTS = 20
+
+
+class PlacementError(Exception):
+    """A volume could not be made local. The message names the volume and the reason."""
+
+    kind = "error"
+
+
+class VolumeInUse(PlacementError):
+    kind = "in_use"
+
+
+class PlacementTimeout(PlacementError):
+    kind = "deadline"
+
+
+class ControlServiceUnavailable(PlacementError):
+    kind = "unreachable"
+
+
+class NodeUnknown(PlacementError):
+    kind = "node_unknown"
+
+
+@dataclass(frozen=True)
+class ThisNode:
+    uuid: str
+    host: str | None
+
+
+def choose_dataset(candidates):
+    """The dataset that owns a name when several do: the smallest id, on every node."""
+    return min(candidates, key=lambda dataset: dataset.dataset_id)
+
+
+def live_datasets_named(datasets, name):
+    return [d for d in datasets if not d.deleted and d.name == name]
+
+
+def describe_state(entries, hosts):
+    """Human words for what state said about one dataset."""
+    if not entries:
+        return "not reported by any node"
+    parts = []
+    for entry in entries:
+        if entry.primary is None:
+            parts.append("known but attached nowhere")
+        else:
+            where = hosts.get(entry.primary, entry.primary)
+            parts.append(f"on {where} at {entry.path}" if entry.path else f"on {where}, no path")
+    return "; ".join(parts)
+
+
+class SingleFlight:
+    """Callers asking for the same key while its operation runs share that operation."""
+
+    def __init__(self):
+        self._waiting = {}
+
+    def run(self, key, start):
+        observers = self._waiting.get(key)
+        observer = Deferred()
+        if observers is not None:
+            observers.append(observer)
+            return observer
+        self._waiting[key] = [observer]
+        start().addBoth(self._finish, key)
+        return observer
+
+    def _finish(self, result, key):
+        for observer in self._waiting.pop(key):
+            if isinstance(result, Failure):
+                observer.errback(result)
+            else:
+                observer.callback(result)
+
+
+class Placement:
+    """ensure_local(names) -> Deferred firing with {name: path on this node}."""
+
+    def __init__(self, api, clock, node_uuid=None, node_address=None,
+                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None):
+        if node_uuid is None and node_address is None:
+            raise ValueError("give this node's UUID or its address")
+        self._api = api
+        self._clock = clock
+        self._node_uuid = node_uuid
+        self._node_address = node_address
+        self.deadline = deadline
+        self._maximum_size = maximum_size
+        self._metrics = metrics
+        self._flights = SingleFlight()
+        self._this_node = None
+
+    def ensure_local(self, names):
+        return Deferred.fromCoroutine(self._ensure_local(list(dict.fromkeys(names))))
+
+    async def _ensure_local(self, names):
+        deadline_at = self._clock.seconds() + self.deadline
+        node = await self.this_node(deadline_at)
+        placements = [
+            self._flights.run(name, lambda name=name: Deferred.fromCoroutine(
+                self._place_measured(name, node, deadline_at)))
+            for name in names
+        ]
+        results = await DeferredList(placements, consumeErrors=True)
+        for success, value in results:
+            if not success:
+                value.raiseException()
+        return dict(zip(names, (value for _, value in results)))
+
+    async def this_node(self, deadline_at=None):
+        """This node's identity, looked up by address in /v1/state/nodes if needed."""
+        if self._this_node is not None:
+            return self._this_node
+        if deadline_at is None:
+            deadline_at = self._clock.seconds() + self.deadline
+        delay = FIRST_POLL
+        while True:
+            nodes = await self._call(self._api.list_nodes(), "this node", deadline_at)
+            for node in nodes:
+                if node.uuid == self._node_uuid or (
+                        self._node_uuid is None and node.host == self._node_address):
+                    self._this_node = ThisNode(node.uuid, node.host)
+                    return self._this_node
+            if self._node_uuid is not None:
+                # A node with no agent report yet can still be the target of a create.
+                return ThisNode(self._node_uuid, None)
+            remaining = deadline_at - self._clock.seconds()
+            if remaining <= 0:
+                raise NodeUnknown(
+                    f"this node (address {self._node_address}) is not registered with the "
+                    f"control service after {self.deadline:g}s: is its agent running?"
+                )
+            await deferLater(self._clock, min(delay, remaining), lambda: None)
+            delay = min(delay * 2, LONGEST_POLL)
+
+    async def _call(self, deferred, volume, deadline_at):
+        """Await one API call within the deadline, turning failures into PlacementErrors."""
+        remaining = max(deadline_at - self._clock.seconds(), 0.001)
+        deferred.addTimeout(remaining, self._clock)
+        try:
+            return await deferred
+        except DeferredTimeout:
+            raise PlacementTimeout(
+                f"volume {volume!r}: the control service did not answer within the "
+                f"{self.deadline:g}s deadline"
+            ) from None
+        except ControlServiceUnreachable as reason:
+            raise ControlServiceUnavailable(f"volume {volume!r}: {reason}") from None
+
+    async def _place_measured(self, name, node, deadline_at):
+        started = self._clock.seconds()
+        try:
+            path = await self._place(name, node, deadline_at)
+        except PlacementError as reason:
+            self._count_failure(reason.kind)
+            raise
+        except FlockerAPIError as reason:
+            self._count_failure("api_error")
+            raise PlacementError(
+                f"volume {name!r}: the control service refused: {reason.description}"
+            ) from None
+        if self._metrics is not None:
+            self._metrics.placement_seconds.observe(self._clock.seconds() - started)
+        return path
+
+    def _count_failure(self, kind):
+        if self._metrics is not None:
+            self._metrics.failures.labels(kind=kind).inc()
+
+    async def _place(self, name, node, deadline_at):
+        dataset = await self._find_or_create(name, node, deadline_at)
+        if dataset.primary != node.uuid:
+            await self._refuse_if_leased_elsewhere(name, dataset.dataset_id, node, deadline_at)
+            await self._call(
+                self._api.move_dataset(dataset.dataset_id, node.uuid), name, deadline_at
+            )
+            log.info("moving volume {volume} (dataset {dataset_id}) from node {source} "
+                     "to this node {target}", volume=name, dataset_id=dataset.dataset_id,
+                     source=dataset.primary, target=node.uuid)
+            if self._metrics is not None:
+                self._metrics.moves.inc()
+        return await self._wait_until_local(name, dataset.dataset_id, node, deadline_at)
+
+    async def _find_or_create(self, name, node, deadline_at):
+        for _ in range(CONDITIONAL_CREATE_ATTEMPTS):
+            configuration = await self._call(
+                self._api.list_datasets_configuration(), name, deadline_at
+            )
+            candidates = live_datasets_named(configuration.datasets, name)
+            if candidates:
+                chosen = choose_dataset(candidates)
+                if len(candidates) > 1:
+                    log.warn("volume {volume} names {count} datasets; using {dataset_id}, "
+                             "the smallest id", volume=name, count=len(candidates),
+                             dataset_id=chosen.dataset_id)
+                return chosen
+            try:
+                created = await self._call(
+                    self._api.create_dataset(
+                        primary=node.uuid, metadata={"name": name},
+                        maximum_size=self._maximum_size,
+                        if_configuration_matches=configuration.tag,
+                    ),
+                    name, deadline_at,
+                )
+            except ConfigurationChanged:
+                continue
+            log.info("created volume {volume} as dataset {dataset_id} on this node {node}",
+                     volume=name, dataset_id=created.dataset_id, node=node.uuid)
+            if self._metrics is not None:
+                self._metrics.creates.inc()
+            return created
+        raise PlacementError(
+            f"volume {name!r}: the cluster configuration changed during each of "
+            f"{CONDITIONAL_CREATE_ATTEMPTS} attempts to create it; try again"
+        )
+
+    async def _hosts(self, deadline_at):
+        nodes = await self._call(self._api.list_nodes(), "nodes", deadline_at)
+        return {node.uuid: node.host for node in nodes}
+
+    async def _refuse_if_leased_elsewhere(self, name, dataset_id, node, deadline_at):
+        leases = await self._call(self._api.list_leases(), name, deadline_at)
+        for lease in leases:
+            if lease.dataset_id == dataset_id and lease.node_uuid != node.uuid:
+                hosts = await self._hosts(deadline_at)
+                holder = hosts.get(lease.node_uuid)
+                where = f"{holder} (node {lease.node_uuid})" if holder else (
+                    f"node {lease.node_uuid}")
+                raise VolumeInUse(
+                    f"volume {name!r} is in use on {where}: it holds a lease on dataset "
+                    f"{dataset_id}; stop its containers there first"
+                )
+
+    async def _wait_until_local(self, name, dataset_id, node, deadline_at):
+        delay = FIRST_POLL
+        while True:
+            states = await self._call(self._api.list_datasets_state(), name, deadline_at)
+            entries = [entry for entry in states if entry.dataset_id == dataset_id]
+            if len(entries) == 1 and entries[0].primary == node.uuid and entries[0].path:
+                return entries[0].path
+            if any(entry.primary not in (None, node.uuid) for entry in entries):
+                await self._refuse_if_leased_elsewhere(name, dataset_id, node, deadline_at)
+            remaining = deadline_at - self._clock.seconds()
+            if remaining <= 0:
+                hosts = await self._hosts_or_empty(deadline_at)
+                here = node.host or hosts.get(node.uuid) or "this node"
+                raise PlacementTimeout(
+                    f"volume {name!r} (dataset {dataset_id}) is not on {here} (node "
+                    f"{node.uuid}) after {self.deadline:g}s; last state seen: "
+                    f"{describe_state(entries, hosts)}"
+                )
+            await deferLater(self._clock, min(delay, remaining), lambda: None)
+            delay = min(delay * 2, LONGEST_POLL)
+
+    async def _hosts_or_empty(self, deadline_at):
+        try:
+            return await self._hosts(deadline_at + 5)
+        except PlacementError:
+            return {}
