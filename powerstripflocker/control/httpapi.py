@@ -1,0 +1,290 @@
+"""HTTP frontends of the control service: Flocker's v1 REST API under /v1 and
+the agent protocol under /agent/v1, one Klein app.
+
+Every answer is JSON. Deliberate errors are APIError raised anywhere below and
+turned into one status and one {"description": ...} body here; anything
+unexpected is logged and answered with a JSON 500 that says where to look.
+"""
+
+import functools
+import hmac
+import json
+import math
+import re
+
+from klein import Klein
+from twisted.internet.defer import CancelledError, ensureDeferred, maybeDeferred
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from .. import __version__
+from .schema import UUID4_PATTERN, schema_errors
+from .service import APIError
+
+MAX_BODY = 1024 * 1024
+DEFAULT_POLL_TIMEOUT = 30.0
+MAX_POLL_TIMEOUT = 60.0
+
+TAG_HEADER = b"X-Configuration-Tag"
+IF_MATCHES_HEADER = b"X-If-Configuration-Matches"
+
+NOT_JSON = (
+    "The request body could not be decoded according to the value of the "
+    "Content-Type header."
+)
+SCHEMA_MISMATCH = "The provided JSON doesn't match the required schema."
+INTERNAL_ERROR = "internal error, see the control service log"
+
+log = Logger()
+UUID4 = re.compile(UUID4_PATTERN)
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def read_json(request, schema_name):
+    """The request body decoded as JSON and checked against a schema, or APIError."""
+    body = request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise APIError(413, f"The request body is larger than {MAX_BODY} bytes.")
+    try:
+        document = json.loads(
+            body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise APIError(400, NOT_JSON)
+    errors = schema_errors(schema_name, document)
+    if errors:
+        raise APIError(400, SCHEMA_MISMATCH, errors)
+    return document
+
+
+def _check_size(request):
+    length = request.getHeader(b"content-length")
+    if length is not None:
+        try:
+            too_big = int(length) > MAX_BODY
+        except ValueError:
+            too_big = False
+        if too_big:
+            raise APIError(413, f"The request body is larger than {MAX_BODY} bytes.")
+
+
+def json_response(request, code, document, headers=()):
+    request.setResponseCode(code)
+    request.setHeader(b"Content-Type", b"application/json")
+    for name, value in headers:
+        request.setHeader(name, value)
+    return json.dumps(document).encode("utf-8") + b"\n"
+
+
+def endpoint(handler):
+    """Run handler(self, request, ...) -> (code, document[, headers]); render errors."""
+
+    @functools.wraps(handler)
+    def wrapper(self, request, *args, **kwargs):
+        def call():
+            _check_size(request)
+            result = handler(self, request, *args, **kwargs)
+            if hasattr(result, "__await__"):
+                return ensureDeferred(result)
+            return result
+
+        def render(result):
+            return json_response(request, *result)
+
+        def failed(failure):
+            if failure.check(CancelledError):
+                return None  # the client went away (a long-poll); nobody to answer
+            if failure.check(APIError):
+                error = failure.value
+                headers = getattr(error, "headers", ())
+                return json_response(request, error.code, error.body(), headers)
+            log.failure(
+                "internal error answering {method} {uri}", failure,
+                method=request.method.decode("ascii", "replace"),
+                uri=request.uri.decode("ascii", "replace"),
+            )
+            return json_response(request, 500, {"description": INTERNAL_ERROR})
+
+        return maybeDeferred(call).addCallbacks(render, failed)
+
+    return wrapper
+
+
+class ControlAPI:
+    """The Klein app; ControlAPI(service, token).app.resource() is the whole site."""
+
+    app = Klein()
+
+    def __init__(self, service, cluster_token=None):
+        self.service = service
+        self.cluster_token = cluster_token
+
+    def resource(self):
+        return self.app.resource()
+
+    # -- router errors ----------------------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request, failure):
+        return json_response(request, 404, {"description": "Not found."})
+
+    @app.handle_errors(MethodNotAllowed)
+    def not_allowed(self, request, failure):
+        allowed = failure.value.valid_methods or []
+        headers = [(b"Allow", ", ".join(allowed).encode("ascii"))] if allowed else []
+        return json_response(
+            request, 405, {"description": "Method not allowed on this resource."}, headers
+        )
+
+    @app.handle_errors(HTTPException)
+    def other_http_error(self, request, failure):
+        error = failure.value
+        return json_response(request, error.code or 400, {"description": error.description})
+
+    # -- v1: version ------------------------------------------------------
+
+    @app.route("/v1/version", methods=["GET"])
+    @endpoint
+    def version(self, request):
+        return 200, {"flocker": __version__}
+
+    # -- v1: configuration/datasets ----------------------------------------
+
+    def _tag_headers(self):
+        return [(TAG_HEADER, self.service.configuration_tag().encode("ascii"))]
+
+    def _check_tag(self, request):
+        wanted = request.getHeader(IF_MATCHES_HEADER)
+        try:
+            self.service.check_tag(None if wanted is None else wanted.decode("latin-1"))
+        except APIError as error:
+            error.headers = self._tag_headers()
+            raise
+
+    @app.route("/v1/configuration/datasets", methods=["GET"])
+    @endpoint
+    def list_datasets(self, request):
+        datasets = [d.to_configuration() for d in self.service.datasets()]
+        return 200, datasets, self._tag_headers()
+
+    @app.route("/v1/configuration/datasets", methods=["POST"])
+    @endpoint
+    def create_dataset(self, request):
+        self._check_tag(request)
+        body = read_json(request, "dataset_create")
+        dataset = self.service.create_dataset(
+            primary=body["primary"],
+            dataset_id=body.get("dataset_id"),
+            metadata=body.get("metadata"),
+            maximum_size=body.get("maximum_size"),
+        )
+        return 201, dataset.to_configuration(), self._tag_headers()
+
+    @app.route("/v1/configuration/datasets/<dataset_id>", methods=["POST"])
+    @endpoint
+    def update_dataset(self, request, dataset_id):
+        self._check_tag(request)
+        body = read_json(request, "dataset_update")
+        dataset = self.service.update_dataset(dataset_id, primary=body.get("primary"))
+        return 200, dataset.to_configuration(), self._tag_headers()
+
+    @app.route("/v1/configuration/datasets/<dataset_id>", methods=["DELETE"])
+    @endpoint
+    def delete_dataset(self, request, dataset_id):
+        self._check_tag(request)
+        dataset = self.service.delete_dataset(dataset_id)
+        return 200, dataset.to_configuration(), self._tag_headers()
+
+    # -- v1: state ---------------------------------------------------------
+
+    @app.route("/v1/state/datasets", methods=["GET"])
+    @endpoint
+    def state_datasets(self, request):
+        return 200, self.service.state_datasets()
+
+    @app.route("/v1/state/nodes", methods=["GET"])
+    @endpoint
+    def state_nodes(self, request):
+        return 200, self.service.state_nodes()
+
+    # -- v1: leases --------------------------------------------------------
+
+    @app.route("/v1/configuration/leases", methods=["GET"])
+    @endpoint
+    def list_leases(self, request):
+        now = self.service.clock.seconds()
+        return 200, [lease.to_json(now) for lease in self.service.leases()], self._tag_headers()
+
+    @app.route("/v1/configuration/leases", methods=["POST"])
+    @endpoint
+    def acquire_lease(self, request):
+        body = read_json(request, "lease")
+        created, lease = self.service.acquire_lease(
+            body["dataset_id"], body["node_uuid"], body["expires"]
+        )
+        now = self.service.clock.seconds()
+        return (201 if created else 200), lease.to_json(now), self._tag_headers()
+
+    @app.route("/v1/configuration/leases/<dataset_id>", methods=["DELETE"])
+    @endpoint
+    def release_lease(self, request, dataset_id):
+        lease = self.service.release_lease(dataset_id)
+        return 200, lease.to_json(self.service.clock.seconds()), self._tag_headers()
+
+    # -- agent protocol ----------------------------------------------------
+
+    def _authorise(self, request):
+        if self.cluster_token is None:
+            return
+        given = request.getHeader(b"authorization") or b""
+        expected = b"Bearer " + self.cluster_token.encode("utf-8")
+        if not hmac.compare_digest(given, expected):
+            error = APIError(401, "A valid cluster token is required: Authorization: Bearer <token>.")
+            error.headers = [(b"WWW-Authenticate", b'Bearer realm="powerstrip-flocker"')]
+            raise error
+
+    @app.route("/agent/v1/nodes/<node_uuid>", methods=["PUT"])
+    @endpoint
+    def put_node(self, request, node_uuid):
+        self._authorise(request)
+        if not UUID4.fullmatch(node_uuid):
+            raise APIError(400, f"The node UUID {node_uuid!r} is not a version 4 UUID.")
+        normalised = node_uuid.lower()
+        body = read_json(request, "node_report")
+        generation = self.service.report(
+            normalised, body["host"], body["agent_url"], body["datasets"],
+            body.get("transfers", []),
+        )
+        return 200, {"generation": generation}
+
+    @app.route("/agent/v1/cluster", methods=["GET"])
+    @endpoint
+    async def cluster(self, request):
+        self._authorise(request)
+        generation = _query_number(request, b"generation", int, None)
+        timeout = _query_number(request, b"timeout", float, DEFAULT_POLL_TIMEOUT)
+        if not (math.isfinite(timeout) and timeout >= 0):
+            raise APIError(400, "timeout must be a number of seconds >= 0.")
+        timeout = min(timeout, MAX_POLL_TIMEOUT)
+        await self.service.wait_for_change(generation, timeout)
+        return 200, self.service.cluster_view()
+
+
+def _query_number(request, name, kind, default):
+    values = request.args.get(name)
+    if not values:
+        return default
+    try:
+        return kind(values[0].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise APIError(400, f"{name.decode()} must be a number, not {values[0]!r}.")

@@ -1,0 +1,127 @@
+"""Request schemas for the control service, equivalent to Flocker's published
+v1 schema (types.yml / endpoints.yml), plus the agent protocol's schemas.
+
+Written as Python dicts so the package never reads ../shared at run time.
+Where Flocker answered bad input with a 500, the schema here is stricter so that
+we answer 400 instead: a lease's dataset_id must be a UUID, a create body may
+not carry ``deleted``, sizes are bounded so they fit in SQLite.
+"""
+
+from jsonschema import Draft4Validator
+
+UUID4_PATTERN = (
+    "^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-4[A-Fa-f0-9]{3}-[89abAB][A-Fa-f0-9]{3}-[A-Fa-f0-9]{12}$"
+)
+ANY_UUID_PATTERN = (
+    "^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}$"
+)
+
+# Beyond Flocker: keep sizes within SQLite's 64-bit integers (no 500 on a huge number).
+MAX_SIZE_LIMIT = 2 ** 62
+
+UUID4 = {"type": "string", "minLength": 36, "maxLength": 36, "pattern": UUID4_PATTERN}
+
+METADATA = {
+    "type": "object",
+    "patternProperties": {"^.{1,256}$": {"type": "string", "maxLength": 256}},
+    "maxProperties": 16,
+    "additionalProperties": False,
+}
+
+MAXIMUM_SIZE = {
+    "type": ["integer", "null"],
+    "minimum": 67108864,
+    "maximum": MAX_SIZE_LIMIT,
+    "multipleOf": 1024,
+}
+
+DATASET_CREATE = {
+    "type": "object",
+    "properties": {
+        "primary": UUID4,
+        "dataset_id": UUID4,
+        "metadata": METADATA,
+        "maximum_size": MAXIMUM_SIZE,
+    },
+    "required": ["primary"],
+    "additionalProperties": False,
+}
+
+DATASET_UPDATE = {
+    "type": "object",
+    "properties": {"primary": UUID4},
+    "additionalProperties": False,
+}
+
+LEASE = {
+    "type": "object",
+    "properties": {
+        # Flocker's schema only checks the length and then crashes on a non-UUID.
+        "dataset_id": {
+            "type": "string", "minLength": 36, "maxLength": 36, "pattern": ANY_UUID_PATTERN,
+        },
+        "node_uuid": UUID4,
+        "expires": {"type": ["number", "null"]},
+    },
+    "required": ["dataset_id", "node_uuid", "expires"],
+    "additionalProperties": False,
+}
+
+NODE_REPORT = {
+    "type": "object",
+    "properties": {
+        "host": {"type": "string", "format": "ipv4"},
+        "agent_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+        "datasets": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "dataset_id": UUID4,
+                    "path": {"type": "string", "pattern": "^/", "maxLength": 4096},
+                    "maximum_size": MAXIMUM_SIZE,
+                },
+                "required": ["dataset_id", "path"],
+                "additionalProperties": False,
+            },
+        },
+        "transfers": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "dataset_id": UUID4,
+                    "direction": {"enum": ["push", "receive"]},
+                    "peer": UUID4,
+                    "bytes_done": {"type": "integer", "minimum": 0},
+                    "bytes_total": {"type": ["integer", "null"], "minimum": 0},
+                },
+                "required": ["dataset_id", "direction", "peer", "bytes_done"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    "required": ["host", "agent_url", "datasets"],
+    "additionalProperties": False,
+}
+
+
+def _validator(schema):
+    Draft4Validator.check_schema(schema)
+    return Draft4Validator(schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+
+
+VALIDATORS = {
+    "dataset_create": _validator(DATASET_CREATE),
+    "dataset_update": _validator(DATASET_UPDATE),
+    "lease": _validator(LEASE),
+    "node_report": _validator(NODE_REPORT),
+}
+
+
+def schema_errors(name, document):
+    """The list of jsonschema messages for document against schema name (empty if valid)."""
+    validator = VALIDATORS[name]
+    return sorted(
+        (error.message for error in validator.iter_errors(document)),
+    )

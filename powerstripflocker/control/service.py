@@ -1,0 +1,365 @@
+"""The control service's core: configuration changes, leases, node reports,
+the cluster generation and the long-poll waiters. No HTTP here.
+
+Time comes from an injectable IReactorTime (the reactor in production, a
+twisted.internet.task.Clock in tests).
+"""
+
+import json
+import secrets
+import uuid
+from dataclasses import dataclass, field
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .store import Dataset, Lease
+
+DEFAULT_STATE_EXPIRY = 120.0
+SWEEP_INTERVAL = 1.0
+
+
+class APIError(Exception):
+    """A deliberate error answer: status code plus Flocker's {"description": ...} body."""
+
+    def __init__(self, code, description, errors=None):
+        super().__init__(code, description)
+        self.code = code
+        self.description = description
+        self.errors = errors
+
+    def body(self):
+        result = {"description": self.description}
+        if self.errors is not None:
+            result["errors"] = list(self.errors)
+        return result
+
+
+DATASET_NOT_FOUND = "Dataset not found."
+DATASET_DELETED = "The dataset has been deleted."
+DATASET_ID_IN_USE = "The provided dataset_id is already in use."
+LEASE_HELD = "Lease already held."
+LEASE_NOT_FOUND = "Lease not found."
+
+
+def normalise_uuid(text):
+    """Lower-case canonical form of a UUID string, or None if text is not one."""
+    try:
+        value = uuid.UUID(text)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    canonical = str(value)
+    return canonical if canonical == text.lower() else None
+
+
+@dataclass
+class NodeReport:
+    uuid: str
+    host: str
+    agent_url: str
+    datasets: list
+    transfers: list
+    received: float = field(compare=False)
+
+    def content(self):
+        return (self.host, self.agent_url, self.datasets, self.transfers)
+
+    def to_json(self):
+        return {
+            "uuid": self.uuid,
+            "host": self.host,
+            "agent_url": self.agent_url,
+            "datasets": self.datasets,
+            "transfers": self.transfers,
+        }
+
+
+class ControlService:
+    """Configuration (persisted in a Store), leases, node reports and the generation."""
+
+    log = Logger()
+
+    def __init__(self, store, clock, state_expiry=DEFAULT_STATE_EXPIRY):
+        self.store = store
+        self.clock = clock
+        self.state_expiry = state_expiry
+        self.nodes = {}
+        # Random start: a restarted service never takes an agent's old generation for current.
+        self.generation = secrets.randbelow(2 ** 48) + 1
+        self._waiters = []
+        self._sweeper = None
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self):
+        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper.clock = self.clock
+        self._sweeper.start(SWEEP_INTERVAL, now=True).addErrback(
+            lambda failure: self.log.failure("sweep loop stopped", failure)
+        )
+
+    def stop(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        for waiter in self._waiters[:]:
+            waiter.callback(self.generation)
+        self._waiters = []
+
+    def sweep(self):
+        """Drop expired leases and stale node reports (called every second)."""
+        now = self.clock.seconds()
+        changed = False
+        for lease in self.store.expire_leases(now):
+            self.log.info(
+                "lease on dataset {dataset_id} held by {node_uuid} expired",
+                dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
+            )
+            changed = True
+        for node_uuid, report in list(self.nodes.items()):
+            if now - report.received > self.state_expiry:
+                del self.nodes[node_uuid]
+                self.log.warn(
+                    "node {node_uuid} ({host}) has not reported for {seconds:.0f}s; "
+                    "dropped from state",
+                    node_uuid=node_uuid, host=report.host, seconds=now - report.received,
+                )
+                changed = True
+        if changed:
+            self.changed()
+
+    # -- generation and waiting -------------------------------------------
+
+    def changed(self):
+        """Something agents care about changed: bump the generation, wake the long-polls."""
+        self.generation += 1
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(self.generation)
+
+    def wait_for_change(self, generation, timeout):
+        """Deferred firing with the current generation once it differs from generation,
+        or after timeout seconds. Cancellable (a long-poll client went away)."""
+        if generation != self.generation:
+            waiter = Deferred()
+            waiter.callback(self.generation)
+            return waiter
+
+        def cancel(deferred):
+            if deferred in self._waiters:
+                self._waiters.remove(deferred)
+            if delayed.active():
+                delayed.cancel()
+
+        waiter = Deferred(cancel)
+
+        def timed_out():
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+                waiter.callback(self.generation)
+
+        delayed = self.clock.callLater(timeout, timed_out)
+
+        def done(result):
+            if delayed.active():
+                delayed.cancel()
+            return result
+
+        waiter.addBoth(done)
+        self._waiters.append(waiter)
+        return waiter
+
+    # -- configuration ----------------------------------------------------
+
+    def configuration_tag(self):
+        return self.store.configuration_tag()
+
+    def check_tag(self, wanted):
+        """412 unless wanted (the X-If-Configuration-Matches header, or None) matches."""
+        if wanted is None:
+            return
+        current = self.configuration_tag()
+        if wanted != current:
+            raise APIError(
+                412, f"Tag doesn't match. Required: {wanted}, current: {current}"
+            )
+
+    def datasets(self):
+        return self.store.datasets()
+
+    def create_dataset(self, primary, dataset_id=None, metadata=None, maximum_size=None):
+        dataset_id = (dataset_id or str(uuid.uuid4())).lower()
+        if self.store.get_dataset(dataset_id) is not None:
+            raise APIError(409, DATASET_ID_IN_USE)
+        dataset = Dataset(
+            dataset_id=dataset_id,
+            primary=primary.lower(),
+            metadata=dict(metadata or {}),
+            maximum_size=maximum_size,
+        )
+        self.store.add_dataset(dataset)
+        self.log.info(
+            "dataset {dataset_id} created on {primary} (metadata {metadata}, "
+            "maximum_size {maximum_size})",
+            dataset_id=dataset_id, primary=dataset.primary, metadata=dataset.metadata,
+            maximum_size=maximum_size,
+        )
+        self.changed()
+        return dataset
+
+    def _existing(self, dataset_id):
+        normalised = normalise_uuid(dataset_id)
+        dataset = None if normalised is None else self.store.get_dataset(normalised)
+        if dataset is None:
+            raise APIError(404, DATASET_NOT_FOUND)
+        return dataset
+
+    def update_dataset(self, dataset_id, primary=None):
+        dataset = self._existing(dataset_id)
+        if dataset.deleted:
+            raise APIError(405, DATASET_DELETED)
+        if primary is not None and primary.lower() != dataset.primary:
+            primary = primary.lower()
+            self.store.set_primary(dataset.dataset_id, primary)
+            self.log.info(
+                "dataset {dataset_id} moved from {source} to {target}",
+                dataset_id=dataset.dataset_id, source=dataset.primary, target=primary,
+            )
+            self.changed()
+        return self.store.get_dataset(dataset.dataset_id)
+
+    def delete_dataset(self, dataset_id):
+        dataset = self._existing(dataset_id)
+        if not dataset.deleted:
+            self.store.mark_deleted(dataset.dataset_id)
+            self.log.info(
+                "dataset {dataset_id} deleted (primary {primary})",
+                dataset_id=dataset.dataset_id, primary=dataset.primary,
+            )
+            self.changed()
+        return self.store.get_dataset(dataset.dataset_id)
+
+    # -- leases -----------------------------------------------------------
+
+    def leases(self):
+        return self.store.leases()
+
+    def acquire_lease(self, dataset_id, node_uuid, expires):
+        """(created, lease): created is False for a renewal by the same node."""
+        dataset_id, node_uuid = dataset_id.lower(), node_uuid.lower()
+        existing = self.store.get_lease(dataset_id)
+        if existing is not None and existing.node_uuid != node_uuid:
+            raise APIError(409, LEASE_HELD)
+        expiration = None if expires is None else self.clock.seconds() + expires
+        lease = Lease(dataset_id, node_uuid, expiration)
+        self.store.put_lease(lease)
+        self.log.info(
+            "lease on dataset {dataset_id} {action} by {node_uuid} (expires in {expires}s)",
+            dataset_id=dataset_id, node_uuid=node_uuid, expires=expires,
+            action="acquired" if existing is None else "renewed",
+        )
+        self.changed()
+        return existing is None, lease
+
+    def release_lease(self, dataset_id):
+        normalised = normalise_uuid(dataset_id)
+        lease = None if normalised is None else self.store.get_lease(normalised)
+        if lease is None:
+            raise APIError(404, LEASE_NOT_FOUND)
+        self.store.delete_lease(lease.dataset_id)
+        self.log.info(
+            "lease on dataset {dataset_id} held by {node_uuid} released",
+            dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
+        )
+        self.changed()
+        return lease
+
+    # -- node reports and state -------------------------------------------
+
+    def report(self, node_uuid, host, agent_url, datasets, transfers):
+        """Replace node_uuid's report; bump the generation only if its content changed."""
+        now = self.clock.seconds()
+        datasets = [
+            {
+                "dataset_id": d["dataset_id"].lower(),
+                "path": d["path"],
+                "maximum_size": d.get("maximum_size"),
+            }
+            for d in datasets
+        ]
+        transfers = [
+            {
+                "dataset_id": t["dataset_id"].lower(),
+                "direction": t["direction"],
+                "peer": t["peer"].lower(),
+                "bytes_done": t["bytes_done"],
+                "bytes_total": t.get("bytes_total"),
+            }
+            for t in transfers
+        ]
+        new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now)
+        old = self.nodes.get(node_uuid)
+        self.nodes[node_uuid] = new
+        newly_manifested = self.store.mark_manifested(
+            sorted({d["dataset_id"] for d in datasets})
+        )
+        for dataset_id in newly_manifested:
+            self.log.info(
+                "dataset {dataset_id} manifested on {node_uuid}",
+                dataset_id=dataset_id, node_uuid=node_uuid,
+            )
+        if old is None:
+            self.log.info(
+                "node {node_uuid} ({host}) reported, agent at {agent_url}",
+                node_uuid=node_uuid, host=host, agent_url=agent_url,
+            )
+        if old is None or old.content() != new.content() or newly_manifested:
+            self.changed()
+        return self.generation
+
+    def fresh_nodes(self):
+        now = self.clock.seconds()
+        return [
+            report for report in self.nodes.values()
+            if now - report.received <= self.state_expiry
+        ]
+
+    def state_datasets(self):
+        """Flocker's /v1/state/datasets: one entry per (node, reported dataset)."""
+        result = []
+        for report in self.fresh_nodes():
+            for dataset in report.datasets:
+                entry = {
+                    "dataset_id": dataset["dataset_id"],
+                    "primary": report.uuid,
+                    "path": dataset["path"],
+                }
+                if dataset["maximum_size"] is not None:
+                    entry["maximum_size"] = dataset["maximum_size"]
+                result.append(entry)
+        return result
+
+    def state_nodes(self):
+        return [{"host": report.host, "uuid": report.uuid} for report in self.fresh_nodes()]
+
+    def cluster_view(self):
+        """The agent protocol's view of configuration, leases and state."""
+        now = self.clock.seconds()
+        return {
+            "generation": self.generation,
+            "datasets": [
+                {
+                    "dataset_id": d.dataset_id,
+                    "primary": d.primary,
+                    "metadata": d.metadata,
+                    "deleted": d.deleted,
+                    "maximum_size": d.maximum_size,
+                    "manifested": d.manifested,
+                }
+                for d in self.store.datasets()
+            ],
+            "leases": [lease.to_json(now) for lease in self.store.leases()],
+            "nodes": [
+                json.loads(json.dumps(report.to_json())) for report in self.fresh_nodes()
+            ],
+        }

@@ -1,0 +1,208 @@
+"""SQLite persistence of the cluster configuration: datasets and leases.
+
+One small transaction per change, WAL journal, synchronous calls (local disk,
+a handful of rows): fast enough to run on the reactor thread.
+"""
+
+import hashlib
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    dataset_id TEXT NOT NULL UNIQUE,
+    primary_node TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    maximum_size INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    manifested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS leases (
+    dataset_id TEXT PRIMARY KEY,
+    node_uuid TEXT NOT NULL,
+    expiration REAL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    dataset_id: str
+    primary: str
+    metadata: dict = field(default_factory=dict)
+    maximum_size: int | None = None
+    deleted: bool = False
+    manifested: bool = False
+
+    def to_configuration(self):
+        """The Flocker v1 configuration object (maximum_size omitted when unset)."""
+        result = {
+            "dataset_id": self.dataset_id,
+            "primary": self.primary,
+            "metadata": dict(self.metadata),
+            "deleted": self.deleted,
+        }
+        if self.maximum_size is not None:
+            result["maximum_size"] = self.maximum_size
+        return result
+
+
+@dataclass(frozen=True)
+class Lease:
+    dataset_id: str
+    node_uuid: str
+    expiration: float | None  # absolute time on the service's clock, None = never
+
+    def to_json(self, now):
+        expires = None if self.expiration is None else max(0.0, self.expiration - now)
+        return {"dataset_id": self.dataset_id, "node_uuid": self.node_uuid, "expires": expires}
+
+
+class Store:
+    """Datasets and leases in one SQLite file (or ":memory:")."""
+
+    def __init__(self, path):
+        if path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+        self._tag = None
+
+    def close(self):
+        self._db.close()
+
+    def _transaction(self):
+        return _Transaction(self)
+
+    # -- reading ----------------------------------------------------------
+
+    def datasets(self):
+        rows = self._db.execute(
+            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested "
+            "FROM datasets ORDER BY seq"
+        ).fetchall()
+        return [_dataset(row) for row in rows]
+
+    def get_dataset(self, dataset_id):
+        row = self._db.execute(
+            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested "
+            "FROM datasets WHERE dataset_id = ?", (dataset_id,)
+        ).fetchone()
+        return None if row is None else _dataset(row)
+
+    def leases(self):
+        rows = self._db.execute(
+            "SELECT dataset_id, node_uuid, expiration FROM leases ORDER BY dataset_id"
+        ).fetchall()
+        return [Lease(*row) for row in rows]
+
+    def get_lease(self, dataset_id):
+        row = self._db.execute(
+            "SELECT dataset_id, node_uuid, expiration FROM leases WHERE dataset_id = ?",
+            (dataset_id,),
+        ).fetchone()
+        return None if row is None else Lease(*row)
+
+    def configuration_tag(self):
+        """32 hex chars, a hash of every dataset and lease (not of the manifested flags)."""
+        if self._tag is None:
+            document = {
+                "datasets": [
+                    [d.dataset_id, d.primary, d.metadata, d.maximum_size, d.deleted]
+                    for d in self.datasets()
+                ],
+                "leases": [[l.dataset_id, l.node_uuid, l.expiration] for l in self.leases()],
+            }
+            encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+            self._tag = hashlib.sha256(encoded).hexdigest()[:32]
+        return self._tag
+
+    # -- changing ---------------------------------------------------------
+
+    def add_dataset(self, dataset):
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO datasets (dataset_id, primary_node, metadata, maximum_size, deleted) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (dataset.dataset_id, dataset.primary, json.dumps(dataset.metadata),
+                 dataset.maximum_size, int(dataset.deleted)),
+            )
+
+    def set_primary(self, dataset_id, primary):
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE datasets SET primary_node = ? WHERE dataset_id = ?", (primary, dataset_id)
+            )
+
+    def mark_deleted(self, dataset_id):
+        with self._transaction() as db:
+            db.execute("UPDATE datasets SET deleted = 1 WHERE dataset_id = ?", (dataset_id,))
+
+    def mark_manifested(self, dataset_ids):
+        """Set the manifested flag; returns the ids whose flag changed."""
+        changed = []
+        with self._transaction() as db:
+            for dataset_id in dataset_ids:
+                cursor = db.execute(
+                    "UPDATE datasets SET manifested = 1 WHERE dataset_id = ? AND manifested = 0",
+                    (dataset_id,),
+                )
+                if cursor.rowcount:
+                    changed.append(dataset_id)
+        return changed
+
+    def put_lease(self, lease):
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO leases (dataset_id, node_uuid, expiration) VALUES (?, ?, ?)",
+                (lease.dataset_id, lease.node_uuid, lease.expiration),
+            )
+
+    def delete_lease(self, dataset_id):
+        with self._transaction() as db:
+            db.execute("DELETE FROM leases WHERE dataset_id = ?", (dataset_id,))
+
+    def expire_leases(self, now):
+        """Drop leases whose expiration has passed; returns the dropped leases."""
+        expired = [l for l in self.leases() if l.expiration is not None and l.expiration <= now]
+        if expired:
+            with self._transaction() as db:
+                for lease in expired:
+                    db.execute("DELETE FROM leases WHERE dataset_id = ?", (lease.dataset_id,))
+        return expired
+
+
+class _Transaction:
+    def __init__(self, store):
+        self.store = store
+
+    def __enter__(self):
+        self.store._db.execute("BEGIN IMMEDIATE")
+        return self.store._db
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.store._db.execute("COMMIT")
+        else:
+            self.store._db.execute("ROLLBACK")
+        self.store._tag = None
+        return False
+
+
+def _dataset(row):
+    dataset_id, primary, metadata, maximum_size, deleted, manifested = row
+    return Dataset(
+        dataset_id=dataset_id,
+        primary=primary,
+        metadata=json.loads(metadata),
+        maximum_size=maximum_size,
+        deleted=bool(deleted),
+        manifested=bool(manifested),
+    )
