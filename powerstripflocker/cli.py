@@ -13,6 +13,7 @@ from .logs import add_logging_options, start_logging
 
 SUBCOMMANDS = {
     "adapter": "powerstripflocker.adapter_command",
+    "agent": "powerstripflocker.agent.command",
     "control": "powerstripflocker.control.command",
 }
 

@@ -1,0 +1,28 @@
+"""Storage backends for the node agent, behind one interface (IStorageBackend)."""
+
+from .base import (
+    BackendError,
+    Conflict,
+    IStorageBackend,
+    MissingParent,
+    ReceivePlan,
+    SendPlan,
+)
+
+
+def make_backend(name, reactor, data_root):
+    if name == "directory":
+        from .directory import DirectoryBackend
+        return DirectoryBackend(reactor, data_root)
+    if name == "btrfs":
+        from .btrfs import BtrfsBackend
+        return BtrfsBackend(reactor, data_root)
+    raise ValueError(f"unknown backend {name!r} (directory, btrfs)")
+
+
+BACKENDS = ("directory", "btrfs")
+
+__all__ = [
+    "BACKENDS", "BackendError", "Conflict", "IStorageBackend", "MissingParent",
+    "ReceivePlan", "SendPlan", "make_backend",
+]

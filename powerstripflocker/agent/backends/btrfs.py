@@ -1,0 +1,244 @@
+"""The btrfs backend: a subvolume per dataset; moves are snapshots + btrfs send/receive.
+
+Layout under the data root (which must be on a btrfs file system):
+  datasets/<id>             writable subvolume: the dataset (its path, stable across moves)
+  snapshots/<id>/<snap>     read-only snapshots (own, or received from a peer); the newest
+                            one shared with a peer is the parent of an incremental send
+  staging/<id>/             where `btrfs receive` writes; moved to snapshots/ once complete
+  meta/<id>.json            role, maximum_size, origin, last snapshot
+
+A push: read-only snapshot of datasets/<id>, `btrfs send [-p parent]` streamed to the peer,
+`btrfs receive` there; acquire = writable snapshot of the received one as datasets/<id>.
+After handing off, the sender deletes datasets/<id> (once the new primary reports it) and
+keeps the last snapshot as a read-only REPLICA, so a move back is incremental.
+
+maximum_size is recorded and reported; it is not enforced (no qgroup limits are set).
+"""
+
+import os
+import time
+import uuid
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..model import HANDED_OFF, PRIMARY, REPLICA
+from ..streams import CommandFailed, run
+from .base import (
+    BackendError,
+    Conflict,
+    IStorageBackend,
+    MetadataStore,
+    MissingParent,
+    ReceivePlan,
+    SendPlan,
+    local_from_meta,
+    tree_size,
+)
+from twisted.internet.threads import deferToThread
+
+log = Logger()
+
+
+def is_btrfs(path):
+    return os.statvfs(path) is not None and _fstype(path) == "btrfs"
+
+
+def _fstype(path):
+    # The longest mount point that is a prefix of path, from /proc/self/mounts.
+    path = os.path.realpath(path)
+    best, fstype = "", None
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if len(fields) < 3:
+                continue
+            mount_point = fields[1].replace("\\040", " ")
+            if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) \
+                    and len(mount_point) >= len(best):
+                best, fstype = mount_point, fields[2]
+    return fstype
+
+
+def new_snapshot_name():
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{time.time_ns() % 10**9:09d}-" \
+        + uuid.uuid4().hex[:8]
+
+
+@implementer(IStorageBackend)
+class BtrfsBackend:
+    name = "btrfs"
+    formats = ("btrfs",)
+
+    def __init__(self, reactor, data_root):
+        self.reactor = reactor
+        self.data_root = os.path.abspath(data_root)
+        self.datasets_dir = os.path.join(self.data_root, "datasets")
+        self.snapshots_dir = os.path.join(self.data_root, "snapshots")
+        self.staging_dir = os.path.join(self.data_root, "staging")
+        for d in (self.datasets_dir, self.snapshots_dir, self.staging_dir):
+            os.makedirs(d, exist_ok=True)
+        self.meta = MetadataStore(self.data_root)
+
+    async def start(self):
+        if _fstype(self.data_root) != "btrfs":
+            raise BackendError(f"{self.data_root} is not on a btrfs file system")
+        for dataset_id in os.listdir(self.staging_dir):
+            await self._clear_staging(dataset_id)
+
+    def local_datasets(self):
+        return local_from_meta(self, self.meta.all())
+
+    def path(self, dataset_id):
+        return os.path.join(self.datasets_dir, dataset_id)
+
+    def _snapdir(self, dataset_id):
+        return os.path.join(self.snapshots_dir, dataset_id)
+
+    async def _btrfs(self, *args):
+        return await run(self.reactor, ["btrfs", *args])
+
+    async def _delete_subvolume(self, path):
+        if os.path.lexists(path):
+            await self._btrfs("subvolume", "delete", "--commit-after", path)
+
+    async def create(self, dataset_id, maximum_size):
+        record = self.meta.get(dataset_id)
+        if record is not None and record.get("role") == PRIMARY:
+            return
+        path = self.path(dataset_id)
+        await self._delete_subvolume(path)
+        await self._btrfs("subvolume", "create", path)
+        self.meta.put(dataset_id, {"role": PRIMARY, "maximum_size": maximum_size,
+                                   "origin": "created"})
+
+    async def destroy(self, dataset_id):
+        self.meta.delete(dataset_id)
+        await self._delete_subvolume(self.path(dataset_id))
+        await self._clear_staging(dataset_id)
+        for name in self.snapshots(dataset_id):
+            await self._delete_subvolume(os.path.join(self._snapdir(dataset_id), name))
+        _rmdir(self._snapdir(dataset_id))
+        _rmdir(os.path.join(self.staging_dir, dataset_id))
+
+    def snapshots(self, dataset_id):
+        try:
+            return sorted(os.listdir(self._snapdir(dataset_id)))
+        except FileNotFoundError:
+            return []
+
+    async def prepare_send(self, dataset_id, peer_snapshots):
+        record = self.meta.get(dataset_id)
+        if record is None or record.get("role") != PRIMARY:
+            raise Conflict(f"dataset {dataset_id} is not held here as primary")
+        common = sorted(set(self.snapshots(dataset_id)) & set(peer_snapshots))
+        parent = common[-1] if common else None
+        snapshot = new_snapshot_name()
+        os.makedirs(self._snapdir(dataset_id), exist_ok=True)
+        snap_path = os.path.join(self._snapdir(dataset_id), snapshot)
+        await self._btrfs("subvolume", "snapshot", "-r", self.path(dataset_id), snap_path)
+        argv = ["btrfs", "send", "-q"]
+        size = None
+        if parent is not None:
+            argv += ["-p", os.path.join(self._snapdir(dataset_id), parent)]
+        else:
+            size = await deferToThread(tree_size, snap_path)
+        argv.append(snap_path)
+        return SendPlan(dataset_id=dataset_id, format="btrfs", argv=argv, snapshot=snapshot,
+                        parent=parent, size=size, maximum_size=record.get("maximum_size"))
+
+    def prepare_receive(self, dataset_id, format, parent, snapshot):
+        if format != "btrfs":
+            raise BackendError(f"the btrfs backend cannot receive format {format!r}")
+        if not snapshot or "/" in snapshot or snapshot.startswith("."):
+            raise BackendError("a btrfs push must name its snapshot")
+        record = self.meta.get(dataset_id)
+        if record is not None and record.get("role") == PRIMARY:
+            raise Conflict(f"dataset {dataset_id} is already held here as primary")
+        if parent is not None and parent not in self.snapshots(dataset_id):
+            raise MissingParent(f"parent snapshot {parent} of {dataset_id} is not held here")
+        staging = os.path.join(self.staging_dir, dataset_id)
+        os.makedirs(staging, exist_ok=True)
+        leftovers = os.listdir(staging)
+        if leftovers:
+            # Should have been cleared by start() or by the previous receive's discard.
+            raise BackendError(f"staging area {staging} is not empty: {leftovers}")
+
+        async def commit():
+            received = os.path.join(staging, snapshot)
+            if not os.path.isdir(received):
+                raise BackendError(f"btrfs receive did not create {snapshot}")
+            os.makedirs(self._snapdir(dataset_id), exist_ok=True)
+            final = os.path.join(self._snapdir(dataset_id), snapshot)
+            if os.path.lexists(final):
+                await self._delete_subvolume(received)
+            else:
+                os.rename(received, final)
+            return snapshot
+
+        async def discard():
+            await self._clear_staging(dataset_id)
+
+        return ReceivePlan(dataset_id, ["btrfs", "receive", staging], commit, discard)
+
+    async def acquire(self, dataset_id, received, maximum_size):
+        record = self.meta.get(dataset_id)
+        if record is not None and record.get("role") == PRIMARY:
+            if record.get("received") == received:
+                return
+            raise Conflict(f"dataset {dataset_id} is already held here as primary")
+        snap_path = os.path.join(self._snapdir(dataset_id), str(received))
+        if "/" in str(received) or not os.path.isdir(snap_path):
+            raise BackendError(f"no received snapshot {received} of dataset {dataset_id} here")
+        path = self.path(dataset_id)
+        await self._delete_subvolume(path)
+        await self._btrfs("subvolume", "snapshot", snap_path, path)
+        self.meta.put(dataset_id, {"role": PRIMARY, "maximum_size": maximum_size,
+                                   "origin": "received", "received": received,
+                                   "last_snapshot": received})
+        await self._prune(dataset_id, keep=received)
+
+    async def handoff(self, dataset_id, target, plan):
+        self.meta.update(dataset_id, role=HANDED_OFF, handed_to=target,
+                         last_snapshot=plan.snapshot if plan is not None else None)
+
+    async def cleanup(self, dataset_id):
+        record = self.meta.get(dataset_id)
+        if record is not None and record.get("role") != HANDED_OFF:
+            raise Conflict(f"dataset {dataset_id} is {record.get('role')} here, not handed off")
+        await self._delete_subvolume(self.path(dataset_id))
+        keep = (record or {}).get("last_snapshot")
+        await self._prune(dataset_id, keep=keep)
+        if keep and keep in self.snapshots(dataset_id):
+            self.meta.update(dataset_id, role=REPLICA)
+        else:
+            self.meta.delete(dataset_id)
+
+    async def _prune(self, dataset_id, keep):
+        for name in self.snapshots(dataset_id):
+            if name != keep:
+                await self._delete_subvolume(os.path.join(self._snapdir(dataset_id), name))
+
+    async def _clear_staging(self, dataset_id):
+        staging = os.path.join(self.staging_dir, dataset_id)
+        if not os.path.isdir(staging):
+            return
+        for name in os.listdir(staging):
+            full = os.path.join(staging, name)
+            try:
+                await self._delete_subvolume(full)
+            except CommandFailed:
+                # A partial receive can leave a plain directory, not a subvolume.
+                await deferToThread(_rmtree, full)
+
+
+def _rmdir(path):
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def _rmtree(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

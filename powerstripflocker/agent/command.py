@@ -1,0 +1,153 @@
+"""powerstrip-flocker agent: converge this node to the cluster configuration."""
+
+import os
+import re
+import uuid
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+
+from .backends import BACKENDS, make_backend
+from .control import ControlClient
+from .faults import Faults
+from .peer import PeerClient, PeerServer
+from .service import AgentService
+
+HELP = "run the node agent: create, move and delete this node's datasets"
+TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
+
+log = Logger()
+
+
+def configure(parser):
+    parser.add_argument("--control-url", default="http://127.0.0.1:4523",
+                        help="the control service (default %(default)s)")
+    parser.add_argument("--data-root", default="/var/lib/powerstrip-flocker/agent",
+                        help="where datasets and the node UUID live (default %(default)s)")
+    parser.add_argument("--backend", choices=BACKENDS, default="directory",
+                        help="storage backend (default %(default)s); btrfs needs --data-root "
+                             "on a btrfs file system")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="this node's IPv4 address, reported as its host "
+                             "(default %(default)s)")
+    parser.add_argument("--listen", default="tcp:4524:interface=127.0.0.1",
+                        help="Twisted endpoint for the agent <-> agent protocol "
+                             "(default %(default)s; ssl:... for TLS)")
+    parser.add_argument("--advertise-url", default=None,
+                        help="how other agents reach this one (default: from --listen, "
+                             "with --address when it listens on all interfaces)")
+    parser.add_argument("--cluster-token-file", default=None,
+                        help=f"file holding the shared cluster token (or set {TOKEN_ENV}); "
+                             "without one, nothing is authenticated")
+    parser.add_argument("--tls-ca", default=None,
+                        help="PEM CA certificate(s) that https:// control and agent URLs "
+                             "must be signed by (default: the system's trust store)")
+
+
+def read_token(options, environ=None):
+    environ = os.environ if environ is None else environ
+    if options.cluster_token_file:
+        with open(options.cluster_token_file, encoding="utf-8") as f:
+            token = f.read().strip()
+        if not token:
+            raise SystemExit(f"{options.cluster_token_file} is empty")
+        return token
+    return environ.get(TOKEN_ENV) or None
+
+
+def node_uuid(data_root):
+    """This node's UUID, created once and kept in <data-root>/node-uuid."""
+    path = os.path.join(data_root, "node-uuid")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return str(uuid.UUID(f.read().strip()))
+    except FileNotFoundError:
+        pass
+    value = str(uuid.uuid4())
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return value
+
+
+def _endpoint_fields(description):
+    parts = re.split(r"(?<!\\):", description)
+    kind, positional, named = parts[0], [], {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            named[key] = value
+        else:
+            positional.append(part)
+    return kind, positional, named
+
+
+def advertise_url(listen, address):
+    """http(s)://host:port that peers use, derived from a Twisted endpoint string."""
+    kind, positional, named = _endpoint_fields(listen)
+    port = named.get("port") or (positional[0] if positional else None)
+    if kind not in ("tcp", "ssl", "tcp6") or not port:
+        raise SystemExit(f"cannot derive --advertise-url from --listen {listen}; give it")
+    interface = named.get("interface", "").replace("\\:", ":")
+    host = interface if interface not in ("", "0.0.0.0", "::") else address
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}"
+
+
+def http_client(reactor, tls_ca):
+    if not tls_ca:
+        return None
+    import treq
+    from twisted.internet.ssl import Certificate
+    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+    with open(tls_ca, "rb") as f:
+        ca = Certificate.loadPEM(f.read())
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=ca),
+                  pool=HTTPConnectionPool(reactor))
+    return treq.client.HTTPClient(agent)
+
+
+async def main(reactor, options):
+    data_root = os.path.abspath(options.data_root)
+    os.makedirs(data_root, exist_ok=True)
+    token = read_token(options)
+    me = node_uuid(data_root)
+    url = options.advertise_url or advertise_url(options.listen, options.address)
+    faults = Faults.from_environment()
+    if faults.active():
+        log.warn("fault injection active: {faults}", faults=faults)
+    if token is None:
+        log.warn("no cluster token: the agent protocol is unauthenticated; keep --listen on "
+                 "loopback or set {env} / --cluster-token-file", env=TOKEN_ENV)
+    http = http_client(reactor, options.tls_ca)
+    backend = make_backend(options.backend, reactor, data_root)
+    control = ControlClient(options.control_url, token=token, http=http)
+    peers = PeerClient(reactor, me, token=token, http=http)
+    agent = AgentService(reactor, backend, control, peers, me, options.address, url,
+                         token=token, faults=faults)
+    await agent.start()
+    port = await serverFromString(reactor, options.listen).listen(PeerServer(agent).site())
+    log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
+             listen=options.listen, url=url)
+    stopped = defer.Deferred()
+
+    def shutdown():
+        agent.stop()
+        return port.stopListening()
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+    await stopped
+
+
+def run(options):
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    return 0

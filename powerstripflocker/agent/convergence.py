@@ -1,0 +1,61 @@
+"""The agent's decisions: a pure function of the cluster view and the local datasets."""
+
+from .model import HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Wait
+
+
+def decide(node_uuid, view, local):
+    """What this node should do now.
+
+    node_uuid: this node; view: a ClusterView; local: dataset_id -> LocalDataset.
+    Returns a list of actions, at most one per dataset, in dataset id order.
+
+    Rules, per dataset:
+    - configured here, not deleted, not held here, never manifested anywhere -> Create.
+    - configured here, not held here but manifested (it lives or lived elsewhere) -> wait
+      for its holder to push it; never create an empty copy.
+    - held here as primary, configured on node N with a known agent_url, not leased to
+      this node -> Push to N (then hand off). Leases held by other nodes don't block.
+    - held here as a handed-off copy, and another node reports it -> Cleanup.
+    - configured deleted, held here (any role) and not leased to this node -> Destroy.
+    - held here but not configured at all -> left alone (still reported if primary).
+    """
+    actions = []
+    ids = sorted(set(view.datasets) | set(local))
+    for dataset_id in ids:
+        action = _decide_one(node_uuid, view, dataset_id, view.datasets.get(dataset_id),
+                             local.get(dataset_id))
+        if action is not None:
+            actions.append(action)
+    return actions
+
+
+def _decide_one(me, view, dataset_id, configured, held):
+    leased_here = view.leased_to(dataset_id, me)
+    if configured is None:
+        return None
+    if configured.deleted:
+        if held is None:
+            return None
+        if leased_here and held.role == PRIMARY:
+            return Wait(dataset_id, "deleted in the configuration but leased to this node")
+        return Destroy(dataset_id)
+    others = view.holders(dataset_id) - {me}
+    if held is not None and held.role == HANDED_OFF:
+        if others:
+            return Cleanup(dataset_id)
+        return Wait(dataset_id, "handed off; waiting for the new primary to report it")
+    is_primary_here = held is not None and held.role == PRIMARY
+    if configured.primary == me:
+        if is_primary_here:
+            return None
+        if configured.manifested or others:
+            return Wait(dataset_id, "manifested elsewhere; waiting for its holder to push it")
+        return Create(dataset_id, configured.maximum_size)
+    if not is_primary_here:
+        return None
+    if leased_here:
+        return Wait(dataset_id, f"configured on {configured.primary} but leased to this node")
+    target = view.nodes.get(configured.primary)
+    if target is None or not target.agent_url:
+        return Wait(dataset_id, f"configured on {configured.primary}, whose agent is unknown")
+    return Push(dataset_id, configured.primary, target.agent_url)

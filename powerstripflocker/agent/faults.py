@@ -1,0 +1,39 @@
+"""Fault injection for tests, read once at start from POWERSTRIP_FLOCKER_FAULTS.
+
+POWERSTRIP_FLOCKER_FAULTS="receive-pause-after-bytes=N": a receiving agent stops reading a
+push (pauses the TCP transport for good) once N bytes of it arrived, logs it and lists it
+under "fault_paused" in GET /agent/v1/metrics, so a test can kill -9 it mid-push without
+sleeping and hoping.
+"""
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+ENV = "POWERSTRIP_FLOCKER_FAULTS"
+
+
+@dataclass(frozen=True)
+class Faults:
+    receive_pause_after_bytes: Optional[int] = None
+
+    @classmethod
+    def parse(cls, text):
+        values = {}
+        for item in (text or "").split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key != "receive_pause_after_bytes":
+                raise ValueError(f"unknown fault {key!r} in {ENV}")
+            values[key] = int(value)
+        return cls(**values)
+
+    @classmethod
+    def from_environment(cls, environ=None):
+        return cls.parse((environ if environ is not None else os.environ).get(ENV, ""))
+
+    def active(self):
+        return self.receive_pause_after_bytes is not None

@@ -1,0 +1,351 @@
+"""The node agent: long-poll the cluster view, converge, report, push data to peers.
+
+Event-driven: a new cluster view (long-poll), a finished action, a received push or a
+backoff timer runs convergence; nothing waits on a fixed sleep. Failed actions are
+retried per dataset with exponential backoff (0.5 s doubling up to max_backoff).
+"""
+
+from collections import deque
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from .backends import BackendError, Conflict
+from .convergence import decide
+from .faults import Faults
+from .model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Wait
+from .peer import PeerError, Refused
+from .streams import Progress
+
+log = Logger()
+
+
+class AgentService:
+    def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
+                 token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30):
+        self.reactor = reactor
+        self.backend = backend
+        self.control = control
+        self.peers = peers
+        self.node_uuid = node_uuid
+        self.address = address
+        self.agent_url = agent_url
+        self.token = token
+        self.faults = faults or Faults()
+        self.heartbeat = heartbeat
+        self.max_backoff = max_backoff
+        self.poll_timeout = poll_timeout
+        self.view = None
+        self.generation = None
+        self.busy = {}                # dataset_id -> what is running ("push", "receive"...)
+        self.failures = {}            # dataset_id -> (action, count, retry_at)
+        self.active = []              # Progress of running transfers
+        self.history = deque(maxlen=100)
+        self.bytes_sent_total = 0
+        self.bytes_received_total = 0
+        self.paused_by_fault = []
+        self.running = False
+        self._reporting = False
+        self._report_dirty = False
+        self._poll = None
+        self._heartbeat = None
+        self._waits_logged = {}
+        self.reported = 0
+
+    # lifecycle
+
+    async def start(self):
+        await self.backend.start()
+        self.running = True
+        self._heartbeat = task.LoopingCall(self.request_report)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(self.heartbeat, now=True)
+        self._poll_done = defer.ensureDeferred(self._poll_loop())
+        log.info("agent {node_uuid} started: backend {backend} at {root}, agent url {url}",
+                 node_uuid=self.node_uuid, backend=self.backend.name,
+                 root=self.backend.data_root, url=self.agent_url)
+
+    def stop(self):
+        self.running = False
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        if self._poll is not None:
+            self._poll.cancel()
+
+    # the cluster view
+
+    async def _poll_loop(self):
+        delay = 0.1
+        while self.running:
+            self._poll = defer.ensureDeferred(
+                self.control.cluster(self.generation if self.generation is not None else -1,
+                                     timeout=self.poll_timeout))
+            try:
+                body = await self._poll
+            except defer.CancelledError:
+                if not self.running:
+                    return
+                continue
+            except Exception as e:
+                log.warn("cannot get the cluster view from the control service: {error}; "
+                         "retrying in {delay:.1f}s", error=e, delay=delay)
+                await task.deferLater(self.reactor, delay, lambda: None)
+                delay = min(delay * 2, self.max_backoff)
+                continue
+            finally:
+                self._poll = None
+            delay = 0.1
+            try:
+                view = ClusterView.from_json(body)
+            except (KeyError, TypeError, AttributeError) as e:
+                log.error("malformed cluster view: {error}", error=e)
+                await task.deferLater(self.reactor, 1.0, lambda: None)
+                continue
+            self.view = view
+            self.generation = view.generation
+            self.converge()
+
+    async def fresh_view(self):
+        """An up-to-date view (at once), for decisions a stale view might get wrong."""
+        return ClusterView.from_json(await self.control.cluster(-1, timeout=0))
+
+    # reports
+
+    def build_report(self):
+        datasets = [
+            {"dataset_id": d.dataset_id, "path": d.path, "maximum_size": d.maximum_size}
+            for d in sorted(self.backend.local_datasets().values(), key=lambda d: d.dataset_id)
+            if d.role == PRIMARY
+        ]
+        return {"host": self.address, "agent_url": self.agent_url, "datasets": datasets,
+                "transfers": [p.as_report() for p in self.active]}
+
+    def request_report(self):
+        """Send our report now (coalesced; retried with backoff until it gets through)."""
+        self._report_dirty = True
+        if not self._reporting and self.running:
+            defer.ensureDeferred(self._report_loop())
+
+    async def _report_loop(self):
+        self._reporting = True
+        delay = 0.1
+        try:
+            while self._report_dirty and self.running:
+                self._report_dirty = False
+                try:
+                    report = self.build_report()
+                    await self.control.report(self.node_uuid, report)
+                    self.reported += 1
+                    delay = 0.1
+                except Exception as e:
+                    self._report_dirty = True
+                    log.warn("cannot report to the control service: {error}; retrying in "
+                             "{delay:.1f}s", error=e, delay=delay)
+                    await task.deferLater(self.reactor, delay, lambda: None)
+                    delay = min(delay * 2, self.max_backoff)
+        finally:
+            self._reporting = False
+
+    # convergence
+
+    def converge(self):
+        if self.view is None or not self.running:
+            return
+        local = self.backend.local_datasets()
+        now = self.reactor.seconds()
+        for action in decide(self.node_uuid, self.view, local):
+            dataset_id = action.dataset_id
+            if isinstance(action, Wait):
+                if self._waits_logged.get(dataset_id) != action.reason:
+                    self._waits_logged[dataset_id] = action.reason
+                    log.info("dataset {dataset_id}: {reason}", dataset_id=dataset_id,
+                             reason=action.reason)
+                continue
+            self._waits_logged.pop(dataset_id, None)
+            if dataset_id in self.busy:
+                continue
+            failed = self.failures.get(dataset_id)
+            if failed is not None and failed[0] == action and failed[2] > now:
+                continue
+            self.lock(dataset_id, type(action).__name__.lower())
+            defer.ensureDeferred(self._execute(action))
+
+    async def _execute(self, action):
+        dataset_id = action.dataset_id
+        try:
+            if isinstance(action, Create):
+                await self.backend.create(dataset_id, action.maximum_size)
+                log.info("created dataset {dataset_id} at {path} (maximum_size {size})",
+                         dataset_id=dataset_id, path=self.backend.path(dataset_id),
+                         size=action.maximum_size)
+            elif isinstance(action, Destroy):
+                await self.backend.destroy(dataset_id)
+                log.info("destroyed dataset {dataset_id}", dataset_id=dataset_id)
+            elif isinstance(action, Cleanup):
+                await self.backend.cleanup(dataset_id)
+                log.info("deleted the handed-off copy of {dataset_id}: the new primary "
+                         "reports it", dataset_id=dataset_id)
+            elif isinstance(action, Push):
+                await self._push(action)
+            self.failures.pop(dataset_id, None)
+        except Exception as e:
+            previous = self.failures.get(dataset_id)
+            count = previous[1] + 1 if previous is not None and previous[0] == action else 1
+            delay = min(0.5 * 2 ** (count - 1), self.max_backoff)
+            self.failures[dataset_id] = (action, count, self.reactor.seconds() + delay)
+            log.error("{action} failed (attempt {count}): {error}; retrying in {delay:.1f}s",
+                      action=action, count=count, error=e, delay=delay)
+            self.reactor.callLater(delay, self.converge)
+        finally:
+            self.unlock(dataset_id)
+            self.request_report()
+            self.converge()
+
+    async def _push(self, action):
+        dataset_id, target = action.dataset_id, action.target
+        info = await self.peers.describe(action.agent_url, dataset_id)
+        plan = None
+        if info.get("primary"):
+            if info.get("origin") != "received":
+                raise Conflict(
+                    f"node {target} holds dataset {dataset_id} as a primary it created, not "
+                    "one it received; refusing to hand off our copy (two primaries: resolve "
+                    "by hand)")
+            log.info("node {target} already holds {dataset_id} as primary; handing off",
+                     target=target, dataset_id=dataset_id)
+        else:
+            if not info.get("accepting", True):
+                raise PeerError(403, info.get("reason") or "peer not accepting")
+            plan = await self.backend.prepare_send(dataset_id, info.get("snapshots") or [])
+            configured = self.view.datasets.get(dataset_id) if self.view else None
+            if configured is not None:
+                plan.maximum_size = configured.maximum_size
+            progress = Progress(self.reactor, dataset_id, "push", target, total=plan.size)
+            log.info("pushing {dataset_id} to {target} at {url} ({format}, parent {parent}, "
+                     "about {size} bytes)", dataset_id=dataset_id, target=target,
+                     url=action.agent_url, format=plan.format, parent=plan.parent,
+                     size=plan.size)
+            self.transfer_started(progress)
+            result = "failed"
+            try:
+                pushed = await self.peers.push(action.agent_url, plan, progress)
+                result = "pushed"
+            finally:
+                self.transfer_finished(progress, result, extra={
+                    "format": plan.format, "parent": plan.parent, "snapshot": plan.snapshot})
+            seconds = progress.seconds()
+            log.info("pushed {dataset_id} to {target}: {bytes} bytes in {seconds:.2f}s "
+                     "({rate_mb:.1f} MB/s)", dataset_id=dataset_id, target=target,
+                     bytes=progress.done, seconds=seconds,
+                     rate_mb=progress.done / max(seconds, 1e-6) / 1e6)
+            await self.peers.acquire(action.agent_url, dataset_id, pushed["received"],
+                                     plan.maximum_size)
+        await self.backend.handoff(dataset_id, target, plan)
+        log.info("handed off {dataset_id} to {target}; the local copy is deleted once "
+                 "{target} reports it", dataset_id=dataset_id, target=target)
+
+    # the peer side (called by peer.py)
+
+    def lock(self, dataset_id, what):
+        if dataset_id in self.busy:
+            return False
+        self.busy[dataset_id] = what
+        return True
+
+    def unlock(self, dataset_id):
+        self.busy.pop(dataset_id, None)
+
+    def _moving_here(self, view, dataset_id):
+        configured = view.datasets.get(dataset_id) if view is not None else None
+        return configured is not None and not configured.deleted \
+            and configured.primary == self.node_uuid
+
+    async def check_receive(self, dataset_id, acquiring=False):
+        """Raise Refused unless the configuration says dataset_id moves to this node."""
+        if not self._moving_here(self.view, dataset_id):
+            try:
+                view = await self.fresh_view()
+            except Exception as e:
+                raise Refused(503, f"cannot check the configuration: {e}")
+            if not self._moving_here(view, dataset_id):
+                raise Refused(403, f"the configuration does not place dataset {dataset_id} "
+                                   f"on node {self.node_uuid}")
+        if not acquiring:
+            local = self.backend.local_datasets().get(dataset_id)
+            if local is not None and local.role == PRIMARY:
+                raise Refused(409, f"dataset {dataset_id} is already held as primary on "
+                                   f"node {self.node_uuid}")
+            if dataset_id in self.busy:
+                raise Refused(503, f"dataset {dataset_id} is busy on node {self.node_uuid} "
+                                   f"({self.busy[dataset_id]})")
+
+    async def describe_for_peer(self, dataset_id):
+        local = self.backend.local_datasets().get(dataset_id)
+        accepting, reason = True, ""
+        try:
+            await self.check_receive(dataset_id)
+        except Refused as e:
+            accepting, reason = False, e.description
+        return {
+            "dataset_id": dataset_id,
+            "primary": local is not None and local.role == PRIMARY,
+            "origin": local.origin if local is not None else None,
+            "snapshots": self.backend.snapshots(dataset_id),
+            "formats": list(self.backend.formats),
+            "accepting": accepting,
+            "reason": reason,
+        }
+
+    async def acquire_for_peer(self, dataset_id, received, maximum_size, peer):
+        await self.check_receive(dataset_id, acquiring=True)
+        if not self.lock(dataset_id, "acquire"):
+            raise Refused(503, f"dataset {dataset_id} is busy on node {self.node_uuid}")
+        try:
+            await self.backend.acquire(dataset_id, received, maximum_size)
+        except Conflict as e:
+            raise Refused(409, str(e))
+        except BackendError as e:
+            raise Refused(404, str(e))
+        finally:
+            self.unlock(dataset_id)
+        log.info("acquired {dataset_id} from {peer}: now primary here at {path}",
+                 dataset_id=dataset_id, peer=peer, path=self.backend.path(dataset_id))
+        self.request_report()
+        self.converge()
+        return {"dataset_id": dataset_id, "path": self.backend.path(dataset_id)}
+
+    # transfers and metrics
+
+    def transfer_started(self, progress):
+        self.active.append(progress)
+        self.request_report()
+
+    def transfer_finished(self, progress, result, extra=None):
+        if progress in self.active:
+            self.active.remove(progress)
+        if progress.direction == "push":
+            self.bytes_sent_total += progress.done
+        else:
+            self.bytes_received_total += progress.done
+        record = dict(progress.as_report(), result=result,
+                      seconds=round(progress.seconds(), 3), finished=self.reactor.seconds())
+        record.update(extra or {})
+        self.history.append(record)
+        self.request_report()
+
+    def fault_paused(self, dataset_id, count):
+        self.paused_by_fault.append({"dataset_id": dataset_id, "bytes": count})
+
+    def metrics(self):
+        return {
+            "node_uuid": self.node_uuid,
+            "backend": self.backend.name,
+            "bytes_sent_total": self.bytes_sent_total,
+            "bytes_received_total": self.bytes_received_total,
+            "transfers": [p.as_report() for p in self.active],
+            "history": list(self.history),
+            "fault_paused": list(self.paused_by_fault),
+            "busy": dict(self.busy),
+            "generation": self.generation,
+            "reports_sent": self.reported,
+        }
