@@ -13,7 +13,8 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from .placement import (
-    ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout, VolumeInUse,
+    ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout,
+    VolumeClaimedElsewhere, VolumeInUse,
 )
 from .volumes import (
     InvalidRequest, find_create_volumes, find_legacy_start_volumes, is_container_create,
@@ -131,7 +132,8 @@ def post_hook_reply(server_response):
 
 
 _STATUS_BY_FAILURE = {
-    VolumeInUse: 409, PlacementTimeout: 504, ControlServiceUnavailable: 503, NodeUnknown: 503,
+    VolumeInUse: 409, VolumeClaimedElsewhere: 409, PlacementTimeout: 504,
+    ControlServiceUnavailable: 503, NodeUnknown: 503,
 }
 
 

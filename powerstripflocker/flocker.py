@@ -250,12 +250,12 @@ class FlockerClient:
 
     def version(self):
         async def call():
-            return (await self._request(b"GET", "/version"))[1]["flocker"]
+            return (await self._request("GET", "/version"))[1]["flocker"]
         return self._deferred(call())
 
     def list_datasets_configuration(self):
         async def call():
-            response, body = await self._request(b"GET", "/configuration/datasets")
+            response, body = await self._request("GET", "/configuration/datasets")
             tag = response.headers.getRawHeaders("X-Configuration-Tag", [None])[0]
             return Configuration(tag, [_dataset_config(entry) for entry in body])
         return self._deferred(call())
@@ -272,7 +272,7 @@ class FlockerClient:
 
         async def call():
             _, created = await self._request(
-                b"POST", "/configuration/datasets", body,
+                "POST", "/configuration/datasets", body,
                 {"X-If-Configuration-Matches": if_configuration_matches}, expected=(201,),
             )
             return _dataset_config(created)
@@ -281,7 +281,7 @@ class FlockerClient:
     def move_dataset(self, dataset_id, primary, if_configuration_matches=None):
         async def call():
             _, moved = await self._request(
-                b"POST", f"/configuration/datasets/{dataset_id}", {"primary": primary},
+                "POST", f"/configuration/datasets/{dataset_id}", {"primary": primary},
                 {"X-If-Configuration-Matches": if_configuration_matches},
             )
             return _dataset_config(moved)
@@ -290,7 +290,7 @@ class FlockerClient:
     def delete_dataset(self, dataset_id, if_configuration_matches=None):
         async def call():
             _, deleted = await self._request(
-                b"DELETE", f"/configuration/datasets/{dataset_id}", None,
+                "DELETE", f"/configuration/datasets/{dataset_id}", None,
                 {"X-If-Configuration-Matches": if_configuration_matches},
             )
             return _dataset_config(deleted)
@@ -298,26 +298,26 @@ class FlockerClient:
 
     def list_datasets_state(self):
         async def call():
-            _, body = await self._request(b"GET", "/state/datasets")
+            _, body = await self._request("GET", "/state/datasets")
             return [_dataset_state(entry) for entry in body]
         return self._deferred(call())
 
     def list_nodes(self):
         async def call():
-            _, body = await self._request(b"GET", "/state/nodes")
+            _, body = await self._request("GET", "/state/nodes")
             return [Node(entry["uuid"], entry["host"]) for entry in body]
         return self._deferred(call())
 
     def list_leases(self):
         async def call():
-            _, body = await self._request(b"GET", "/configuration/leases")
+            _, body = await self._request("GET", "/configuration/leases")
             return [_lease(entry) for entry in body]
         return self._deferred(call())
 
     def acquire_lease(self, dataset_id, node_uuid, expires):
         async def call():
             _, body = await self._request(
-                b"POST", "/configuration/leases",
+                "POST", "/configuration/leases",
                 {"dataset_id": dataset_id, "node_uuid": node_uuid, "expires": expires},
                 expected=(200, 201),
             )
@@ -326,7 +326,7 @@ class FlockerClient:
 
     def release_lease(self, dataset_id):
         async def call():
-            _, body = await self._request(b"DELETE", f"/configuration/leases/{dataset_id}")
+            _, body = await self._request("DELETE", f"/configuration/leases/{dataset_id}")
             return _lease(body)
         return self._deferred(call())
 
@@ -383,15 +383,18 @@ class MemoryFlockerAPI:
     """An in-memory control service with agents that converge on a clock.
 
     A change schedules convergence convergence_delay seconds later on clock; with
-    convergence_delay None state only changes when converge() is called. State follows
+    convergence_delay None state only changes when converge() is called. With a latency,
+    calls are carried out in order on the clock, so concurrent callers interleave. State follows
     Flocker's agents: a dataset is placed on its configured primary unless it is leased
     to the node that holds it, and its path is stable across moves.
     """
 
-    def __init__(self, clock, nodes=(), convergence_delay=0.0):
+    def __init__(self, clock, nodes=(), convergence_delay=0.0, latency=0.0):
         self._clock = clock
         self.nodes = list(nodes)
         self.convergence_delay = convergence_delay
+        self.latency = latency  # > 0: each call is carried out and answered that much later
+        self._pending_convergence = None
         self._datasets = {}
         self._leases = {}  # dataset_id -> (node_uuid, expiry time or None)
         self._state = {}  # dataset_id -> node_uuid holding it
@@ -410,8 +413,9 @@ class MemoryFlockerAPI:
         return None
 
     def _changed(self):
-        if self.convergence_delay is not None:
-            self._clock.callLater(self.convergence_delay, self.converge)
+        if self.convergence_delay is not None and self._pending_convergence is None:
+            self._pending_convergence = self._clock.callLater(
+                self.convergence_delay, self.converge)
 
     def _expire_leases(self):
         now = self._clock.seconds()
@@ -438,6 +442,10 @@ class MemoryFlockerAPI:
 
     def converge(self):
         """Make state match configuration now, as agents would."""
+        if self._pending_convergence is not None:
+            if self._pending_convergence.active():
+                self._pending_convergence.cancel()
+            self._pending_convergence = None
         self._expire_leases()
         known_nodes = {node.uuid for node in self.nodes}
         for dataset in self._datasets.values():
@@ -451,14 +459,18 @@ class MemoryFlockerAPI:
                 self._state[dataset.dataset_id] = dataset.primary
 
     def _outcome(self, name, args, action):
-        unreachable = self._call(name, *args)
-        if unreachable is not None:
-            return fail(unreachable)
-        self._expire_leases()
-        try:
-            return succeed(action())
-        except Exception as reason:
-            return fail(reason)
+        def carry_out():
+            unreachable = self._call(name, *args)
+            if unreachable is not None:
+                return fail(unreachable)
+            self._expire_leases()
+            try:
+                return succeed(action())
+            except Exception as reason:
+                return fail(reason)
+        if not self.latency:
+            return carry_out()
+        return deferLater(self._clock, self.latency, carry_out)
 
     def version(self):
         return self._outcome("version", (), lambda: "1.15.0+powerstrip-flocker-memory")

@@ -19,7 +19,7 @@ def start_logging(log_format="text", level="info", stream=None):
     """Send every twisted.logger event at or above level to stream (stderr by default)."""
     stream = stream or sys.stderr
     if log_format == "json":
-        observer = jsonFileLogObserver(stream)
+        observer = jsonFileLogObserver(stream, recordSeparator="")
     else:
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))

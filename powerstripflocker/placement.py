@@ -34,6 +34,12 @@ class PlacementTimeout(PlacementError):
     kind = "deadline"
 
 
+class VolumeClaimedElsewhere(PlacementError):
+    """Another node asked for the volume while this node waited for it."""
+
+    kind = "conflict"
+
+
 class ControlServiceUnavailable(PlacementError):
     kind = "unreachable"
 
@@ -117,7 +123,7 @@ class Placement:
 
     async def _ensure_local(self, names):
         deadline_at = self._clock.seconds() + self.deadline
-        node = await self.this_node(deadline_at)
+        node = await self.this_node(deadline_at, ", ".join(names))
         placements = [
             self._flights.run(name, lambda name=name: Deferred.fromCoroutine(
                 self._place_measured(name, node, deadline_at)))
@@ -129,7 +135,7 @@ class Placement:
                 value.raiseException()
         return dict(zip(names, (value for _, value in results)))
 
-    async def this_node(self, deadline_at=None):
+    async def this_node(self, deadline_at=None, volumes="this node"):
         """This node's identity, looked up by address in /v1/state/nodes if needed."""
         if self._this_node is not None:
             return self._this_node
@@ -137,7 +143,7 @@ class Placement:
             deadline_at = self._clock.seconds() + self.deadline
         delay = FIRST_POLL
         while True:
-            nodes = await self._call(self._api.list_nodes(), "this node", deadline_at)
+            nodes = await self._call(self._api.list_nodes(), volumes, deadline_at)
             for node in nodes:
                 if node.uuid == self._node_uuid or (
                         self._node_uuid is None and node.host == self._node_address):
@@ -254,6 +260,18 @@ class Placement:
                     f"{dataset_id}; stop its containers there first"
                 )
 
+    async def _refuse_if_claimed_elsewhere(self, name, dataset_id, node, deadline_at):
+        configuration = await self._call(
+            self._api.list_datasets_configuration(), name, deadline_at)
+        for dataset in configuration.datasets:
+            if dataset.dataset_id == dataset_id and dataset.primary != node.uuid:
+                hosts = await self._hosts(deadline_at)
+                claimant = hosts.get(dataset.primary, f"node {dataset.primary}")
+                raise VolumeClaimedElsewhere(
+                    f"volume {name!r} was claimed by {claimant} while this node waited for "
+                    f"it; run the container on one node at a time"
+                )
+
     async def _wait_until_local(self, name, dataset_id, node, deadline_at):
         delay = FIRST_POLL
         while True:
@@ -263,6 +281,7 @@ class Placement:
                 return entries[0].path
             if any(entry.primary not in (None, node.uuid) for entry in entries):
                 await self._refuse_if_leased_elsewhere(name, dataset_id, node, deadline_at)
+                await self._refuse_if_claimed_elsewhere(name, dataset_id, node, deadline_at)
             remaining = deadline_at - self._clock.seconds()
             if remaining <= 0:
                 hosts = await self._hosts_or_empty(deadline_at)
