@@ -14,7 +14,9 @@ from .logs import add_logging_options, start_logging
 SUBCOMMANDS = {
     "adapter": "powerstripflocker.adapter_command",
     "agent": "powerstripflocker.agent.command",
+    "proxy": "powerstripflocker.powerstrip.command",
     "control": "powerstripflocker.control.command",
+    "status": "powerstripflocker.control.status",
 }
 
 

@@ -1,0 +1,1 @@
+"""A Powerstrip-compatible Docker Engine API proxy: pre- and post-hooks, streaming, hijack."""
