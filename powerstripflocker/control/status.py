@@ -1,0 +1,257 @@
+"""powerstrip-flocker status: a table of the cluster's datasets, from the v1 API."""
+
+import json
+import os
+
+from twisted.logger import Logger
+
+HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, moves, leases"
+
+DEFAULT_URL = "http://127.0.0.1:4523"
+URL_ENV = "FLOCKER_CONTROL_SERVICE_BASE_URL"
+TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
+REQUEST_TIMEOUT = 15
+
+COLUMNS = ("NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE")
+
+log = Logger()
+
+
+class StatusError(Exception):
+    pass
+
+
+def configure(parser):
+    parser.add_argument(
+        "--control-url", default=os.environ.get(URL_ENV, DEFAULT_URL),
+        help=f"control service base URL, with or without /v1 (default ${URL_ENV} "
+             f"or {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--cluster-token-file", metavar="PATH",
+        help=f"cluster token (or ${TOKEN_ENV}) to read transfer progress from the "
+             f"agent protocol",
+    )
+    parser.add_argument("--all", action="store_true", help="also list deleted datasets")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of an https control URL")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+
+
+def base_url(url):
+    """http://host:port from http://host:port, .../, .../v1 or .../v1/."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url.rstrip("/")
+
+
+# -- pure: documents -> rows -> text -------------------------------------------
+
+
+def human_size(size):
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+        value /= 1024
+    return str(size)  # pragma: no cover
+
+
+def human_seconds(seconds):
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def build_rows(configuration, state, nodes, leases, cluster=None, include_deleted=False):
+    """One row (dict of COLUMNS, lower-cased keys) per configured dataset."""
+    hosts = {node["uuid"]: node["host"] for node in nodes}
+    if cluster:
+        for node in cluster.get("nodes", []):
+            hosts.setdefault(node["uuid"], node["host"])
+
+    def node_name(uuid):
+        return hosts.get(uuid, uuid[:8] if uuid else "-")
+
+    where = {}
+    for entry in state:
+        where.setdefault(entry["dataset_id"], []).append(entry)
+    lease_of = {lease["dataset_id"]: lease for lease in leases}
+    transfers = {}
+    for node in (cluster or {}).get("nodes", []):
+        for transfer in node.get("transfers", []):
+            if transfer.get("direction") == "push":
+                transfers[transfer["dataset_id"]] = transfer
+
+    rows = []
+    for dataset in configuration:
+        if dataset.get("deleted") and not include_deleted:
+            continue
+        dataset_id = dataset["dataset_id"]
+        entries = where.get(dataset_id, [])
+        here = [e for e in entries if e.get("primary") == dataset["primary"] and e.get("path")]
+        elsewhere = [e for e in entries if e.get("primary") and e.get("primary") != dataset["primary"]]
+        path = "-"
+        if dataset.get("deleted"):
+            state_text = "deleted" if not entries else "deleting"
+        elif here:
+            state_text = "manifest"
+            path = here[0]["path"]
+        elif elsewhere:
+            source = elsewhere[0]["primary"]
+            state_text = f"moving from {node_name(source)}"
+            transfer = transfers.get(dataset_id)
+            if transfer:
+                done, total = transfer.get("bytes_done", 0), transfer.get("bytes_total")
+                if total:
+                    state_text += f" {100 * done // total}% ({human_size(done)}/{human_size(total)})"
+                else:
+                    state_text += f" ({human_size(done)})"
+        else:
+            state_text = "pending"
+        lease = lease_of.get(dataset_id)
+        if lease is None:
+            lease_text = "-"
+        elif lease.get("expires") is None:
+            lease_text = f"{node_name(lease['node_uuid'])} (no expiry)"
+        else:
+            lease_text = f"{node_name(lease['node_uuid'])} ({human_seconds(lease['expires'])})"
+        size = dataset.get("maximum_size")
+        rows.append({
+            "name": dataset.get("metadata", {}).get("name", "-"),
+            "dataset": dataset_id,
+            "primary": node_name(dataset["primary"]),
+            "state": state_text,
+            "path": path,
+            "size": human_size(size),
+            "lease": lease_text,
+        })
+    rows.sort(key=lambda row: (row["name"], row["dataset"]))
+    return rows
+
+
+def render_table(rows):
+    table = [COLUMNS] + [tuple(row[c.lower()] for c in COLUMNS) for row in rows]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in table
+    ]
+    return "\n".join(lines)
+
+
+# -- fetching ---------------------------------------------------------------------
+
+
+async def fetch(client, url, token=None):
+    """(configuration, state, nodes, leases, cluster or None) from the control service."""
+    root = base_url(url)
+
+    async def get_json(path, headers=None, optional=False):
+        try:
+            response = await client.get(root + path, headers=headers or {},
+                                        timeout=REQUEST_TIMEOUT)
+            body = await response.content()
+        except Exception as error:
+            if optional:
+                return None
+            raise StatusError(f"cannot reach the control service at {root}: {error}")
+        if response.code != 200:
+            if optional:
+                return None
+            raise StatusError(
+                f"GET {root}{path} answered {response.code}: {body[:200].decode('utf-8', 'replace')}"
+            )
+        try:
+            return json.loads(body)
+        except ValueError:
+            if optional:
+                return None
+            raise StatusError(f"GET {root}{path} answered something that is not JSON")
+
+    configuration = await get_json("/v1/configuration/datasets")
+    state = await get_json("/v1/state/datasets")
+    nodes = await get_json("/v1/state/nodes")
+    leases = await get_json("/v1/configuration/leases")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    cluster = await get_json("/agent/v1/cluster", headers=headers, optional=True)
+    return configuration, state, nodes, leases, cluster
+
+
+def _tls_policy(ca_path, cert_path, key_path):
+    from twisted.internet import ssl
+    from twisted.web.iweb import IPolicyForHTTPS
+    from zope.interface import implementer
+
+    with open(ca_path, "rb") as f:
+        trust = ssl.Certificate.loadPEM(f.read())
+    client_cert = None
+    if cert_path:
+        with open(cert_path, "rb") as c, open(key_path or cert_path, "rb") as k:
+            client_cert = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read())
+
+    @implementer(IPolicyForHTTPS)
+    class Policy:
+        def creatorForNetloc(self, hostname, port):
+            return ssl.optionsForClientTLS(
+                hostname.decode("ascii"), trustRoot=trust, clientCertificate=client_cert,
+            )
+
+    return Policy()
+
+
+def make_client(reactor, options):
+    import treq
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent
+
+    if not (options.tls_ca or options.tls_cert):
+        return treq
+    if options.tls_cert and not options.tls_ca:
+        raise StatusError("--tls-cert needs --tls-ca (the CA of the control service)")
+    policy = _tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
+    return HTTPClient(Agent(reactor, contextFactory=policy))
+
+
+def read_token(options, environ=os.environ):
+    if options.cluster_token_file:
+        with open(options.cluster_token_file, encoding="utf-8") as f:
+            return f.read().strip() or None
+    return environ.get(TOKEN_ENV, "").strip() or None
+
+
+def run(options):
+    from twisted.internet import task
+    from twisted.internet.defer import ensureDeferred
+
+    status = [0]
+
+    async def main(reactor):
+        try:
+            token = read_token(options)
+            client = make_client(reactor, options)
+            documents = await fetch(client, options.control_url, token)
+        except (StatusError, OSError) as error:
+            log.error("status: {error}", error=str(error))
+            status[0] = 1
+            return
+        rows = build_rows(*documents, include_deleted=options.all)
+        if options.json:
+            print(json.dumps(rows, indent=2))
+        elif rows:
+            print(render_table(rows))
+        else:
+            print("no datasets")
+
+    try:
+        task.react(lambda reactor: ensureDeferred(main(reactor)))
+    except SystemExit as exit:
+        return status[0] or exit.code or 0
+    return status[0]
