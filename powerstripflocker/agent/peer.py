@@ -130,7 +130,7 @@ class IncomingPush:
                 raise Refused(503, f"dataset {self.dataset_id} is busy on this node")
             self.locked = True
             try:
-                self.plan = self.agent.backend.prepare_receive(
+                self.plan = await self.agent.backend.prepare_receive(
                     self.dataset_id, fmt, self.params.get("parent") or None,
                     self.params.get("snapshot") or None)
             except MissingParent as e:
@@ -187,7 +187,8 @@ class IncomingPush:
         self.agent.fault_paused(self.dataset_id, sink.bytes)
 
     def peer_name(self):
-        return self.request.getHeader(b"x-powerstrip-flocker-node") or "?"
+        name = (self.request.getHeader(b"x-powerstrip-flocker-node") or "").lower()
+        return name if re.fullmatch(UUID_RE, name) else "unknown"
 
     def body_received(self):
         """The whole body arrived (twisted.web is about to render the request)."""

@@ -5,6 +5,7 @@ backoff timer runs convergence; nothing waits on a fixed sleep. Failed actions a
 retried per dataset with exponential backoff (0.5 s doubling up to max_backoff).
 """
 
+import uuid
 from collections import deque
 
 from twisted.internet import defer, task
@@ -18,6 +19,14 @@ from .peer import PeerError, Refused
 from .streams import Progress
 
 log = Logger()
+
+
+def _is_uuid(text):
+    try:
+        uuid.UUID(str(text))
+        return True
+    except ValueError:
+        return False
 
 
 class AgentService:
@@ -118,7 +127,7 @@ class AgentService:
             if d.role == PRIMARY
         ]
         return {"host": self.address, "agent_url": self.agent_url, "datasets": datasets,
-                "transfers": [p.as_report() for p in self.active]}
+                "transfers": [p.as_report() for p in self.active if _is_uuid(p.peer)]}
 
     def request_report(self):
         """Send our report now (coalesced; retried with backoff until it gets through)."""

@@ -77,7 +77,7 @@ class IStorageBackend(Interface):
         """async: a SendPlan for pushing our primary copy to a peer holding peer_snapshots."""
 
     def prepare_receive(dataset_id, format, parent, snapshot):
-        """A ReceivePlan: raise MissingParent / BackendError when it cannot be received."""
+        """async: a ReceivePlan; raises Conflict / MissingParent / BackendError."""
 
     def acquire(dataset_id, received, maximum_size):
         """async: make the received copy this node's primary (idempotent for one token)."""

@@ -4,7 +4,8 @@ Layout under the data root (which must be on a btrfs file system):
   datasets/<id>             writable subvolume: the dataset (its path, stable across moves)
   snapshots/<id>/<snap>     read-only snapshots (own, or received from a peer); the newest
                             one shared with a peer is the parent of an incremental send
-  staging/<id>/             where `btrfs receive` writes; moved to snapshots/ once complete
+                            `btrfs receive` writes into snapshots/<id>/ directly: a
+                            subvolume there that is not read-only is an interrupted receive
   meta/<id>.json            role, maximum_size, origin, last snapshot
 
 A push: read-only snapshot of datasets/<id>, `btrfs send [-p parent]` streamed to the peer,
@@ -40,10 +41,6 @@ from twisted.internet.threads import deferToThread
 log = Logger()
 
 
-def is_btrfs(path):
-    return os.statvfs(path) is not None and _fstype(path) == "btrfs"
-
-
 def _fstype(path):
     # The longest mount point that is a prefix of path, from /proc/self/mounts.
     path = os.path.realpath(path)
@@ -75,16 +72,15 @@ class BtrfsBackend:
         self.data_root = os.path.abspath(data_root)
         self.datasets_dir = os.path.join(self.data_root, "datasets")
         self.snapshots_dir = os.path.join(self.data_root, "snapshots")
-        self.staging_dir = os.path.join(self.data_root, "staging")
-        for d in (self.datasets_dir, self.snapshots_dir, self.staging_dir):
+        for d in (self.datasets_dir, self.snapshots_dir):
             os.makedirs(d, exist_ok=True)
         self.meta = MetadataStore(self.data_root)
 
     async def start(self):
         if _fstype(self.data_root) != "btrfs":
             raise BackendError(f"{self.data_root} is not on a btrfs file system")
-        for dataset_id in os.listdir(self.staging_dir):
-            await self._clear_staging(dataset_id)
+        for dataset_id in os.listdir(self.snapshots_dir):
+            await self._drop_partial_receives(dataset_id)
 
     def local_datasets(self):
         return local_from_meta(self, self.meta.all())
@@ -115,11 +111,9 @@ class BtrfsBackend:
     async def destroy(self, dataset_id):
         self.meta.delete(dataset_id)
         await self._delete_subvolume(self.path(dataset_id))
-        await self._clear_staging(dataset_id)
         for name in self.snapshots(dataset_id):
             await self._delete_subvolume(os.path.join(self._snapdir(dataset_id), name))
         _rmdir(self._snapdir(dataset_id))
-        _rmdir(os.path.join(self.staging_dir, dataset_id))
 
     def snapshots(self, dataset_id):
         try:
@@ -147,7 +141,7 @@ class BtrfsBackend:
         return SendPlan(dataset_id=dataset_id, format="btrfs", argv=argv, snapshot=snapshot,
                         parent=parent, size=size, maximum_size=record.get("maximum_size"))
 
-    def prepare_receive(self, dataset_id, format, parent, snapshot):
+    async def prepare_receive(self, dataset_id, format, parent, snapshot):
         if format != "btrfs":
             raise BackendError(f"the btrfs backend cannot receive format {format!r}")
         if not snapshot or "/" in snapshot or snapshot.startswith("."):
@@ -155,31 +149,44 @@ class BtrfsBackend:
         record = self.meta.get(dataset_id)
         if record is not None and record.get("role") == PRIMARY:
             raise Conflict(f"dataset {dataset_id} is already held here as primary")
+        await self._drop_partial_receives(dataset_id)
         if parent is not None and parent not in self.snapshots(dataset_id):
             raise MissingParent(f"parent snapshot {parent} of {dataset_id} is not held here")
-        staging = os.path.join(self.staging_dir, dataset_id)
-        os.makedirs(staging, exist_ok=True)
-        leftovers = os.listdir(staging)
-        if leftovers:
-            # Should have been cleared by start() or by the previous receive's discard.
-            raise BackendError(f"staging area {staging} is not empty: {leftovers}")
+        snapdir = self._snapdir(dataset_id)
+        os.makedirs(snapdir, exist_ok=True)
+        if os.path.lexists(os.path.join(snapdir, snapshot)):
+            raise Conflict(f"snapshot {snapshot} of {dataset_id} is already held here")
 
         async def commit():
-            received = os.path.join(staging, snapshot)
-            if not os.path.isdir(received):
-                raise BackendError(f"btrfs receive did not create {snapshot}")
-            os.makedirs(self._snapdir(dataset_id), exist_ok=True)
-            final = os.path.join(self._snapdir(dataset_id), snapshot)
-            if os.path.lexists(final):
-                await self._delete_subvolume(received)
-            else:
-                os.rename(received, final)
+            # btrfs receive makes the subvolume read-only only once the stream is complete.
+            received = os.path.join(snapdir, snapshot)
+            if not os.path.isdir(received) or not await self._read_only(received):
+                raise BackendError(f"btrfs receive did not complete snapshot {snapshot}")
             return snapshot
 
         async def discard():
-            await self._clear_staging(dataset_id)
+            await self._drop_partial_receives(dataset_id)
 
-        return ReceivePlan(dataset_id, ["btrfs", "receive", staging], commit, discard)
+        return ReceivePlan(dataset_id, ["btrfs", "receive", snapdir], commit, discard)
+
+    async def _read_only(self, path):
+        out = await self._btrfs("property", "get", "-ts", path, "ro")
+        return out.strip() == b"ro=true"
+
+    async def _drop_partial_receives(self, dataset_id):
+        """Subvolumes under snapshots/<id> that are not read-only are interrupted receives."""
+        for name in self.snapshots(dataset_id):
+            full = os.path.join(self._snapdir(dataset_id), name)
+            try:
+                if await self._read_only(full):
+                    continue
+            except CommandFailed:
+                pass
+            log.info("dropping the partial receive {path}", path=full)
+            try:
+                await self._delete_subvolume(full)
+            except CommandFailed:
+                await deferToThread(_rmtree, full)
 
     async def acquire(self, dataset_id, received, maximum_size):
         record = self.meta.get(dataset_id)
@@ -218,18 +225,6 @@ class BtrfsBackend:
         for name in self.snapshots(dataset_id):
             if name != keep:
                 await self._delete_subvolume(os.path.join(self._snapdir(dataset_id), name))
-
-    async def _clear_staging(self, dataset_id):
-        staging = os.path.join(self.staging_dir, dataset_id)
-        if not os.path.isdir(staging):
-            return
-        for name in os.listdir(staging):
-            full = os.path.join(staging, name)
-            try:
-                await self._delete_subvolume(full)
-            except CommandFailed:
-                # A partial receive can leave a plain directory, not a subvolume.
-                await deferToThread(_rmtree, full)
 
 
 def _rmdir(path):

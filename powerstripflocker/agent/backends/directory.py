@@ -94,7 +94,7 @@ class DirectoryBackend:
             size=size, maximum_size=record.get("maximum_size"),
         )
 
-    def prepare_receive(self, dataset_id, format, parent, snapshot):
+    async def prepare_receive(self, dataset_id, format, parent, snapshot):
         if format != "tar":
             raise BackendError(f"the directory backend cannot receive format {format!r}")
         record = self.meta.get(dataset_id)
@@ -102,8 +102,7 @@ class DirectoryBackend:
             raise Conflict(f"dataset {dataset_id} is already held here as primary")
         staging = os.path.join(self.staging_dir, dataset_id)
         # A new push supersedes whatever an earlier one left behind.
-        if os.path.exists(staging):
-            shutil.rmtree(staging)
+        await self._remove(staging)
         token = uuid.uuid4().hex
         target = os.path.join(staging, token)
         os.makedirs(target)

@@ -1,0 +1,112 @@
+"""Helpers for the agent tests: tree manifests, sample trees, btrfs on a loop device."""
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+
+
+def manifest(root):
+    """{relative path: (type, mode, mtime_ns, sha256 or symlink target)} of a tree."""
+    result = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in ["."] + dirnames + filenames if dirpath == root else dirnames + filenames:
+            full = os.path.normpath(os.path.join(dirpath, name))
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                result[rel] = ("link", stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                               os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                result[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns, None)
+            else:
+                digest = hashlib.sha256()
+                with open(full, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+                result[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns,
+                               digest.hexdigest())
+    return result
+
+
+def fill_sample_tree(root, random_bytes=256 * 1024, files=4):
+    """Nested folders, an empty folder, a symlink, odd modes and fixed mtimes."""
+    os.makedirs(os.path.join(root, "nested", "deeper", "deepest"), exist_ok=True)
+    os.makedirs(os.path.join(root, "empty"), exist_ok=True)
+    per_file = max(random_bytes // files, 1)
+    for i in range(files):
+        folder = os.path.join(root, "nested", "deeper") if i % 2 else os.path.join(root, "nested")
+        with open(os.path.join(folder, f"random-{i}.bin"), "wb") as f:
+            remaining = per_file
+            while remaining:
+                chunk = min(remaining, 1 << 20)
+                f.write(os.urandom(chunk))
+                remaining -= chunk
+    with open(os.path.join(root, "nested", "deeper", "deepest", "script.sh"), "w") as f:
+        f.write("#!/bin/sh\necho fish\n")
+    os.chmod(os.path.join(root, "nested", "deeper", "deepest", "script.sh"), 0o750)
+    with open(os.path.join(root, "secret.txt"), "w") as f:
+        f.write("only me\n")
+    os.chmod(os.path.join(root, "secret.txt"), 0o600)
+    os.chmod(os.path.join(root, "empty"), 0o1777)
+    os.symlink("nested/deeper/deepest/script.sh", os.path.join(root, "link-to-script"))
+    os.symlink("/nowhere/at/all", os.path.join(root, "dangling"))
+    stamp = 1_234_567_890_123_456_789
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames + dirnames:
+            os.utime(os.path.join(dirpath, name), ns=(stamp, stamp), follow_symlinks=False)
+            stamp += 1_000_001_007
+        os.utime(dirpath, ns=(stamp, stamp))
+
+
+def btrfs_skip_reason():
+    """Why btrfs tests cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "btrfs tests need root (mkfs.btrfs, losetup, mount)"
+    for tool in ("mkfs.btrfs", "btrfs", "mount", "umount", "losetup"):
+        if shutil.which(tool) is None:
+            return f"btrfs tests need {tool} (apt-get install btrfs-progs)"
+    try:
+        with open("/proc/filesystems", encoding="utf-8") as f:
+            if "btrfs" not in f.read():
+                subprocess.run(["modprobe", "btrfs"], check=False, capture_output=True)
+        with open("/proc/filesystems", encoding="utf-8") as f:
+            if "btrfs" not in f.read():
+                return "the kernel has no btrfs support"
+    except OSError as e:
+        return f"cannot read /proc/filesystems: {e}"
+    return None
+
+
+class LoopBtrfs:
+    """A btrfs file system in a sparse file, loop-mounted under a temporary directory."""
+
+    def __init__(self, size="1G", parent=None):
+        self.base = tempfile.mkdtemp(prefix="psf-btrfs-", dir=parent)
+        self.image = os.path.join(self.base, "fs.img")
+        self.mount_point = os.path.join(self.base, "mnt")
+
+    def create(self, size="1G"):
+        os.makedirs(self.mount_point)
+        with open(self.image, "wb") as f:
+            f.truncate(_parse_size(size))
+        subprocess.run(["mkfs.btrfs", "-q", "-f", self.image], check=True, capture_output=True)
+        subprocess.run(["mount", "-o", "loop", self.image, self.mount_point], check=True,
+                       capture_output=True)
+        return self
+
+    def destroy(self):
+        if os.path.ismount(self.mount_point):
+            result = subprocess.run(["umount", self.mount_point], capture_output=True)
+            if result.returncode != 0:
+                subprocess.run(["umount", "-l", self.mount_point], capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _parse_size(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    if text[-1] in units:
+        return int(text[:-1]) * units[text[-1]]
+    return int(text)

@@ -1,0 +1,162 @@
+"""The agent's decisions, as a pure function of the cluster view and local datasets."""
+
+from powerstripflocker.agent.convergence import decide
+from powerstripflocker.agent.model import (
+    HANDED_OFF, PRIMARY, REPLICA, Cleanup, ClusterView, Create, Destroy, LocalDataset, Push,
+    Wait,
+)
+
+ME = "11111111-1111-4111-8111-111111111111"
+OTHER = "22222222-2222-4222-8222-222222222222"
+THIRD = "33333333-3333-4333-8333-333333333333"
+DS = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+OTHER_URL = "http://127.0.0.1:9002"
+
+
+def view(datasets=(), leases=(), nodes=()):
+    return ClusterView.from_json({"generation": 7, "datasets": list(datasets),
+                                  "leases": list(leases), "nodes": list(nodes)})
+
+
+def dataset(primary=ME, deleted=False, manifested=False, maximum_size=None, dataset_id=DS):
+    return {"dataset_id": dataset_id, "primary": primary, "metadata": {}, "deleted": deleted,
+            "maximum_size": maximum_size, "manifested": manifested}
+
+
+def node(uuid, datasets=(), agent_url=OTHER_URL):
+    return {"uuid": uuid, "host": "127.0.0.1", "agent_url": agent_url,
+            "datasets": [{"dataset_id": d, "path": f"/x/{d}"} for d in datasets],
+            "transfers": []}
+
+
+def held(role=PRIMARY, origin="created"):
+    return {DS: LocalDataset(DS, role, f"/data/datasets/{DS}", origin=origin)}
+
+
+def lease(node_uuid, expires=None):
+    return {"dataset_id": DS, "node_uuid": node_uuid, "expires": expires}
+
+
+def test_new_dataset_configured_here_is_created_with_its_size():
+    assert decide(ME, view([dataset(maximum_size=67108864)]), {}) == [Create(DS, 67108864)]
+
+
+def test_dataset_configured_here_and_held_here_needs_nothing():
+    assert decide(ME, view([dataset(manifested=True)]), held()) == []
+
+
+def test_manifested_dataset_not_held_here_is_never_created_empty():
+    actions = decide(ME, view([dataset(manifested=True)]), {})
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_dataset_reported_elsewhere_is_not_created_even_if_not_flagged_manifested():
+    actions = decide(ME, view([dataset()], nodes=[node(OTHER, [DS])]), {})
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_dataset_configured_elsewhere_and_not_held_is_ignored():
+    assert decide(ME, view([dataset(primary=OTHER)]), {}) == []
+
+
+def test_held_dataset_configured_on_a_known_node_is_pushed_there():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                              nodes=[node(OTHER)]), held())
+    assert actions == [Push(DS, OTHER, OTHER_URL)]
+
+
+def test_move_to_a_node_whose_agent_is_unknown_waits():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)]), held())
+    assert [type(a) for a in actions] == [Wait]
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                              nodes=[node(OTHER, agent_url=None)]), held())
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_lease_held_by_this_node_blocks_the_move():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)], leases=[lease(ME)],
+                              nodes=[node(OTHER)]), held())
+    assert [type(a) for a in actions] == [Wait]
+    assert "leased" in actions[0].reason
+
+
+def test_lease_held_by_another_node_does_not_block_the_move():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                              leases=[lease(OTHER)], nodes=[node(OTHER)]), held())
+    assert actions == [Push(DS, OTHER, OTHER_URL)]
+
+
+def test_expired_lease_does_not_block_the_move():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                              leases=[lease(ME, expires=0)], nodes=[node(OTHER)]), held())
+    assert actions == [Push(DS, OTHER, OTHER_URL)]
+
+
+def test_handed_off_copy_is_kept_until_the_new_primary_reports_it():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)], nodes=[node(OTHER)]),
+                     held(HANDED_OFF))
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_handed_off_copy_is_cleaned_up_once_the_new_primary_reports_it():
+    actions = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                              nodes=[node(OTHER, [DS])]), held(HANDED_OFF))
+    assert actions == [Cleanup(DS)]
+
+
+def test_handed_off_copy_is_cleaned_up_when_a_third_node_ends_up_with_it():
+    actions = decide(ME, view([dataset(primary=THIRD, manifested=True)],
+                              nodes=[node(OTHER), node(THIRD, [DS])]), held(HANDED_OFF))
+    assert actions == [Cleanup(DS)]
+
+
+def test_handed_off_copy_waits_when_the_dataset_moves_back_here():
+    actions = decide(ME, view([dataset(primary=ME, manifested=True)], nodes=[node(OTHER)]),
+                     held(HANDED_OFF))
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_deleted_dataset_held_here_is_destroyed():
+    assert decide(ME, view([dataset(deleted=True, manifested=True)]), held()) == [Destroy(DS)]
+
+
+def test_deleted_dataset_leased_here_is_kept():
+    actions = decide(ME, view([dataset(deleted=True, manifested=True)], leases=[lease(ME)]),
+                     held())
+    assert [type(a) for a in actions] == [Wait]
+
+
+def test_deleted_dataset_leased_elsewhere_is_destroyed_here():
+    actions = decide(ME, view([dataset(deleted=True, manifested=True)],
+                              leases=[lease(OTHER)]), held())
+    assert actions == [Destroy(DS)]
+
+
+def test_deleted_dataset_replica_is_destroyed():
+    assert decide(ME, view([dataset(primary=OTHER, deleted=True, manifested=True)]),
+                  held(REPLICA)) == [Destroy(DS)]
+
+
+def test_deleted_dataset_not_held_is_not_created():
+    assert decide(ME, view([dataset(deleted=True)]), {}) == []
+
+
+def test_replica_of_a_live_dataset_is_kept():
+    assert decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                           nodes=[node(OTHER, [DS])]), held(REPLICA)) == []
+
+
+def test_unconfigured_local_dataset_is_left_alone():
+    assert decide(ME, view([]), held()) == []
+
+
+def test_one_action_per_dataset_in_id_order():
+    second = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+    actions = decide(ME, view([dataset(dataset_id=second), dataset()]), {})
+    assert actions == [Create(DS), Create(second)]
+
+
+def test_view_ids_are_compared_case_insensitively():
+    actions = decide(ME, view([dataset(primary=OTHER.upper(), dataset_id=DS.upper(),
+                                       manifested=True)], nodes=[node(OTHER.upper())]), held())
+    assert actions == [Push(DS, OTHER, OTHER_URL)]
