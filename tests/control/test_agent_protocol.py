@@ -1,9 +1,10 @@
 """The agent protocol: node reports, the cluster long-poll, generations, expiry, tokens."""
 
-from twisted.internet.defer import ensureDeferred
+import json
+
 from twisted.trial.unittest import TestCase
 
-from .helpers import NODE1, NODE2, harness, new_id
+from .helpers import BASE, NODE1, NODE2, harness, new_id
 
 DATASETS = "/v1/configuration/datasets"
 
@@ -13,20 +14,28 @@ class Poll:
 
     def __init__(self, h, query="", headers=None):
         self.h = h
-        self.deferred = ensureDeferred(
-            h.request("GET", "/agent/v1/cluster" + query, headers=headers or h.agent_headers()))
+        self.response = h.treq.request(
+            "GET", BASE + "/agent/v1/cluster" + query, headers=headers or h.agent_headers())
+        self.got_response = False
+
+        def got(result):
+            self.got_response = True
+            return result
+
+        self.response.addBoth(got)
         self.h.treq.flush()
 
     @property
     def answered(self):
-        for _ in range(3):  # headers, then the body
-            self.h.treq.flush()
-        return self.deferred.called
+        self.h.treq.flush()
+        return self.got_response
 
     async def result(self):
         self.assert_answered()
-        response, body = await self.deferred
-        return response.code, body
+        response = await self.response
+        content = response.content()
+        self.h.treq.flush()
+        return response.code, json.loads(await content)
 
     def assert_answered(self):
         if not self.answered:
