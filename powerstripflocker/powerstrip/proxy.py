@@ -35,6 +35,7 @@ from .http import (
 )
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+_BODY_METHODS = (b"POST", b"PUT", b"PATCH")
 _STREAM_TYPES = (
     b"application/vnd.docker.raw-stream", b"application/vnd.docker.multiplexed-stream",
 )
@@ -215,10 +216,15 @@ class ClientConnection(Protocol):
                 self._hooked(head, method, target, version, kind, length, hooks)
 
     def _pass_through(self, raw_head, kind, length):
-        body = None if kind == "none" else _Body(kind, length)
-        if body is not None and kind == "length" and length == 0:
-            body = None
-        self._send(raw_head, body)
+        if kind == "none":
+            if self.method in _BODY_METHODS:
+                # a bodyless POST must not look like one of unknown length to moby
+                raw_head = raw_head[:-2] + b"Content-Length: 0\r\n\r\n"
+            self._send(raw_head, None)
+        elif kind == "length" and length == 0:
+            self._send(raw_head, None)
+        else:
+            self._send(raw_head, _Body(kind, length))
 
     def _send(self, raw_head, body, replacement=None):
         """Send a head (and the request body from inbuf/the client) to the daemon."""
@@ -259,7 +265,12 @@ class ClientConnection(Protocol):
                         f"{self.proxy.docker_description}: {failure.getErrorMessage()}")
 
     def _relay_request_body(self, data):
-        part, rest = self.request_body.split(data)
+        try:
+            part, rest = self.request_body.split(data)
+        except ProtocolError as e:
+            self.request_body = None
+            self._fail(400, f"powerstrip proxy: malformed request body: {e}")
+            return
         if part and self.request_sink is not None:
             self.request_sink(part)
         if rest is not None:
@@ -368,7 +379,12 @@ class ClientConnection(Protocol):
         collector = self.collector
         data, self.inbuf = self.inbuf, b""
         body = collector.body
-        part, rest = body.split(data)
+        try:
+            part, rest = body.split(data)
+        except ProtocolError as e:
+            self.collector = None
+            self._fail(400, f"powerstrip proxy: malformed request body: {e}")
+            return
         if body.scanner is None:
             collector.parts.append(part)
             collector.size += len(part)
@@ -411,6 +427,9 @@ class ClientConnection(Protocol):
         if text is None:
             # no JSON body: keep the client's framing; relay any body as it comes
             lines = head.lines
+            if stream is None and self.method in _BODY_METHODS and (
+                    b"content-length" not in head.headers):
+                lines = [*lines, b"Content-Length: 0"]
         else:
             replacement = text.encode("utf-8")
             lines = head.without(b"content-length", b"transfer-encoding")
@@ -568,7 +587,13 @@ class UpstreamConnection(Protocol):
                 self._relay_body(data)
 
     def _relay_body(self, data):
-        part, rest = self.body.split(data)
+        try:
+            part, rest = self.body.split(data)
+        except ProtocolError as e:
+            log.error("bad response body from the Docker daemon: {error}", error=str(e))
+            self.client.transport.loseConnection()
+            self.transport.loseConnection()
+            return
         if part:
             self.client.transport.write(part)
         if rest is not None:
