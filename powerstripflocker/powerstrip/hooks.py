@@ -96,17 +96,25 @@ class HookCaller:
     async def _call(self, name, payload):
         url = self._adapters[name]
         d = defer.Deferred.fromCoroutine(self._post(url, payload))
-        d.addTimeout(self.timeout, self._reactor)
+        timed_out = []
+
+        def expire():
+            timed_out.append(True)
+            d.cancel()
+        timer = self._reactor.callLater(self.timeout, expire)
         try:
             status, content = await d
-        except defer.TimeoutError:
-            raise AdapterError(
-                502, f"adapter {name} ({url}) did not answer within {self.timeout:g} s"
-            )
-        except (netError.ConnectError, netError.DNSLookupError) as e:
-            raise AdapterError(502, f"adapter {name} ({url}) is unreachable: {_describe(e)}")
         except Exception as e:
+            if timed_out:
+                raise AdapterError(
+                    502, f"adapter {name} ({url}) did not answer within {self.timeout:g} s")
+            if isinstance(e, (netError.ConnectError, netError.DNSLookupError)):
+                raise AdapterError(
+                    502, f"adapter {name} ({url}) is unreachable: {_describe(e)}")
             raise AdapterError(502, f"adapter {name} ({url}) failed: {_describe(e)}")
+        finally:
+            if timer.active():
+                timer.cancel()
         try:
             answer = json.loads(content)
         except ValueError:
