@@ -8,7 +8,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.server import Site
 
-from .httpapi import ControlAPI
+from .httpapi import ControlAPI, LimitedRequest
 from .service import DEFAULT_STATE_EXPIRY, ControlService
 from .store import Store
 
@@ -105,7 +105,7 @@ class QuietSite(Site):
 
 
 def make_site(service, token):
-    site = QuietSite(ControlAPI(service, token).resource())
+    site = QuietSite(ControlAPI(service, token).resource(), requestFactory=LimitedRequest)
     site.displayTracebacks = False
     return site
 

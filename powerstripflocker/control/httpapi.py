@@ -15,7 +15,9 @@ import re
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
+from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from .. import __version__
 from .schema import UUID4_PATTERN, schema_errors
@@ -144,6 +146,14 @@ class ControlAPI:
         headers = [(b"Allow", ", ".join(allowed).encode("ascii"))] if allowed else []
         return json_response(
             request, 405, {"description": "Method not allowed on this resource."}, headers
+        )
+
+    @app.handle_errors(RequestRedirect)
+    def redirect(self, request, failure):
+        location = failure.value.new_url
+        return json_response(
+            request, failure.value.code, {"description": f"See {location}"},
+            [(b"Location", location.encode("utf-8"))],
         )
 
     @app.handle_errors(HTTPException)
@@ -288,3 +298,17 @@ def _query_number(request, name, kind, default):
         return kind(values[0].decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, f"{name.decode()} must be a number, not {values[0]!r}.")
+
+
+class LimitedRequest(Request):
+    """A request that keeps at most MAX_BODY + 1 bytes of its body (the rest is
+    read and dropped), so an oversized upload costs neither memory nor disk and
+    is answered 413 by read_json."""
+
+    _received = 0
+
+    def handleContentChunk(self, data):
+        room = MAX_BODY + 1 - self._received
+        self._received += len(data)
+        if room > 0:
+            Request.handleContentChunk(self, data[:room])

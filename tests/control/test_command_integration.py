@@ -312,3 +312,25 @@ def test_status_command_prints_the_table(control):
          f"http://127.0.0.1:{free_port()}"], capture_output=True, timeout=60, text=True)
     assert unreachable.returncode == 1
     assert "cannot reach the control service" in unreachable.stderr
+
+
+def test_oversized_bodies_get_413_whether_sized_or_chunked(control):
+    import http.client
+
+    service = control().start()
+    big = b'{"primary": "' + b"x" * (3 * 1024 * 1024) + b'"}'
+
+    def chunks():
+        for start in range(0, len(big), 65536):
+            yield big[start:start + 65536]
+
+    for body, headers in [(big, {}), (chunks(), {"Transfer-Encoding": "chunked"})]:
+        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+        connection.request("POST", "/v1/configuration/datasets", body=body, headers=headers,
+                           encode_chunked=bool(headers))
+        response = connection.getresponse()
+        assert response.status == 413
+        assert json.loads(response.read()) == {
+            "description": "The request body is larger than 1048576 bytes."}
+        connection.close()
+    assert service.request("GET", "/v1/configuration/datasets")[1] == []

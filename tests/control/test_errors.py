@@ -1,0 +1,62 @@
+"""Unexpected errors and odd requests: always a JSON object, never a traceback."""
+
+from twisted.trial.unittest import TestCase
+from twisted.web.test.requesthelper import DummyChannel
+
+from powerstripflocker.control.httpapi import MAX_BODY, LimitedRequest
+
+from .helpers import NODE1, harness, header
+
+
+class UnexpectedErrorTests(TestCase):
+
+    def setUp(self):
+        self.h = harness(self)
+
+    async def test_internal_error_is_a_json_object_and_logged(self):
+        def broken():
+            raise RuntimeError("disk on fire")
+
+        self.h.service.state_datasets = broken
+        response, body = await self.h.request("GET", "/v1/state/datasets")
+        self.assertEqual(response.code, 500)
+        self.assertEqual(body, {"description": "internal error, see the control service log"})
+        self.assertEqual(header(response, "Content-Type"), "application/json")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_internal_error_while_changing_configuration(self):
+        def broken(*args, **kwargs):
+            raise RuntimeError("sqlite said no")
+
+        self.h.store.add_dataset = broken
+        response, body = await self.h.request(
+            "POST", "/v1/configuration/datasets", {"primary": NODE1})
+        self.assertEqual(response.code, 500)
+        self.assertEqual(body, {"description": "internal error, see the control service log"})
+        self.flushLoggedErrors(RuntimeError)
+        self.assertEqual(self.h.store.datasets(), [])
+
+    async def test_double_slashes_redirect_with_a_location(self):
+        response, body = await self.h.request("GET", "/v1//version")
+        # StubTreq follows the redirect: it came with a Location header.
+        self.assertEqual((response.code, body["flocker"] is not None), (200, True))
+
+
+class LimitedRequestTests(TestCase):
+
+    def test_keeps_at_most_one_byte_more_than_the_limit(self):
+        request = LimitedRequest(DummyChannel())
+        request.gotLength(None)
+        for _ in range(3):
+            request.handleContentChunk(b"x" * MAX_BODY)
+        request.content.seek(0)
+        self.assertEqual(len(request.content.read()), MAX_BODY + 1)
+        self.assertEqual(request._received, 3 * MAX_BODY)
+
+    def test_small_body_is_untouched(self):
+        request = LimitedRequest(DummyChannel())
+        request.gotLength(5)
+        request.handleContentChunk(b"ab")
+        request.handleContentChunk(b"cde")
+        request.content.seek(0)
+        self.assertEqual(request.content.read(), b"abcde")
