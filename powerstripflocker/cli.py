@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "proxy": "powerstripflocker.powerstrip.command",
     "control": "powerstripflocker.control.command",
     "status": "powerstripflocker.control.status",
+    "demo": "powerstripflocker.demo",
 }
 
 

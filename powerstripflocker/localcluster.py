@@ -1,0 +1,427 @@
+"""A whole cluster on one machine: one control service, and per node a dockerd, an
+agent, an adapter and a proxy. Used by `powerstrip-flocker demo` and the end-to-end
+tests, and its command lines are the ones the systemd units run.
+
+Every process is started detached with its pid in the cluster's run directory, so
+`demo down` (or a test's teardown) can stop it later, from another process.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import yaml
+
+POWERSTRIP_FLOCKER = (sys.executable, "-m", "powerstripflocker")
+BUSYBOX = "/bin/busybox"
+BUSYBOX_IMAGE = "busybox:latest"
+ADAPTER_PATH = "/flocker-adapter"
+
+
+def adapters_config(adapter_url):
+    """The Powerstrip configuration wiring one adapter to container creation
+    (the repository's adapters.yml is this, for the default adapter URL)."""
+    return {
+        "version": 1,
+        "endpoints": {
+            "POST /*/containers/create": {"pre": ["flocker"]},
+            "POST /containers/create": {"pre": ["flocker"]},
+            "POST /*/containers/*/start": {"pre": ["flocker"]},
+        },
+        "adapters": {"flocker": adapter_url},
+    }
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    name: str
+    address: str
+    agent_port: int
+    adapter_port: int
+    data_dir: str  # dockerd's data root and the agent's
+    run_dir: str  # sockets and pid files; short, for unix socket path limits
+
+    @property
+    def docker_socket(self):
+        """The proxy's socket: what the docker CLI of this node talks to."""
+        return os.path.join(self.run_dir, "docker.sock")
+
+    @property
+    def real_docker_socket(self):
+        return os.path.join(self.run_dir, "docker.real.sock")
+
+    @property
+    def docker_host(self):
+        return f"unix://{self.docker_socket}"
+
+    @property
+    def real_docker_host(self):
+        return f"unix://{self.real_docker_socket}"
+
+    @property
+    def adapter_url(self):
+        return f"http://{self.address}:{self.adapter_port}"
+
+    @property
+    def agent_data_root(self):
+        return os.path.join(self.data_dir, "agent")
+
+    @property
+    def adapters_yml(self):
+        return os.path.join(self.run_dir, "adapters.yml")
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    state_dir: str
+    run_dir: str
+    control_port: int
+    backend: str
+    nodes: tuple
+
+    @property
+    def control_url(self):
+        return f"http://127.0.0.1:{self.control_port}"
+
+    @property
+    def token_file(self):
+        return os.path.join(self.state_dir, "cluster.token")
+
+    @property
+    def log_dir(self):
+        return os.path.join(self.state_dir, "logs")
+
+    def node(self, name):
+        return next(node for node in self.nodes if node.name == name)
+
+
+def make_layout(state_dir, run_dir, control_port=4523, agent_port=4524, adapter_port=9999,
+                backend="directory", node_count=2):
+    """Node n gets address 127.0.0.n, so every node can use the same port numbers."""
+    nodes = tuple(
+        NodeLayout(
+            name=f"node{index}", address=f"127.0.0.{index}", agent_port=agent_port,
+            adapter_port=adapter_port, data_dir=os.path.join(state_dir, f"node{index}"),
+            run_dir=os.path.join(run_dir, f"node{index}"),
+        )
+        for index in range(1, node_count + 1)
+    )
+    return ClusterLayout(state_dir, run_dir, control_port, backend, nodes)
+
+
+def control_command(layout):
+    return [*POWERSTRIP_FLOCKER, "control", "--listen",
+            f"tcp:{layout.control_port}:interface=127.0.0.1",
+            "--db", os.path.join(layout.state_dir, "control.db"),
+            "--cluster-token-file", layout.token_file]
+
+
+def dockerd_command(node):
+    return ["dockerd", "--data-root", os.path.join(node.data_dir, "docker"),
+            "--exec-root", os.path.join(node.run_dir, "exec"),
+            "--pidfile", os.path.join(node.run_dir, "dockerd.pid"),
+            "-H", node.real_docker_host, "--bridge=none", "--iptables=false",
+            "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false"]
+
+
+def agent_command(layout, node):
+    return [*POWERSTRIP_FLOCKER, "agent", "--control-url", layout.control_url,
+            "--data-root", node.agent_data_root, "--backend", layout.backend,
+            "--address", node.address,
+            "--listen", f"tcp:{node.agent_port}:interface={node.address}",
+            "--cluster-token-file", layout.token_file]
+
+
+def adapter_command(layout, node):
+    return [*POWERSTRIP_FLOCKER, "adapter", "--control-url", layout.control_url,
+            "--node-address", node.address,
+            "--listen", f"tcp:{node.adapter_port}:interface={node.address}"]
+
+
+def proxy_command(node):
+    return [*POWERSTRIP_FLOCKER, "proxy", "--config", node.adapters_yml,
+            "--listen", node.docker_host, "--docker", node.real_docker_host]
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+def _http_ok(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def docker(host, *args, timeout=120, check=False, input=None):
+    """Run the docker CLI against host; CompletedProcess with text output."""
+    return subprocess.run(["docker", "-H", host, *args], capture_output=True, text=True,
+                          timeout=timeout, check=check, input=input)
+
+
+def _docker_answers(host):
+    try:
+        return docker(host, "version", "--format", "{{.Server.Version}}",
+                      timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def _registered_nodes(control_url):
+    try:
+        with urllib.request.urlopen(control_url + "/v1/state/nodes", timeout=2) as response:
+            return {entry["host"] for entry in json.load(response)}
+    except (OSError, ValueError, urllib.error.URLError):
+        return set()
+
+
+def missing_requirements():
+    """Why a local cluster cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "needs root (dockerd, mounts)"
+    for tool in ("dockerd", "docker", "containerd", "runc", "tar"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    if not os.access(BUSYBOX, os.X_OK):
+        return f"{BUSYBOX} is not installed (Debian package busybox-static)"
+    return None
+
+
+def import_busybox_image(docker_host, image=BUSYBOX_IMAGE):
+    """Make image from Debian's static busybox with `docker import`, offline; idempotent."""
+    if docker(docker_host, "image", "inspect", image, timeout=30).returncode == 0:
+        return image
+    with tempfile.TemporaryDirectory(prefix="busybox-rootfs-") as rootfs:
+        bin_dir = os.path.join(rootfs, "bin")
+        os.makedirs(bin_dir)
+        shutil.copy2(BUSYBOX, os.path.join(bin_dir, "busybox"))
+        applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        for applet in applets:
+            if applet != "busybox":
+                os.symlink("busybox", os.path.join(bin_dir, applet))
+        for directory in ("tmp", "etc", "root", "proc", "sys", "dev", "var", "data"):
+            os.makedirs(os.path.join(rootfs, directory), exist_ok=True)
+        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
+        with open(os.path.join(rootfs, "etc", "passwd"), "w") as passwd:
+            passwd.write("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+        with open(os.path.join(rootfs, "etc", "group"), "w") as group:
+            group.write("root:x:0:\nnogroup:x:65534:\n")
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(
+            ["docker", "-H", docker_host, "import", "--change", 'CMD ["sh"]', "-", image],
+            stdin=tar.stdout, capture_output=True, text=True, timeout=300,
+        )
+        tar.stdout.close()
+        tar.wait()
+        if imported.returncode != 0:
+            raise ClusterError(f"docker import of {image} failed: {imported.stderr.strip()}")
+    return image
+
+
+def mounts_under(root):
+    root = os.path.realpath(root)
+    found = []
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            target = line.split()[1].replace("\\040", " ")
+            if target == root or target.startswith(root + "/"):
+                found.append(target)
+    return found
+
+
+def unmount_under(root):
+    """Unmount everything at or below root, deepest first."""
+    for _ in range(5):
+        targets = sorted(mounts_under(root), key=len, reverse=True)
+        if not targets:
+            return
+        for target in targets:
+            subprocess.run(["umount", target], capture_output=True)
+    for target in sorted(mounts_under(root), key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True)
+
+
+def processes_mentioning(paths):
+    """Pids of processes whose command line names one of paths (our leftovers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                text = cmdline.read().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if any(path in text for path in paths):
+            found.append(int(entry))
+    return found
+
+
+class LocalCluster:
+    """Start, use and stop the processes of a ClusterLayout."""
+
+    def __init__(self, layout, progress=None):
+        self.layout = layout
+        self._progress = progress or (lambda message: None)
+
+    def _pid_file(self, service):
+        return os.path.join(self.layout.run_dir, "pids", f"{service}.pid")
+
+    def _spawn(self, service, argv, env=None):
+        os.makedirs(self.layout.log_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(self._pid_file(service)), exist_ok=True)
+        with open(os.path.join(self.layout.log_dir, f"{service}.log"), "ab") as log:
+            process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=dict(os.environ, **(env or {})),
+            )
+        with open(self._pid_file(service), "w") as pid_file:
+            pid_file.write(str(process.pid))
+        return process
+
+    def _wait(self, service, process, ready, timeout=90.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ClusterError(f"{service} exited with {process.returncode}:\n"
+                                   f"{self.log_tail(service)}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise ClusterError(f"{service} not ready after {timeout:g}s:\n{self.log_tail(service)}")
+
+    def log_tail(self, service, lines=30):
+        try:
+            with open(os.path.join(self.layout.log_dir, f"{service}.log"), "rb") as log:
+                text = log.read().decode("utf-8", "replace")
+            return "\n".join(text.splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def start(self, adapter_commands=None):
+        """Start everything and wait until each part answers.
+
+        adapter_commands maps a node name to another command line for its adapter
+        (the Dockerfile test runs the adapter as a container).
+        """
+        problem = missing_requirements()
+        if problem:
+            raise ClusterError(f"cannot start a local cluster: {problem}")
+        layout = self.layout
+        os.makedirs(layout.state_dir, exist_ok=True)
+        if not os.path.exists(layout.token_file):
+            with open(os.open(layout.token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write(secrets.token_hex(32))
+        self._progress(f"control service on {layout.control_url}")
+        control = self._spawn("control", control_command(layout))
+        self._wait("control", control, lambda: _http_ok(layout.control_url + "/v1/version"))
+        for node in layout.nodes:
+            os.makedirs(node.run_dir, exist_ok=True)
+            os.makedirs(node.data_dir, exist_ok=True)
+            self._progress(f"{node.name}: dockerd on {node.real_docker_host}")
+            daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node))
+            self._wait(f"{node.name}-dockerd", daemon,
+                       lambda node=node: _docker_answers(node.real_docker_host))
+            self._progress(f"{node.name}: agent ({layout.backend}) on "
+                           f"{node.address}:{node.agent_port}")
+            agent = self._spawn(f"{node.name}-agent", agent_command(layout, node))
+            self._wait(f"{node.name}-agent", agent,
+                       lambda node=node: node.address in _registered_nodes(layout.control_url))
+            self._progress(f"{node.name}: adapter on {node.adapter_url}")
+            command = (adapter_commands or {}).get(node.name) or adapter_command(layout, node)
+            adapter = self._spawn(f"{node.name}-adapter", command)
+            self._wait(f"{node.name}-adapter", adapter,
+                       lambda node=node: _http_ok(node.adapter_url + "/healthz"))
+            with open(node.adapters_yml, "w") as config:
+                yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
+                               sort_keys=False)
+            self._progress(f"{node.name}: proxy on {node.docker_host}")
+            proxy = self._spawn(f"{node.name}-proxy", proxy_command(node))
+            self._wait(f"{node.name}-proxy", proxy,
+                       lambda node=node: _docker_answers(node.docker_host))
+        return self
+
+    def import_images(self):
+        for node in self.layout.nodes:
+            self._progress(f"{node.name}: importing {BUSYBOX_IMAGE} (offline, busybox-static)")
+            import_busybox_image(node.real_docker_host)
+
+    def docker(self, node_name, *args, **kwargs):
+        """The docker CLI of a node, through its proxy."""
+        return docker(self.layout.node(node_name).docker_host, *args, **kwargs)
+
+    def is_running(self):
+        pid_dir = os.path.join(self.layout.run_dir, "pids")
+        return os.path.isdir(pid_dir) and bool(os.listdir(pid_dir))
+
+    def stop(self, remove_state=True):
+        """Stop every process, unmount, remove sockets (and the state when asked)."""
+        layout = self.layout
+        for node in layout.nodes:
+            if os.path.exists(node.real_docker_socket) and _docker_answers(node.real_docker_host):
+                ids = docker(node.real_docker_host, "ps", "-aq", timeout=30).stdout.split()
+                if ids:
+                    docker(node.real_docker_host, "rm", "-f", *ids, timeout=120)
+        pid_dir = os.path.join(layout.run_dir, "pids")
+        services = sorted(os.listdir(pid_dir)) if os.path.isdir(pid_dir) else []
+        # Proxies and adapters first, then agents, daemons and the control service last.
+        order = ("proxy", "adapter", "agent", "dockerd", "control")
+        services.sort(key=lambda name: next(
+            (index for index, part in enumerate(order) if name[:-4].endswith(part)), 0))
+        for service in services:
+            self._terminate(os.path.join(pid_dir, service))
+        leftovers = processes_mentioning([layout.run_dir, layout.state_dir])
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        unmount_under(layout.run_dir)
+        unmount_under(layout.state_dir)
+        shutil.rmtree(layout.run_dir, ignore_errors=True)
+        if remove_state:
+            shutil.rmtree(layout.state_dir, ignore_errors=True)
+
+    def _terminate(self, pid_path, timeout=20.0):
+        try:
+            with open(pid_path) as pid_file:
+                pid = int(pid_file.read().strip())
+        except (OSError, ValueError):
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            os.unlink(pid_path)
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.unlink(pid_path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
