@@ -85,6 +85,13 @@ class ControlService:
         self.clock = clock
         self.state_expiry = state_expiry
         self.nodes = {}
+        self._persisted_received = {}
+        for node_uuid, report, received in store.node_reports():
+            self.nodes[node_uuid] = NodeReport(
+                node_uuid, report["host"], report["agent_url"], report["datasets"],
+                report["transfers"], received=received,
+            )
+            self._persisted_received[node_uuid] = received
         # Random start: a restarted service never takes an agent's old generation for current.
         self.generation = secrets.randbelow(2 ** 48) + 1
         self._waiters = []
@@ -93,7 +100,7 @@ class ControlService:
     # -- lifecycle --------------------------------------------------------
 
     def start(self):
-        self._sweeper = LoopingCall(self.sweep)
+        self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = self.clock
         self._sweeper.start(SWEEP_INTERVAL, now=True).addErrback(
             lambda failure: self.log.failure("sweep loop stopped", failure)
@@ -105,6 +112,12 @@ class ControlService:
         for waiter in self._waiters[:]:
             waiter.callback(self.generation)
         self._waiters = []
+
+    def _sweep_safely(self):
+        try:
+            self.sweep()
+        except Exception:
+            self.log.failure("expiry sweep failed; trying again in a second")
 
     def sweep(self):
         """Drop expired leases and stale node reports (called every second)."""
@@ -119,6 +132,8 @@ class ControlService:
         for node_uuid, report in list(self.nodes.items()):
             if now - report.received > self.state_expiry:
                 del self.nodes[node_uuid]
+                self._persisted_received.pop(node_uuid, None)
+                self.store.delete_node_report(node_uuid)
                 self.log.warn(
                     "node {node_uuid} ({host}) has not reported for {seconds:.0f}s; "
                     "dropped from state",
@@ -300,6 +315,14 @@ class ControlService:
         new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now)
         old = self.nodes.get(node_uuid)
         self.nodes[node_uuid] = new
+        different = old is None or old.content() != new.content()
+        if different:
+            self.store.put_node_report(node_uuid, new.to_json(), now)
+            self._persisted_received[node_uuid] = now
+        elif now - self._persisted_received.get(node_uuid, now) >= self.state_expiry / 4:
+            # Identical re-report: refresh the stored time now and then, not every time.
+            self.store.touch_node_report(node_uuid, now)
+            self._persisted_received[node_uuid] = now
         newly_manifested = self.store.mark_manifested(
             sorted({d["dataset_id"] for d in datasets})
         )
@@ -313,7 +336,7 @@ class ControlService:
                 "node {node_uuid} ({host}) reported, agent at {agent_url}",
                 node_uuid=node_uuid, host=host, agent_url=agent_url,
             )
-        if old is None or old.content() != new.content() or newly_manifested:
+        if different or newly_manifested:
             self.changed()
         return self.generation
 

@@ -20,6 +20,11 @@ CREATE TABLE IF NOT EXISTS datasets (
     deleted INTEGER NOT NULL DEFAULT 0,
     manifested INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS nodes (
+    node_uuid TEXT PRIMARY KEY,
+    report TEXT NOT NULL,
+    received REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
     dataset_id TEXT PRIMARY KEY,
     node_uuid TEXT NOT NULL,
@@ -78,8 +83,8 @@ class Store:
     def close(self):
         self._db.close()
 
-    def _transaction(self):
-        return _Transaction(self)
+    def _transaction(self, tag_changes=True):
+        return _Transaction(self, tag_changes)
 
     # -- reading ----------------------------------------------------------
 
@@ -179,9 +184,35 @@ class Store:
         return expired
 
 
+    # -- node reports (kept so that state survives a restart until it expires) --
+
+    def node_reports(self):
+        """[(node_uuid, report dict, received)]"""
+        rows = self._db.execute(
+            "SELECT node_uuid, report, received FROM nodes ORDER BY node_uuid"
+        ).fetchall()
+        return [(node_uuid, json.loads(report), received) for node_uuid, report, received in rows]
+
+    def put_node_report(self, node_uuid, report, received):
+        with self._transaction(tag_changes=False) as db:
+            db.execute(
+                "INSERT OR REPLACE INTO nodes (node_uuid, report, received) VALUES (?, ?, ?)",
+                (node_uuid, json.dumps(report, sort_keys=True), received),
+            )
+
+    def touch_node_report(self, node_uuid, received):
+        with self._transaction(tag_changes=False) as db:
+            db.execute("UPDATE nodes SET received = ? WHERE node_uuid = ?", (received, node_uuid))
+
+    def delete_node_report(self, node_uuid):
+        with self._transaction(tag_changes=False) as db:
+            db.execute("DELETE FROM nodes WHERE node_uuid = ?", (node_uuid,))
+
+
 class _Transaction:
-    def __init__(self, store):
+    def __init__(self, store, tag_changes):
         self.store = store
+        self.tag_changes = tag_changes
 
     def __enter__(self):
         self.store._db.execute("BEGIN IMMEDIATE")
@@ -192,7 +223,8 @@ class _Transaction:
             self.store._db.execute("COMMIT")
         else:
             self.store._db.execute("ROLLBACK")
-        self.store._tag = None
+        if self.tag_changes:
+            self.store._tag = None
         return False
 
 

@@ -54,7 +54,7 @@ class Harness:
         self.treq = StubTreq(self.api.resource())
 
     def restart(self):
-        """A new service process on the same database (node reports and waiters are lost)."""
+        """A new service process on the same database (waiting long-polls are lost)."""
         self.close()
         self.open()
 

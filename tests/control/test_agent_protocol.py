@@ -99,6 +99,33 @@ class ReportTests(TestCase):
         self.assertEqual(state, [])
         self.assertEqual(self.h.service.generation, generation + 1)
 
+    async def test_state_survives_a_restart_until_it_expires(self):
+        dataset_id = new_id()
+        datasets = [{"dataset_id": dataset_id, "path": "/a", "maximum_size": None}]
+        await self.h.report(NODE1, datasets, host="10.0.0.1")
+        self.h.clock.advance(10)
+        await self.h.report(NODE2, [], host="10.0.0.2")
+        self.h.clock.advance(25)
+        await self.h.report(NODE1, datasets, host="10.0.0.1")  # identical: 35 s later
+        self.h.restart()
+        response, state = await self.h.request("GET", "/v1/state/datasets")
+        self.assertEqual(state, [{"dataset_id": dataset_id, "primary": NODE1, "path": "/a"}])
+        response, nodes = await self.h.request("GET", "/v1/state/nodes")
+        self.assertEqual(len(nodes), 2)
+        # NODE2 last reported 25 s before the restart: it goes 95 s after it.
+        self.h.clock.pump([1] * 96)
+        response, nodes = await self.h.request("GET", "/v1/state/nodes")
+        self.assertEqual(nodes, [{"host": "10.0.0.1", "uuid": NODE1}])
+        # NODE1's identical re-report refreshed its stored time: it lasts 120 s from then,
+        # not from its first report.
+        self.h.clock.pump([1] * 20)
+        response, nodes = await self.h.request("GET", "/v1/state/nodes")
+        self.assertEqual(nodes, [{"host": "10.0.0.1", "uuid": NODE1}])
+        self.h.clock.pump([1] * 5)
+        self.h.restart()
+        response, nodes = await self.h.request("GET", "/v1/state/nodes")
+        self.assertEqual(nodes, [])
+
     async def test_state_expiry_is_configurable(self):
         h = harness(self, state_expiry=5)
         await h.report(NODE1, [])
