@@ -22,14 +22,18 @@ from twisted.web import resource, server
 class HookAdapter(resource.Resource):
     isLeaf = True
 
-    def __init__(self):
+    def __init__(self, log_path=None):
         super().__init__()
         self.calls = []  # (path, payload) in arrival order
+        self.log_path = log_path
 
     def render_POST(self, request):
         payload = json.loads(request.content.read())
         path = request.path.decode()
         self.calls.append((path, payload))
+        if self.log_path:
+            with open(self.log_path, "a") as log:
+                log.write(json.dumps({"path": path, "payload": payload}) + "\n")
         query = {k: v[0] for k, v in parse_qs(request.uri.decode().partition("?")[2]).items()}
         parts = path.strip("/").split("/")
         kind = payload.get("Type")
@@ -64,16 +68,16 @@ class HookAdapter(resource.Resource):
         return json.dumps({"PowerstripProtocolVersion": 1, key: modified}).encode()
 
 
-def site():
-    adapter = HookAdapter()
+def site(log_path=None):
+    adapter = HookAdapter(log_path)
     return adapter, server.Site(adapter)
 
 
 def main(argv):
-    """python -m tests.powerstrip.adapters PORTFILE: serve on a free loopback port."""
+    """python -m tests.powerstrip.adapters PORTFILE [CALL-LOG]: serve on a free loopback port."""
     from twisted.internet import reactor
 
-    adapter, factory = site()
+    adapter, factory = site(argv[2] if len(argv) > 2 else None)
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
     with open(argv[1], "w") as out:
         out.write(str(port.getHost().port))

@@ -1,0 +1,94 @@
+"""A real dockerd, a test adapter and proxies in front of it, shared by the e2e tests."""
+
+import json
+import os
+import sys
+import time
+
+import pytest
+
+from tests.support.dockerd import DockerDaemon, ensure_busybox_image, missing_requirements
+from tests.support.processes import ManagedProcess
+
+PASS_THROUGH = """\
+version: 1
+endpoints:
+  "POST /*/containers/create":
+    pre: [echo]
+    post: [echo]
+  "POST /containers/create":
+    pre: [echo]
+adapters:
+  echo: http://127.0.0.1:{port}/echo
+"""
+
+REFUSING = """\
+version: 1
+endpoints:
+  "POST /*/containers/create":
+    pre: [refuse]
+adapters:
+  refuse: http://127.0.0.1:{port}/status/500?message=nope
+"""
+
+
+class DockerEnvironment:
+    def __init__(self, daemon, proxy_host, refusing_host, call_log):
+        self.daemon = daemon
+        self.direct = daemon.host
+        self.proxy = proxy_host
+        self.refusing = refusing_host
+        self.call_log = call_log
+
+    def hook_calls(self):
+        with open(self.call_log) as log:
+            return [json.loads(line) for line in log]
+
+
+def _start_proxy(run_dir, name, config_text, docker_host):
+    config = os.path.join(run_dir, f"{name}.yml")
+    with open(config, "w") as out:
+        out.write(config_text)
+    sock = os.path.join(run_dir, f"{name}.sock")
+    proxy = ManagedProcess.command(
+        ["proxy", "--config", config, "--listen", f"unix://{sock}", "--docker", docker_host,
+         "--log-level", "warn"],
+        os.path.join(run_dir, f"{name}.log")).start()
+    proxy.wait_until(lambda: os.path.exists(sock), what=f"listening on {sock}")
+    return proxy, f"unix://{sock}"
+
+
+@pytest.fixture(scope="session")
+def docker_env(tmp_path_factory):
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(f"end-to-end test: {reason}")
+    base = tmp_path_factory.mktemp("e2e")
+    daemon = DockerDaemon(base).start()
+    started = []
+    try:
+        ensure_busybox_image(daemon)
+        port_file = os.path.join(daemon.run_dir, "adapter.port")
+        call_log = os.path.join(daemon.run_dir, "adapter-calls.jsonl")
+        open(call_log, "w").close()
+        adapter = ManagedProcess(
+            [sys.executable, "-m", "tests.powerstrip.adapters", port_file, call_log],
+            os.path.join(base, "adapter.log")).start()
+        started.append(adapter)
+        adapter.wait_until(lambda: os.path.exists(port_file) and open(port_file).read())
+        port = int(open(port_file).read())
+        proxy, proxy_host = _start_proxy(
+            daemon.run_dir, "proxy", PASS_THROUGH.format(port=port), daemon.host)
+        started.append(proxy)
+        refusing, refusing_host = _start_proxy(
+            daemon.run_dir, "refusing", REFUSING.format(port=port), daemon.host)
+        started.append(refusing)
+        yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log)
+    finally:
+        for process in reversed(started):
+            process.stop()
+        # leave no containers running into the daemon's shutdown
+        daemon.run("rm", "-f", *daemon.run("ps", "-aq", check=False).stdout.decode().split(),
+                   check=False) if daemon.process.poll() is None else None
+        time.sleep(0.1)
+        daemon.stop()
