@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "control": "powerstripflocker.control.command",
     "status": "powerstripflocker.control.status",
     "demo": "powerstripflocker.demo",
+    "units": "powerstripflocker.units",
 }
 
 

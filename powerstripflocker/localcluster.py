@@ -49,6 +49,8 @@ class NodeLayout:
     adapter_port: int
     data_dir: str  # dockerd's data root and the agent's
     run_dir: str  # sockets and pid files; short, for unix socket path limits
+    adapter_address: str = ""  # where the adapter listens; the node's address by default
+    config_dir: str = ""  # where adapters.yml is written; run_dir by default
 
     @property
     def docker_socket(self):
@@ -69,7 +71,7 @@ class NodeLayout:
 
     @property
     def adapter_url(self):
-        return f"http://{self.address}:{self.adapter_port}"
+        return f"http://{self.adapter_address or self.address}:{self.adapter_port}"
 
     @property
     def agent_data_root(self):
@@ -77,7 +79,7 @@ class NodeLayout:
 
     @property
     def adapters_yml(self):
-        return os.path.join(self.run_dir, "adapters.yml")
+        return os.path.join(self.config_dir or self.run_dir, "adapters.yml")
 
 
 @dataclass(frozen=True)
@@ -87,14 +89,16 @@ class ClusterLayout:
     control_port: int
     backend: str
     nodes: tuple
+    control_address: str = "127.0.0.1"
+    token_path: str = ""  # the cluster token file; in state_dir by default
 
     @property
     def control_url(self):
-        return f"http://127.0.0.1:{self.control_port}"
+        return f"http://{self.control_address}:{self.control_port}"
 
     @property
     def token_file(self):
-        return os.path.join(self.state_dir, "cluster.token")
+        return self.token_path or os.path.join(self.state_dir, "cluster.token")
 
     @property
     def log_dir(self):
@@ -120,7 +124,7 @@ def make_layout(state_dir, run_dir, control_port=4523, agent_port=4524, adapter_
 
 def control_command(layout):
     return [*POWERSTRIP_FLOCKER, "control", "--listen",
-            f"tcp:{layout.control_port}:interface=127.0.0.1",
+            f"tcp:{layout.control_port}:interface={layout.control_address}",
             "--db", os.path.join(layout.state_dir, "control.db"),
             "--cluster-token-file", layout.token_file]
 
@@ -144,7 +148,16 @@ def agent_command(layout, node):
 def adapter_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "adapter", "--control-url", layout.control_url,
             "--node-address", node.address,
-            "--listen", f"tcp:{node.adapter_port}:interface={node.address}"]
+            "--listen",
+            f"tcp:{node.adapter_port}:interface={node.adapter_address or node.address}"]
+
+
+def adapter_container_command(layout, node, image):
+    """The same adapter command line, run as a container of image on the node's dockerd
+    (host network: it listens on the node's address and reaches the control service)."""
+    arguments = adapter_command(layout, node)[len(POWERSTRIP_FLOCKER):]
+    return ["docker", "-H", node.real_docker_host, "run", "--rm", "--network", "host",
+            "--name", f"powerstrip-flocker-adapter-{node.name}", image, *arguments]
 
 
 def proxy_command(node):
@@ -310,11 +323,12 @@ class LocalCluster:
         except OSError:
             return "(no log)"
 
-    def start(self, adapter_commands=None):
+    def start(self, adapter_commands=None, prepare_node=None):
         """Start everything and wait until each part answers.
 
-        adapter_commands maps a node name to another command line for its adapter
-        (the Dockerfile test runs the adapter as a container).
+        adapter_commands maps a node name to another command line for its adapter, and
+        prepare_node(node) runs once the node's dockerd answers (the Dockerfile test
+        builds or loads the adapter's image there and runs the adapter as a container).
         """
         problem = missing_requirements()
         if problem:
@@ -334,6 +348,8 @@ class LocalCluster:
             daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node))
             self._wait(f"{node.name}-dockerd", daemon,
                        lambda node=node: _docker_answers(node.real_docker_host))
+            if prepare_node is not None:
+                prepare_node(node)
             self._progress(f"{node.name}: agent ({layout.backend}) on "
                            f"{node.address}:{node.agent_port}")
             agent = self._spawn(f"{node.name}-agent", agent_command(layout, node))

@@ -5,8 +5,11 @@ import urllib.request
 
 import pytest
 
-from powerstripflocker.localcluster import LocalCluster, docker, make_layout, missing_requirements
+from powerstripflocker.localcluster import (
+    LocalCluster, adapter_container_command, docker, make_layout, missing_requirements,
+)
 
+from ..support.images import ADAPTER_IMAGE, build_adapter_image
 from ..support.processes import free_port
 
 
@@ -57,11 +60,34 @@ def start_cluster(base, **layout_options):
     return LocalCluster(layout)
 
 
+def adapters_in_containers(local, archive_dir):
+    """start() arguments that build the Dockerfile's image on the first node, load it on
+    the others, and run every node's adapter as a container of it."""
+    archive = os.path.join(archive_dir, "adapter-image.tar")
+
+    def prepare_node(node):
+        if node == local.layout.nodes[0]:
+            build_adapter_image(node.real_docker_host)
+            docker(node.real_docker_host, "save", "-o", archive, ADAPTER_IMAGE, timeout=600,
+                   check=True)
+        else:
+            docker(node.real_docker_host, "load", "-i", archive, timeout=600, check=True)
+
+    commands = {node.name: adapter_container_command(local.layout, node, ADAPTER_IMAGE)
+                for node in local.layout.nodes}
+    return {"adapter_commands": commands, "prepare_node": prepare_node}
+
+
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory):
-    local = start_cluster(tmp_path_factory.mktemp("cluster"))
+def cluster(request, tmp_path_factory):
+    """A two-node cluster; tests parametrized indirectly with "container" get one whose
+    adapters run as containers of the repository's Dockerfile."""
+    adapters = getattr(request, "param", "host")
+    base = tmp_path_factory.mktemp(f"cluster-{adapters}")
+    local = start_cluster(base)
     try:
-        local.start()
+        local.start(**(adapters_in_containers(local, str(base)) if adapters == "container"
+                       else {}))
         local.import_images()
         yield ClusterUnderTest(local)
     finally:

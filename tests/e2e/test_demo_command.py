@@ -5,9 +5,9 @@ import subprocess
 import sys
 import tempfile
 
-from powerstripflocker.localcluster import missing_requirements, mounts_under, processes_mentioning
-
 import pytest
+
+from powerstripflocker.localcluster import missing_requirements, mounts_under, processes_mentioning
 
 from ..support.processes import free_port
 

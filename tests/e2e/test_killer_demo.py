@@ -23,6 +23,11 @@ def bind_sources(cluster, node, container):
     return dict(reversed(mount.split("=", 1)) for mount in mounts)
 
 
+ADAPTER_AS_HOST_PROCESS_AND_AS_CONTAINER = pytest.mark.parametrize(
+    "cluster", ["host", "container"], indirect=True)
+
+
+@ADAPTER_AS_HOST_PROCESS_AND_AS_CONTAINER
 def test_first_use_creates_one_dataset_named_after_the_volume_on_this_node(cluster):
     name = unique("test001")
     ok(cluster.docker("node1", "run", "--rm", "-v", f"/flocker/{name}:/data", "busybox", "true"))
@@ -56,6 +61,7 @@ def test_the_same_name_twice_on_one_node_is_one_dataset_and_path(cluster):
     ok(cluster.docker("node1", "rm", "-f", first, second))
 
 
+@ADAPTER_AS_HOST_PROCESS_AND_AS_CONTAINER
 def test_data_written_on_node1_is_read_on_node2(cluster):
     name = unique("test004")
     volume = f"/flocker/{name}:/data"

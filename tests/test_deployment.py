@@ -1,0 +1,68 @@
+"""Deployment pieces: adapters.yml, the systemd units and the provisioning scripts."""
+
+import glob
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from powerstripflocker.cli import build_parser
+from powerstripflocker.localcluster import (
+    adapter_command, adapters_config, agent_command, control_command, proxy_command,
+)
+from powerstripflocker.units import node_layout
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_repository_adapters_yml_is_the_local_clusters_configuration():
+    with open(os.path.join(REPO, "adapters.yml")) as config:
+        assert yaml.safe_load(config) == adapters_config("http://127.0.0.1:9999/flocker-adapter")
+
+
+def test_units_run_the_local_clusters_command_lines(tmp_path):
+    output, config_dir = tmp_path / "units", tmp_path / "etc"
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "units", "--node-name", "node1",
+         "--address", "192.168.56.11", "--control-address", "192.168.56.11", "--control",
+         "--output", str(output), "--config-dir", str(config_dir)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    options = build_parser().parse_args(
+        ["units", "--node-name", "node1", "--address", "192.168.56.11",
+         "--control-address", "192.168.56.11", "--config-dir", str(config_dir)])
+    cluster, node = node_layout(options)
+    expected = {
+        "control": control_command(cluster), "agent": agent_command(cluster, node),
+        "adapter": adapter_command(cluster, node), "proxy": proxy_command(node),
+    }
+    for name, command in expected.items():
+        text = (output / f"powerstrip-flocker-{name}.service").read_text()
+        [exec_start] = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+        assert shlex.split(exec_start[len("ExecStart="):]) == command
+    assert "--listen unix:///var/run/docker.sock --docker unix:///var/run/docker.real.sock" in (
+        shlex.join(expected["proxy"]))
+    assert "interface=127.0.0.1" in expected["adapter"][-1]
+    with open(config_dir / "adapters.yml") as written:
+        assert yaml.safe_load(written) == adapters_config(
+            "http://127.0.0.1:9999/flocker-adapter")
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+def test_provisioning_and_project_scripts_pass_shellcheck():
+    scripts = sorted(glob.glob(os.path.join(REPO, "vagrant", "*.sh"))
+                     + glob.glob(os.path.join(REPO, "vagrant-aws", "*.sh"))
+                     + glob.glob(os.path.join(REPO, "scripts", "*.sh")))
+    assert any(path.endswith("provision.sh") for path in scripts)
+    result = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_both_vagrantfiles_provision_with_the_one_script():
+    for folder, path in (("vagrant", '"provision.sh"'), ("vagrant-aws", '"../vagrant/provision.sh"')):
+        with open(os.path.join(REPO, folder, "Vagrantfile")) as vagrantfile:
+            assert f"provision \"shell\", path: {path}" in vagrantfile.read()
