@@ -100,17 +100,24 @@ def advertise_url(listen, address):
     return f"{scheme}://{host}:{port}"
 
 
-def http_client(reactor, tls_ca):
-    if not tls_ca:
-        return None
+def http_client(reactor, tls_ca=None):
+    """treq client with a quiet connection pool; https URLs checked against tls_ca if given."""
     import treq
-    from twisted.internet.ssl import Certificate
     from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-    with open(tls_ca, "rb") as f:
-        ca = Certificate.loadPEM(f.read())
-    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(trustRoot=ca),
-                  pool=HTTPConnectionPool(reactor))
-    return treq.client.HTTPClient(agent)
+    from twisted.web.client import _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor)
+    pool._factory = QuietFactory
+    pool.maxPersistentPerHost = 4
+    policy = BrowserLikePolicyForHTTPS()
+    if tls_ca:
+        from twisted.internet.ssl import Certificate
+        with open(tls_ca, "rb") as f:
+            policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(f.read()))
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
 
 
 async def main(reactor, options):

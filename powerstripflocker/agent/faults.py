@@ -3,7 +3,8 @@
 POWERSTRIP_FLOCKER_FAULTS="receive-pause-after-bytes=N": a receiving agent stops reading a
 push (pauses the TCP transport for good) once N bytes of it arrived, logs it and lists it
 under "fault_paused" in GET /agent/v1/metrics, so a test can kill -9 it mid-push without
-sleeping and hoping.
+sleeping and hoping, or do something else (restart the control service) and then let it go
+on with POST /agent/v1/faults/resume (served only while a fault is configured).
 """
 
 import os

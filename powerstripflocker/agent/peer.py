@@ -4,7 +4,8 @@ Every endpoint except /agent/v1/health needs `Authorization: Bearer <cluster tok
 a token is configured.
 
 GET  /agent/v1/health                      {"node_uuid", "backend"}
-GET  /agent/v1/metrics                     byte counters and the last transfers
+GET  /agent/v1/metrics                     byte counters, the last transfers, waits
+POST /agent/v1/faults/resume               only with fault injection on: resume held receives
 GET  /agent/v1/datasets/<id>/snapshots     {"dataset_id", "primary": bool, "origin",
                                             "snapshots": [...], "formats": [...],
                                             "accepting": bool, "reason": str}
@@ -61,6 +62,13 @@ def check_token(request, token):
     return hmac.compare_digest(header.encode(), expected.encode())
 
 
+def peer_uuid(request):
+    """The sending node's UUID from X-Powerstrip-Flocker-Node, or "unknown"."""
+    name = request.getHeader(b"x-powerstrip-flocker-node") or b""
+    name = name.decode("latin-1").lower()
+    return name if re.fullmatch(UUID_RE, name) else "unknown"
+
+
 def _json(request, code, body):
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
@@ -111,6 +119,9 @@ class IncomingPush:
     def seek(self, *args):
         return 0
 
+    def tell(self):
+        return sum(len(chunk) for chunk in self.buffer)
+
     def read(self, *args):
         return b""
 
@@ -118,6 +129,8 @@ class IncomingPush:
         pass
 
     async def _decide(self):
+        log.debug("push of {dataset_id} from {peer}: headers in, deciding",
+                  dataset_id=self.dataset_id, peer=self.peer_name())
         try:
             if not check_token(self.request, self.agent.token):
                 raise Refused(401, "a valid cluster token is required")
@@ -149,28 +162,22 @@ class IncomingPush:
                 await self._discard()
             self._release()
             return
+        if self.refusal is None:
+            try:
+                sink = self._start_receiving()
+            except Exception as e:
+                log.failure("starting the receive of {dataset_id}", dataset_id=self.dataset_id)
+                self.refusal = Refused(500, f"{type(e).__name__}: {e}")
+                if self.sink is not None:
+                    self.sink.abort()
+                    self.sink = None
+                await self._discard()
         if self.refusal is not None:
             log.warn("refused push of {dataset_id} from {peer}: {code} {reason}",
                      dataset_id=self.dataset_id, peer=self.peer_name(), code=self.refusal.code,
                      reason=self.refusal.description)
             self._release()
             sink = DiscardSink()
-        else:
-            size = self.params.get("size")
-            self.progress = Progress(
-                self.agent.reactor, self.dataset_id, "receive", self.peer_name(),
-                total=int(size) if size and size.isdigit() else None)
-            faults = self.agent.faults
-            self.sink = ProcessSink(
-                self.agent.reactor, self.plan.argv, self.transport, progress=self.progress,
-                pause_after_bytes=faults.receive_pause_after_bytes,
-                on_fault_pause=self._fault_paused)
-            self.agent.transfer_started(self.progress)
-            log.info("receiving {dataset_id} from {peer} ({format}, parent {parent}, "
-                     "about {size} bytes)", dataset_id=self.dataset_id, peer=self.peer_name(),
-                     format=self.params.get("format"), parent=self.params.get("parent"),
-                     size=self.params.get("size"))
-            sink = self.sink
         for chunk in self.buffer:
             sink.write(chunk)
         self.buffer = []
@@ -181,14 +188,30 @@ class IncomingPush:
         if self.body_done:
             await self._complete()
 
+    def _start_receiving(self):
+        size = self.params.get("size")
+        self.progress = Progress(
+            self.agent.reactor, self.dataset_id, "receive", self.peer_name(),
+            total=int(size) if size and size.isdigit() else None)
+        faults = self.agent.faults
+        self.sink = ProcessSink(
+            self.agent.reactor, self.plan.argv, self.transport, progress=self.progress,
+            pause_after_bytes=faults.receive_pause_after_bytes,
+            on_fault_pause=self._fault_paused)
+        self.agent.transfer_started(self.progress)
+        log.info("receiving {dataset_id} from {peer} ({stream_format}, parent {parent}, "
+                 "about {size} bytes)", dataset_id=self.dataset_id, peer=self.peer_name(),
+                 stream_format=self.params.get("format"), parent=self.params.get("parent"),
+                 size=self.params.get("size"))
+        return self.sink
+
     def _fault_paused(self, sink):
         log.warn("fault injection: receive of {dataset_id} paused after {bytes} bytes",
                  dataset_id=self.dataset_id, bytes=sink.bytes)
-        self.agent.fault_paused(self.dataset_id, sink.bytes)
+        self.agent.fault_paused(self.dataset_id, sink.bytes, sink)
 
     def peer_name(self):
-        name = (self.request.getHeader(b"x-powerstrip-flocker-node") or "").lower()
-        return name if re.fullmatch(UUID_RE, name) else "unknown"
+        return peer_uuid(self.request)
 
     def body_received(self):
         """The whole body arrived (twisted.web is about to render the request)."""
@@ -301,6 +324,8 @@ class PeerResource(_Leaf):
             return _json(request, 401, {"description": "a valid cluster token is required"})
         if rest == ["metrics"] and method == "GET":
             return _json(request, 200, self.agent.metrics())
+        if rest == ["faults", "resume"] and method == "POST" and self.agent.faults.active():
+            return _json(request, 200, {"resumed": self.agent.resume_faults()})
         if len(rest) == 3 and rest[0] == "datasets" and re.fullmatch(UUID_RE, rest[1]):
             dataset_id = rest[1].lower()
             action = rest[2]
@@ -324,7 +349,7 @@ class PeerResource(_Leaf):
                                                 "{\"received\": ..., \"maximum_size\": ...}"})
                 self._later(request, self.agent.acquire_for_peer(
                     dataset_id, received, maximum_size,
-                    request.getHeader(b"x-powerstrip-flocker-node") or "?"))
+                    peer_uuid(request)))
                 return server.NOT_DONE_YET
             return _json(request, 405, {"description": "Method not allowed."})
         return _json(request, 404, {"description": "Not found."})
@@ -346,6 +371,14 @@ class PeerResource(_Leaf):
         d.addCallbacks(ok, failed)
 
 
+class QuietSite(server.Site):
+    """No access log and no factory start/stop lines: the agent logs what matters."""
+    noisy = False
+
+    def log(self, request):
+        pass
+
+
 class PeerServer:
     """Builds the Site serving the agent <-> agent protocol for one agent service."""
 
@@ -354,7 +387,7 @@ class PeerServer:
 
     def site(self):
         root = PeerResource(self)
-        site = server.Site(root)
+        site = QuietSite(root)
         site.requestFactory = PushRequest
         site.peer = self
         site.displayTracebacks = False

@@ -53,6 +53,7 @@ class AgentService:
         self.bytes_sent_total = 0
         self.bytes_received_total = 0
         self.paused_by_fault = []
+        self._paused_sinks = []
         self.running = False
         self._reporting = False
         self._report_dirty = False
@@ -230,9 +231,9 @@ class AgentService:
             if configured is not None:
                 plan.maximum_size = configured.maximum_size
             progress = Progress(self.reactor, dataset_id, "push", target, total=plan.size)
-            log.info("pushing {dataset_id} to {target} at {url} ({format}, parent {parent}, "
+            log.info("pushing {dataset_id} to {target} at {url} ({stream_format}, parent {parent}, "
                      "about {size} bytes)", dataset_id=dataset_id, target=target,
-                     url=action.agent_url, format=plan.format, parent=plan.parent,
+                     url=action.agent_url, stream_format=plan.format, parent=plan.parent,
                      size=plan.size)
             self.transfer_started(progress)
             result = "failed"
@@ -342,8 +343,17 @@ class AgentService:
         self.history.append(record)
         self.request_report()
 
-    def fault_paused(self, dataset_id, count):
+    def fault_paused(self, dataset_id, count, sink=None):
         self.paused_by_fault.append({"dataset_id": dataset_id, "bytes": count})
+        if sink is not None:
+            self._paused_sinks.append(sink)
+
+    def resume_faults(self):
+        """Let receives held by fault injection go on (tests only)."""
+        sinks, self._paused_sinks = self._paused_sinks, []
+        for sink in sinks:
+            sink.release()
+        return len(sinks)
 
     def metrics(self):
         return {
@@ -355,6 +365,7 @@ class AgentService:
             "history": list(self.history),
             "fault_paused": list(self.paused_by_fault),
             "busy": dict(self.busy),
+            "waiting": dict(self._waits_logged),
             "generation": self.generation,
             "reports_sent": self.reported,
         }

@@ -197,6 +197,10 @@ class _NetworkPauser:
         self.held = True
         self.transport.pauseProducing()
 
+    def release(self):
+        self.held = False
+        self.transport.resumeProducing()
+
 
 class ProcessSink:
     """File-like sink for an HTTP request body: bytes go to argv's stdin as they arrive.
@@ -245,11 +249,19 @@ class ProcessSink:
     def seek(self, *args):
         return 0
 
+    def tell(self):
+        return self.bytes
+
     def read(self, *args):
         return b""
 
     def close(self):
         pass
+
+    def release(self):
+        """Undo a fault-injection pause (the pause never comes back for this push)."""
+        self.pause_after_bytes = None
+        self.pauser.release()
 
     def close_input(self):
         """The whole body arrived: close stdin so the subprocess can finish."""
@@ -264,6 +276,7 @@ class ProcessSink:
         if self._aborted:
             return
         self._aborted = True
+        self.finished.addErrback(lambda failure: None)     # nobody waits for it now
         try:
             self.transport.signalProcess("KILL")
         except Exception:
@@ -281,6 +294,9 @@ class DiscardSink:
 
     def seek(self, *args):
         return 0
+
+    def tell(self):
+        return self.bytes
 
     def read(self, *args):
         return b""

@@ -1,0 +1,263 @@
+"""A real control service and two agents on loopback moving real data (issue 3, must-show
+3 to 6), on the directory and btrfs backends."""
+
+import os
+import time
+
+import pytest
+
+from .cluster import Cluster, HTTPFailure, http, wait_for
+from .support import LoopBtrfs, btrfs_skip_reason, fill_sample_tree, manifest
+
+MiB = 1 << 20
+
+BACKENDS = [
+    pytest.param("directory", id="directory"),
+    pytest.param("btrfs", id="btrfs", marks=pytest.mark.btrfs),
+]
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    clusters, filesystems = [], []
+
+    def make(backend, token=None):
+        base = str(tmp_path)
+        if backend == "btrfs":
+            reason = btrfs_skip_reason()
+            if reason:
+                pytest.skip(reason)
+            roots = []
+            for _ in range(2):
+                fs = LoopBtrfs(parent=base).create("1G")
+                filesystems.append(fs)
+                roots.append(os.path.join(fs.mount_point, "agent"))
+        else:
+            roots = [os.path.join(base, "node1"), os.path.join(base, "node2")]
+        cluster = Cluster(base, backend, token=token).start_control()
+        cluster.roots = roots
+        clusters.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+    for fs in filesystems:
+        fs.destroy()
+
+
+def report(name, **figures):
+    """Figures for the record: shown with pytest -s, and in the junit/terminal output."""
+    text = ", ".join(f"{k}={v}" for k, v in figures.items())
+    print(f"\n[figures] {name}: {text}")
+
+
+def watch_move(cluster, dataset_id, source, target, timeout=180.0):
+    """Wait for a move to finish, checking on every poll that the source copy is deleted
+    only once the new primary reports the dataset."""
+    def done():
+        gone = not os.path.lexists(source.path(dataset_id))
+        entries = cluster.state(dataset_id)
+        on_target = any(e["primary"] == target.uuid for e in entries)
+        if gone:
+            assert on_target, (
+                f"{source.name} deleted its copy of {dataset_id} before {target.name} "
+                f"reported it: state {entries}\n{cluster.logs()}")
+            return len(entries) == 1
+        return False
+    return wait_for(done, timeout, f"{dataset_id} to move to {target.name}",
+                    on_timeout=cluster.logs)
+
+
+def last_receive(agent, dataset_id):
+    history = [h for h in agent.metrics()["history"]
+               if h["dataset_id"] == dataset_id and h["direction"] == "receive"
+               and h["result"] == "received"]
+    return history[-1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dataset_moves_to_node2_and_back_with_identical_checksums(make_cluster, backend):
+    cluster = make_cluster(backend)
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1])
+
+    started = time.monotonic()
+    dataset_id = cluster.create_dataset(
+        node1.uuid, metadata={"name": "demo"}, maximum_size=128 * MiB)["dataset_id"]
+    entry = cluster.wait_until_on(dataset_id, node1, timeout=10)
+    created_in = time.monotonic() - started
+    assert created_in < 1.0, f"create took {created_in:.2f}s to show in state"
+    assert entry["path"] == node1.path(dataset_id)
+    assert entry["maximum_size"] == 128 * MiB
+
+    fill_sample_tree(entry["path"], random_bytes=100 * MiB, files=10)
+    original = manifest(entry["path"])
+    assert sum(1 for v in original.values() if v[0] == "file") >= 10
+
+    started = time.monotonic()
+    cluster.move(dataset_id, node2.uuid)
+    watch_move(cluster, dataset_id, node1, node2)
+    there_seconds = time.monotonic() - started
+    entry = cluster.primary_in_state(dataset_id)
+    assert entry["path"] == node2.path(dataset_id)
+    assert manifest(entry["path"]) == original
+    first = last_receive(node2, dataset_id)
+    assert first["bytes_done"] > 100 * MiB
+
+    # a 1 MiB change on node2, then back to node1
+    with open(os.path.join(entry["path"], "nested", "changed.bin"), "wb") as f:
+        f.write(os.urandom(MiB))
+    changed = manifest(entry["path"])
+
+    started = time.monotonic()
+    cluster.move(dataset_id, node1.uuid)
+    watch_move(cluster, dataset_id, node2, node1)
+    back_seconds = time.monotonic() - started
+    assert manifest(node1.path(dataset_id)) == changed
+    second = last_receive(node1, dataset_id)
+    report(f"move 100 MiB ({backend})", create_to_state_s=f"{created_in:.3f}",
+           move_there_s=f"{there_seconds:.2f}", bytes_there=first["bytes_done"],
+           move_back_after_1MiB_change_s=f"{back_seconds:.2f}",
+           bytes_back=second["bytes_done"])
+    if backend == "btrfs":
+        assert second["parent"], "the move back should have been incremental"
+        assert second["bytes_done"] < 5 * MiB
+    else:
+        assert second["bytes_done"] > 100 * MiB
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_receiver_killed_mid_push_leaves_source_primary_and_move_completes_on_restart(
+        make_cluster, backend):
+    cluster = make_cluster(backend)
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1],
+                              faults=f"receive-pause-after-bytes={8 * MiB}")
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    fill_sample_tree(path, random_bytes=40 * MiB, files=4)
+    original = manifest(path)
+
+    cluster.move(dataset_id, node2.uuid)
+    paused = wait_for(lambda: node2.metrics()["fault_paused"], 60, "the receive to pause",
+                      on_timeout=cluster.logs)
+    assert paused[0]["dataset_id"] == dataset_id
+    assert 8 * MiB <= paused[0]["bytes"] < 40 * MiB
+    node2.kill()
+
+    # node1 notices the failed push, keeps its copy and stays primary
+    wait_for(lambda: any(h["dataset_id"] == dataset_id and h["result"] == "failed"
+                         for h in node1.metrics()["history"]), 60, "the push to fail",
+             on_timeout=cluster.logs)
+    entry = cluster.primary_in_state(dataset_id)
+    assert entry["primary"] == node1.uuid
+    assert manifest(path) == original
+
+    node2.start()          # no fault this time
+    watch_move(cluster, dataset_id, node1, node2)
+    assert manifest(node2.path(dataset_id)) == original
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+def test_control_service_restart_during_a_move_keeps_configuration_and_leases(make_cluster):
+    cluster = make_cluster("directory")
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1],
+                              faults=f"receive-pause-after-bytes={4 * MiB}")
+    moving = cluster.create_dataset(node1.uuid, metadata={"name": "moving"})["dataset_id"]
+    leased = cluster.create_dataset(node1.uuid, metadata={"name": "leased"})["dataset_id"]
+    path = cluster.wait_until_on(moving, node1, timeout=10)["path"]
+    cluster.wait_until_on(leased, node1, timeout=10)
+    cluster.api("POST", "/configuration/leases",
+                {"dataset_id": leased, "node_uuid": node1.uuid, "expires": None})
+    fill_sample_tree(path, random_bytes=20 * MiB, files=2)
+    original = manifest(path)
+
+    cluster.move(moving, node2.uuid)
+    wait_for(lambda: node2.metrics()["fault_paused"], 60, "the receive to pause",
+             on_timeout=cluster.logs)
+    cluster.stop_control()
+    cluster.start_control()
+    configured = {d["dataset_id"]: d for d in cluster.api("GET", "/configuration/datasets")}
+    assert configured[moving]["primary"] == node2.uuid
+    assert configured[leased]["primary"] == node1.uuid
+    leases = cluster.api("GET", "/configuration/leases")
+    assert [(lease["dataset_id"], lease["node_uuid"]) for lease in leases] == \
+        [(leased, node1.uuid)]
+
+    node2.resume_faults()
+    watch_move(cluster, moving, node1, node2)
+    assert manifest(node2.path(moving)) == original
+    assert cluster.primary_in_state(leased)["primary"] == node1.uuid
+
+
+@pytest.mark.integration
+def test_leased_dataset_stays_until_the_lease_is_released_or_expires(make_cluster):
+    cluster = make_cluster("directory", token="s3cret-cluster-token")
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1])
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    fill_sample_tree(path, random_bytes=MiB, files=2)
+    original = manifest(path)
+
+    # leased to node1: the move is accepted and node1 waits
+    cluster.api("POST", "/configuration/leases",
+                {"dataset_id": dataset_id, "node_uuid": node1.uuid, "expires": None})
+    cluster.move(dataset_id, node2.uuid)
+    wait_for(lambda: "leased" in node1.metrics()["waiting"].get(dataset_id, ""), 10,
+             "node1 to wait on its lease", on_timeout=cluster.logs)
+    assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
+    assert node1.metrics()["history"] == []
+    cluster.api("DELETE", f"/configuration/leases/{dataset_id}")
+    watch_move(cluster, dataset_id, node1, node2, timeout=30)
+    assert manifest(node2.path(dataset_id)) == original
+
+    # leased to node2 for 3 s: the move back waits for the expiry
+    leased_at = time.monotonic()
+    cluster.api("POST", "/configuration/leases",
+                {"dataset_id": dataset_id, "node_uuid": node2.uuid, "expires": 3})
+    cluster.move(dataset_id, node1.uuid)
+    wait_for(lambda: "leased" in node2.metrics()["waiting"].get(dataset_id, ""), 10,
+             "node2 to wait on its lease", on_timeout=cluster.logs)
+    assert cluster.primary_in_state(dataset_id)["primary"] == node2.uuid
+    watch_move(cluster, dataset_id, node2, node1, timeout=30)
+    assert time.monotonic() - leased_at >= 2.5
+    assert manifest(node1.path(dataset_id)) == original
+
+
+@pytest.mark.integration
+def test_agent_protocol_needs_the_cluster_token(make_cluster):
+    cluster = make_cluster("directory", token="s3cret-cluster-token")
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1])
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    cluster.wait_until_on(dataset_id, node1, timeout=10)
+    cluster.move(dataset_id, node2.uuid)
+    cluster.wait_until_on(dataset_id, node2, timeout=30)
+    assert http("GET", f"{node1.url}/agent/v1/health")["node_uuid"] == node1.uuid
+    for method, path in [("GET", "metrics"), ("GET", f"datasets/{dataset_id}/snapshots"),
+                         ("POST", f"datasets/{dataset_id}/acquire")]:
+        for token in (None, "wrong"):
+            with pytest.raises(HTTPFailure) as failure:
+                http(method, f"{node2.url}/agent/v1/{path}",
+                     body={} if method == "POST" else None, token=token)
+            assert failure.value.code == 401
+    with pytest.raises(HTTPFailure) as failure:
+        http("PUT", f"{node2.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={})
+    assert failure.value.code == 401
+    # a push for a dataset that is not moving to that node is refused, even with the token
+    with pytest.raises(HTTPFailure) as failure:
+        http("PUT", f"{node1.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={},
+             token=cluster.token)
+    assert failure.value.code == 403
+    # and one for a dataset node2 already holds as primary
+    with pytest.raises(HTTPFailure) as failure:
+        http("PUT", f"{node2.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={},
+             token=cluster.token)
+    assert failure.value.code == 409
