@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from .. import __version__
+from .metrics import ControlMetrics
 from .schema import UUID4_PATTERN, schema_errors
 from .service import APIError
 
@@ -101,6 +102,7 @@ def endpoint(handler):
             return result
 
         def render(result):
+            self._count(handler.__name__, result[0])
             return json_response(request, *result)
 
         def failed(failure):
@@ -109,7 +111,9 @@ def endpoint(handler):
             if failure.check(APIError):
                 error = failure.value
                 headers = getattr(error, "headers", ())
+                self._count(handler.__name__, error.code)
                 return json_response(request, error.code, error.body(), headers)
+            self._count(handler.__name__, 500)
             log.failure(
                 "internal error answering {method} {uri}", failure,
                 method=request.method.decode("ascii", "replace"),
@@ -130,9 +134,18 @@ class ControlAPI:
     def __init__(self, service, cluster_token=None):
         self.service = service
         self.cluster_token = cluster_token
+        self.metrics = ControlMetrics(service)
 
     def resource(self):
         return self.app.resource()
+
+    def _count(self, route, code):
+        self.metrics.requests.labels(route=route, code=str(code)).inc()
+
+    @app.route("/metrics", methods=["GET"])
+    def prometheus(self, request):
+        request.setHeader(b"Content-Type", self.metrics.content_type.encode("ascii"))
+        return self.metrics.render()
 
     # -- router errors ----------------------------------------------------
 

@@ -60,3 +60,20 @@ class LimitedRequestTests(TestCase):
         request.handleContentChunk(b"cde")
         request.content.seek(0)
         self.assertEqual(request.content.read(), b"abcde")
+
+
+class MetricsTests(TestCase):
+
+    async def test_metrics_count_requests_and_describe_the_cluster(self):
+        from .helpers import BASE, NODE2
+        h = harness(self)
+        created = await h.create()
+        await h.request("POST", "/v1/configuration/datasets", {"primary": "bad"})
+        await h.report(NODE2, [{"dataset_id": created["dataset_id"], "path": "/a"}])
+        response = await h.treq.get(BASE + "/metrics")
+        text = (await response.content()).decode()
+        self.assertEqual(response.code, 200)
+        self.assertIn('powerstrip_flocker_control_requests_total{code="201",route="create_dataset"} 1.0', text)
+        self.assertIn('powerstrip_flocker_control_requests_total{code="400",route="create_dataset"} 1.0', text)
+        self.assertIn('powerstrip_flocker_control_datasets{deleted="false",manifested="true"} 1.0', text)
+        self.assertIn("powerstrip_flocker_control_nodes 1.0", text)
