@@ -208,16 +208,20 @@ def _tls_policy(ca_path, cert_path, key_path):
 
 
 def make_client(reactor, options):
-    import treq
     from treq.client import HTTPClient
-    from twisted.web.client import Agent
+    from twisted.web import client
 
-    if not (options.tls_ca or options.tls_cert):
-        return treq
+    class QuietFactory(client._HTTP11ClientFactory):
+        noisy = False  # no "Starting factory" lines around a command's output
+
+    pool = client.HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = QuietFactory
     if options.tls_cert and not options.tls_ca:
         raise StatusError("--tls-cert needs --tls-ca (the CA of the control service)")
-    policy = _tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
-    return HTTPClient(Agent(reactor, contextFactory=policy))
+    if options.tls_ca:
+        policy = _tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
+        return HTTPClient(client.Agent(reactor, contextFactory=policy, pool=pool))
+    return HTTPClient(client.Agent(reactor, pool=pool))
 
 
 def read_token(options, environ=os.environ):
