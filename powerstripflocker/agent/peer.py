@@ -382,12 +382,16 @@ class QuietSite(server.Site):
 class PeerServer:
     """Builds the Site serving the agent <-> agent protocol for one agent service."""
 
-    def __init__(self, agent):
+    def __init__(self, agent, idle_timeout=600):
         self.agent = agent
+        self.idle_timeout = idle_timeout
 
     def site(self):
         root = PeerResource(self)
-        site = QuietSite(root)
+        # twisted.web drops a connection after 60 s without bytes; a receive whose pipe is
+        # back-pressured by a slow disk can be quiet longer than that. The sender has its
+        # own stall watchdog.
+        site = QuietSite(root, timeout=self.idle_timeout)
         site.requestFactory = PushRequest
         site.peer = self
         site.displayTracebacks = False

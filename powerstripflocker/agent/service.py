@@ -29,9 +29,14 @@ def _is_uuid(text):
         return False
 
 
+class TransferStalled(Exception):
+    pass
+
+
 class AgentService:
     def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
-                 token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30):
+                 token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30,
+                 stall_timeout=300.0):
         self.reactor = reactor
         self.backend = backend
         self.control = control
@@ -44,6 +49,7 @@ class AgentService:
         self.heartbeat = heartbeat
         self.max_backoff = max_backoff
         self.poll_timeout = poll_timeout
+        self.stall_timeout = stall_timeout
         self.view = None
         self.generation = None
         self.busy = {}                # dataset_id -> what is running ("push", "receive"...)
@@ -238,7 +244,8 @@ class AgentService:
             self.transfer_started(progress)
             result = "failed"
             try:
-                pushed = await self.peers.push(action.agent_url, plan, progress)
+                pushed = await self._watched(self.peers.push(action.agent_url, plan, progress),
+                                             progress)
                 result = "pushed"
             finally:
                 self.transfer_finished(progress, result, extra={
@@ -253,6 +260,33 @@ class AgentService:
         await self.backend.handoff(dataset_id, target, plan)
         log.info("handed off {dataset_id} to {target}; the local copy is deleted once "
                  "{target} reports it", dataset_id=dataset_id, target=target)
+
+    async def _watched(self, coroutine, progress):
+        """Await a transfer; cancel it when no byte moved for stall_timeout seconds."""
+        transfer = defer.ensureDeferred(coroutine)
+        last = {"bytes": -1, "at": self.reactor.seconds()}
+        stalled = []
+
+        def check():
+            now = self.reactor.seconds()
+            if progress.done != last["bytes"]:
+                last.update(bytes=progress.done, at=now)
+            elif now - last["at"] >= self.stall_timeout and not transfer.called:
+                stalled.append(now - last["at"])
+                transfer.cancel()
+
+        watchdog = task.LoopingCall(check)
+        watchdog.clock = self.reactor
+        watchdog.start(max(self.stall_timeout / 4, 0.05), now=True)
+        try:
+            return await transfer
+        except defer.CancelledError:
+            if stalled:
+                raise TransferStalled(
+                    f"no progress for {stalled[0]:.0f}s after {progress.done} bytes") from None
+            raise
+        finally:
+            watchdog.stop()
 
     # the peer side (called by peer.py)
 

@@ -69,6 +69,15 @@ def watch_move(cluster, dataset_id, source, target, timeout=180.0):
                     on_timeout=cluster.logs)
 
 
+def peak_rss(agent):
+    """The agent process's peak resident set size in bytes (VmHWM)."""
+    with open(f"/proc/{agent.process.process.pid}/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 def last_receive(agent, dataset_id):
     history = [h for h in agent.metrics()["history"]
                if h["dataset_id"] == dataset_id and h["direction"] == "receive"
@@ -117,10 +126,14 @@ def test_dataset_moves_to_node2_and_back_with_identical_checksums(make_cluster, 
     back_seconds = time.monotonic() - started
     assert manifest(node1.path(dataset_id)) == changed
     second = last_receive(node1, dataset_id)
+    peaks = (peak_rss(node1), peak_rss(node2))
     report(f"move 100 MiB ({backend})", create_to_state_s=f"{created_in:.3f}",
            move_there_s=f"{there_seconds:.2f}", bytes_there=first["bytes_done"],
            move_back_after_1MiB_change_s=f"{back_seconds:.2f}",
-           bytes_back=second["bytes_done"])
+           bytes_back=second["bytes_done"],
+           agents_peak_rss_mib=[round(p / MiB, 1) for p in peaks])
+    # streamed, never buffered whole: each agent moved 100 MiB each way
+    assert max(peaks) < 100 * MiB, f"agent peak RSS {peaks}"
     if backend == "btrfs":
         assert second["parent"], "the move back should have been incremental"
         assert second["bytes_done"] < 5 * MiB

@@ -1,0 +1,257 @@
+"""The agent service's scheduling, on a Clock: event-driven convergence, reports, backoff."""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from powerstripflocker.agent.backends import Conflict
+from powerstripflocker.agent.faults import Faults
+from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
+from powerstripflocker.agent.peer import Refused
+from powerstripflocker.agent.service import AgentService
+
+ME = "11111111-1111-4111-8111-111111111111"
+OTHER = "22222222-2222-4222-8222-222222222222"
+DS = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+
+
+class FakeControl:
+    """Hands out one Deferred per long-poll; records reports."""
+
+    def __init__(self):
+        self.polls = []
+        self.reports = []
+        self.report_error = None
+        self.fresh = None
+
+    def cluster(self, generation=None, timeout=30):
+        if timeout == 0 and self.fresh is not None:
+            return defer.succeed(self.fresh)
+        d = defer.Deferred()
+        self.polls.append((generation, d))
+        return d
+
+    def report(self, node_uuid, body):
+        if self.report_error is not None:
+            return defer.fail(self.report_error)
+        self.reports.append(body)
+        return defer.succeed({"generation": 1})
+
+
+class StubBackend:
+    """Just enough of a backend to watch the service's decisions (not a storage backend)."""
+    name = "stub"
+    formats = ("tar",)
+    data_root = "/stub"
+
+    def __init__(self):
+        self.held = {}
+        self.calls = []
+        self.fail_create = 0
+
+    async def start(self):
+        pass
+
+    def local_datasets(self):
+        return dict(self.held)
+
+    def path(self, dataset_id):
+        return f"/stub/datasets/{dataset_id}"
+
+    async def create(self, dataset_id, maximum_size):
+        self.calls.append(("create", dataset_id))
+        if self.fail_create:
+            self.fail_create -= 1
+            raise OSError("disk on fire")
+        self.held[dataset_id] = LocalDataset(dataset_id, PRIMARY, self.path(dataset_id),
+                                             maximum_size)
+
+    async def handoff(self, dataset_id, target, plan):
+        self.calls.append(("handoff", dataset_id, target))
+        self.held[dataset_id] = LocalDataset(dataset_id, HANDED_OFF, self.path(dataset_id))
+
+    def snapshots(self, dataset_id):
+        return []
+
+
+class FakePeers:
+    def __init__(self, description):
+        self.description = description
+        self.pushes = []
+
+    async def describe(self, agent_url, dataset_id):
+        return self.description
+
+    async def push(self, agent_url, plan, progress):
+        self.pushes.append(plan)
+        return {"received": "r"}
+
+
+def view(generation, datasets=(), nodes=(), leases=()):
+    return {"generation": generation, "datasets": list(datasets), "leases": list(leases),
+            "nodes": list(nodes)}
+
+
+def dataset(primary=ME, manifested=False):
+    return {"dataset_id": DS, "primary": primary, "metadata": {}, "deleted": False,
+            "maximum_size": None, "manifested": manifested}
+
+
+class AgentServiceTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.control = FakeControl()
+        self.backend = StubBackend()
+        self.peers = FakePeers({"primary": False, "snapshots": [], "accepting": True})
+        self.agent = AgentService(self.clock, self.backend, self.control, self.peers, ME,
+                                  "127.0.0.1", "http://127.0.0.1:4524", faults=Faults())
+        self.successResultOf(defer.ensureDeferred(self.agent.start()))
+        self.addCleanup(self.agent.stop)
+
+    def deliver(self, body):
+        generation, d = self.control.polls[-1]
+        d.callback(body)
+        return generation
+
+    def test_reports_at_start_with_host_and_agent_url(self):
+        self.assertEqual(self.control.reports[0], {
+            "host": "127.0.0.1", "agent_url": "http://127.0.0.1:4524", "datasets": [],
+            "transfers": []})
+
+    def test_first_poll_returns_at_once_and_later_ones_pass_the_generation(self):
+        self.assertEqual(self.control.polls[0][0], -1)
+        self.deliver(view(41))
+        self.assertEqual(self.control.polls[-1][0], 41)
+
+    def test_new_configuration_is_created_and_reported_without_waiting(self):
+        self.deliver(view(1, [dataset()]))
+        self.assertEqual(self.backend.calls, [("create", DS)])
+        self.assertEqual(self.control.reports[-1]["datasets"],
+                         [{"dataset_id": DS, "path": self.backend.path(DS),
+                           "maximum_size": None}])
+        self.assertEqual(self.clock.seconds(), 0)
+
+    def test_failed_action_is_retried_with_backoff(self):
+        self.backend.fail_create = 2
+        self.deliver(view(1, [dataset()]))
+        self.assertEqual(len(self.backend.calls), 1)
+        self.clock.advance(0.4)
+        self.assertEqual(len(self.backend.calls), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.backend.calls), 2)     # after 0.5 s
+        self.clock.advance(0.9)
+        self.assertEqual(len(self.backend.calls), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.backend.calls), 3)     # after 1 s more
+        self.assertIn(DS, self.backend.held)
+
+    def test_a_new_view_does_not_bypass_the_backoff(self):
+        self.backend.fail_create = 1
+        self.deliver(view(1, [dataset()]))
+        self.deliver(view(2, [dataset()]))
+        self.assertEqual(len(self.backend.calls), 1)
+
+    def test_poll_errors_are_retried_with_backoff(self):
+        self.control.polls[-1][1].errback(ConnectionRefusedError())
+        self.assertEqual(len(self.control.polls), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.control.polls), 2)
+        self.control.polls[-1][1].errback(ConnectionRefusedError())
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.control.polls), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.control.polls), 3)
+
+    def test_reports_are_retried_until_they_get_through(self):
+        self.control.report_error = ConnectionRefusedError()
+        count = len(self.control.reports)
+        self.agent.request_report()
+        self.clock.advance(1)
+        self.control.report_error = None
+        self.clock.advance(5)
+        self.assertEqual(len(self.control.reports), count + 1)
+
+    def test_heartbeat_reports_even_when_nothing_changed(self):
+        count = len(self.control.reports)
+        self.clock.advance(10)
+        self.assertEqual(len(self.control.reports), count + 1)
+        self.clock.advance(10)
+        self.assertEqual(len(self.control.reports), count + 2)
+
+    def _held_and_moving(self, description):
+        self.peers.description = description
+        self.backend.held[DS] = LocalDataset(DS, PRIMARY, self.backend.path(DS))
+        self.deliver(view(1, [dataset(primary=OTHER, manifested=True)], nodes=[{
+            "uuid": OTHER, "host": "127.0.0.1", "agent_url": "http://127.0.0.1:9",
+            "datasets": [{"dataset_id": DS, "path": "/x"}], "transfers": []}]))
+
+    def test_target_holding_a_received_primary_means_hand_off_without_pushing(self):
+        self._held_and_moving({"primary": True, "origin": "received", "snapshots": []})
+        self.assertEqual(self.peers.pushes, [])
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
+
+    def test_target_holding_a_primary_it_created_is_never_handed_our_copy(self):
+        self.flushLoggedErrors()
+        self._held_and_moving({"primary": True, "origin": "created", "snapshots": []})
+        self.assertEqual(self.peers.pushes, [])
+        self.assertNotIn(("handoff", DS, OTHER), self.backend.calls)
+        self.assertEqual(self.backend.held[DS].role, PRIMARY)
+        self.assertIsInstance(self.agent.failures[DS], tuple)
+
+    def test_receive_refused_unless_the_configuration_moves_it_here(self):
+        self.deliver(view(1, [dataset(primary=OTHER, manifested=True)]))
+        self.control.fresh = view(1, [dataset(primary=OTHER, manifested=True)])
+        failure = self.failureResultOf(defer.ensureDeferred(self.agent.check_receive(DS)),
+                                       Refused)
+        self.assertEqual(failure.value.code, 403)
+
+    def test_receive_checks_a_fresh_view_when_ours_is_stale(self):
+        self.deliver(view(1, [dataset(primary=OTHER, manifested=True)]))
+        self.control.fresh = view(2, [dataset(primary=ME, manifested=True)])
+        self.successResultOf(defer.ensureDeferred(self.agent.check_receive(DS)))
+
+    def test_receive_of_a_dataset_held_as_primary_is_a_conflict(self):
+        self.backend.held[DS] = LocalDataset(DS, PRIMARY, self.backend.path(DS))
+        self.deliver(view(1, [dataset(primary=ME, manifested=True)]))
+        failure = self.failureResultOf(defer.ensureDeferred(self.agent.check_receive(DS)),
+                                       Refused)
+        self.assertEqual(failure.value.code, 409)
+
+    def test_receive_while_busy_is_refused_for_now(self):
+        self.deliver(view(1, [dataset(primary=ME, manifested=True)]))
+        self.agent.lock(DS, "receive")
+        failure = self.failureResultOf(defer.ensureDeferred(self.agent.check_receive(DS)),
+                                       Refused)
+        self.assertEqual(failure.value.code, 503)
+
+
+class FaultsTests(SynchronousTestCase):
+    def test_parse(self):
+        self.assertEqual(Faults.parse("receive-pause-after-bytes=1024"),
+                         Faults(receive_pause_after_bytes=1024))
+        self.assertFalse(Faults.parse("").active())
+
+    def test_unknown_fault_is_an_error(self):
+        self.assertRaises(ValueError, Faults.parse, "explode=1")
+
+
+class CommandTests(SynchronousTestCase):
+    def test_advertise_url_from_listen(self):
+        from powerstripflocker.agent.command import advertise_url
+        self.assertEqual(advertise_url("tcp:4524:interface=127.0.0.1", "10.0.0.5"),
+                         "http://127.0.0.1:4524")
+        self.assertEqual(advertise_url("tcp:port=4524", "10.0.0.5"), "http://10.0.0.5:4524")
+        self.assertEqual(advertise_url("tcp:4524:interface=0.0.0.0", "10.0.0.5"),
+                         "http://10.0.0.5:4524")
+        self.assertEqual(advertise_url("ssl:4524:privateKey=k.pem:certKey=c.pem", "10.0.0.5"),
+                         "https://10.0.0.5:4524")
+
+    def test_node_uuid_is_created_once_and_kept(self):
+        import os
+        from powerstripflocker.agent.command import node_uuid
+        root = self.mktemp()
+        os.makedirs(root)
+        first = node_uuid(root)
+        self.assertEqual(node_uuid(root), first)
+        import uuid
+        self.assertEqual(uuid.UUID(first).version, 4)
