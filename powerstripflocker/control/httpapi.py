@@ -121,7 +121,7 @@ def endpoint(handler):
             )
             return json_response(request, 500, {"description": INTERNAL_ERROR})
 
-        return maybeDeferred(call).addCallbacks(render, failed)
+        return maybeDeferred(call).addCallback(render).addErrback(failed)
 
     return wrapper
 
