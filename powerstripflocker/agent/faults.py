@@ -5,6 +5,12 @@ push (pauses the TCP transport for good) once N bytes of it arrived, logs it and
 under "fault_paused" in GET /agent/v1/metrics, so a test can kill -9 it mid-push without
 sleeping and hoping, or do something else (restart the control service) and then let it go
 on with POST /agent/v1/faults/resume (served only while a fault is configured).
+
+POWERSTRIP_FLOCKER_FAULTS="send-pause-after-bytes=N": a sending agent stops feeding a push
+once N bytes went out (listed under "fault_paused" too), so a test can kill -9 the sender
+mid-push while the receiver keeps reading and sees the connection drop.
+
+Several faults: comma-separated.
 """
 
 import os
@@ -17,6 +23,7 @@ ENV = "POWERSTRIP_FLOCKER_FAULTS"
 @dataclass(frozen=True)
 class Faults:
     receive_pause_after_bytes: Optional[int] = None
+    send_pause_after_bytes: Optional[int] = None
 
     @classmethod
     def parse(cls, text):
@@ -27,7 +34,7 @@ class Faults:
                 continue
             key, _, value = item.partition("=")
             key = key.strip().replace("-", "_")
-            if key != "receive_pause_after_bytes":
+            if key not in ("receive_pause_after_bytes", "send_pause_after_bytes"):
                 raise ValueError(f"unknown fault {key!r} in {ENV}")
             values[key] = int(value)
         return cls(**values)
@@ -37,4 +44,5 @@ class Faults:
         return cls.parse((environ if environ is not None else os.environ).get(ENV, ""))
 
     def active(self):
-        return self.receive_pause_after_bytes is not None
+        return self.receive_pause_after_bytes is not None \
+            or self.send_pause_after_bytes is not None

@@ -443,8 +443,11 @@ class PeerClient:
                                        headers=self._headers(), timeout=30)
         return await self._json_response(response)
 
-    async def push(self, agent_url, plan, progress):
-        producer = ProcessBodyProducer(self.reactor, plan.argv, progress=progress)
+    async def push(self, agent_url, plan, progress, pause_after_bytes=None,
+                   on_fault_pause=None):
+        producer = ProcessBodyProducer(self.reactor, plan.argv, progress=progress,
+                                       pause_after_bytes=pause_after_bytes,
+                                       on_fault_pause=on_fault_pause)
         url = self._url(agent_url, plan.dataset_id, "push", {
             "format": plan.format, "snapshot": plan.snapshot, "parent": plan.parent,
             "size": plan.size})

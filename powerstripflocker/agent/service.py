@@ -169,15 +169,15 @@ class AgentService:
             return
         local = self.backend.local_datasets()
         now = self.reactor.seconds()
+        waits = {}
         for action in decide(self.node_uuid, self.view, local):
             dataset_id = action.dataset_id
             if isinstance(action, Wait):
+                waits[dataset_id] = action.reason
                 if self._waits_logged.get(dataset_id) != action.reason:
-                    self._waits_logged[dataset_id] = action.reason
                     log.info("dataset {dataset_id}: {reason}", dataset_id=dataset_id,
                              reason=action.reason)
                 continue
-            self._waits_logged.pop(dataset_id, None)
             if dataset_id in self.busy:
                 continue
             failed = self.failures.get(dataset_id)
@@ -185,6 +185,7 @@ class AgentService:
                 continue
             self.lock(dataset_id, type(action).__name__.lower())
             defer.ensureDeferred(self._execute(action))
+        self._waits_logged = waits
 
     async def _execute(self, action):
         dataset_id = action.dataset_id
@@ -244,8 +245,14 @@ class AgentService:
             self.transfer_started(progress)
             result = "failed"
             try:
-                pushed = await self._watched(self.peers.push(action.agent_url, plan, progress),
-                                             progress)
+                fault = {}
+                if self.faults.send_pause_after_bytes is not None:
+                    fault = dict(
+                        pause_after_bytes=self.faults.send_pause_after_bytes,
+                        on_fault_pause=lambda producer: self.fault_paused(
+                            dataset_id, producer.bytes, producer))
+                pushed = await self._watched(
+                    self.peers.push(action.agent_url, plan, progress, **fault), progress)
                 result = "pushed"
             finally:
                 self.transfer_finished(progress, result, extra={

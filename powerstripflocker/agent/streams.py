@@ -125,13 +125,17 @@ class ProcessBodyProducer:
 
     length = UNKNOWN_LENGTH
 
-    def __init__(self, reactor, argv, progress=None, cwd=None):
+    def __init__(self, reactor, argv, progress=None, cwd=None, pause_after_bytes=None,
+                 on_fault_pause=None):
         self.reactor = reactor
         self.argv = list(argv)
         self.progress = progress
         self.cwd = cwd
         self.transport = None
         self.bytes = 0
+        self.pause_after_bytes = pause_after_bytes
+        self.on_fault_pause = on_fault_pause
+        self.held = False
 
     def startProducing(self, consumer):
         producer = self
@@ -142,6 +146,12 @@ class ProcessBodyProducer:
                 if producer.progress is not None:
                     producer.progress.add(len(data))
                 consumer.write(data)
+                limit = producer.pause_after_bytes
+                if limit is not None and producer.bytes >= limit and not producer.held:
+                    producer.held = True
+                    producer.transport.pauseProducing()
+                    if producer.on_fault_pause is not None:
+                        producer.on_fault_pause(producer)
 
         protocol = Pipe()
         self.transport = _spawn(self.reactor, protocol, self.argv, cwd=self.cwd, stdin=False)
@@ -161,6 +171,13 @@ class ProcessBodyProducer:
             self.transport.pauseProducing()
 
     def resumeProducing(self):
+        if self.transport is not None and not self.held:
+            self.transport.resumeProducing()
+
+    def release(self):
+        """Undo a fault-injection pause."""
+        self.held = False
+        self.pause_after_bytes = None
         if self.transport is not None:
             self.transport.resumeProducing()
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -16,15 +17,16 @@ class HTTPFailure(Exception):
         self.body = body
 
 
-def http(method, url, body=None, token=None, timeout=30):
+def http(method, url, body=None, token=None, timeout=30, ca=None):
     data = json.dumps(body).encode() if body is not None else None
+    context = ssl.create_default_context(cafile=ca) if ca else None
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
         request.add_header("Content-Type", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read() or b"null")
     except urllib.error.HTTPError as e:
         raise HTTPFailure(e.code, e.read().decode("utf-8", "replace")) from None
@@ -48,20 +50,30 @@ class Agent:
         self.name = name
         self.data_root = data_root
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if cluster.tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = os.path.join(cluster.base, f"{name}.log")
         self.process = None
         self.uuid = None
 
     def start(self, faults=None):
         env = {"POWERSTRIP_FLOCKER_FAULTS": faults or ""}
+        listen = f"tcp:{self.port}:interface=127.0.0.1"
+        tls = self.cluster.tls
+        if tls:
+            listen = (f"ssl:{self.port}:interface=127.0.0.1:privateKey={tls['key']}:"
+                      f"certKey={tls['cert']}")
         args = ["agent", "--control-url", self.cluster.control_url, "--data-root",
                 self.data_root, "--backend", self.cluster.backend,
-                "--listen", f"tcp:{self.port}:interface=127.0.0.1", "--log-level", "debug"]
+                "--listen", listen, "--log-level", "debug"]
+        if tls:
+            args += ["--tls-ca", tls["ca"]]
         if self.cluster.token_file:
             args += ["--cluster-token-file", self.cluster.token_file]
         self.process = ManagedProcess.command(args, self.log_path, env=env).start()
-        self.process.wait_for_http(f"{self.url}/agent/v1/health")
+        self.process.wait_until(lambda: http("GET", f"{self.url}/agent/v1/health",
+                                             ca=tls["ca"] if tls else None),
+                                what="answering /agent/v1/health")
         with open(os.path.join(self.data_root, "node-uuid"), encoding="utf-8") as f:
             self.uuid = f.read().strip()
         return self
@@ -73,11 +85,16 @@ class Agent:
         if self.process is not None:
             self.process.stop()
 
+    def _ca(self):
+        return self.cluster.tls["ca"] if self.cluster.tls else None
+
     def metrics(self):
-        return http("GET", f"{self.url}/agent/v1/metrics", token=self.cluster.token)
+        return http("GET", f"{self.url}/agent/v1/metrics", token=self.cluster.token,
+                    ca=self._ca())
 
     def resume_faults(self):
-        return http("POST", f"{self.url}/agent/v1/faults/resume", token=self.cluster.token)
+        return http("POST", f"{self.url}/agent/v1/faults/resume", token=self.cluster.token,
+                    ca=self._ca())
 
     def path(self, dataset_id):
         return os.path.join(self.data_root, "datasets", dataset_id)
@@ -87,10 +104,11 @@ class Agent:
 
 
 class Cluster:
-    def __init__(self, base, backend="directory", token=None):
+    def __init__(self, base, backend="directory", token=None, tls=None):
         self.base = base
         self.backend = backend
         self.token = token
+        self.tls = tls          # {"ca", "cert", "key"} PEM paths: agents talk https
         self.token_file = None
         if token:
             self.token_file = os.path.join(base, "cluster-token")

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from .cluster import Cluster, HTTPFailure, http, wait_for
-from .support import LoopBtrfs, btrfs_skip_reason, fill_sample_tree, manifest
+from .support import (
+    LoopBtrfs, btrfs_skip_reason, fill_sample_tree, make_tls_files, manifest,
+)
 
 MiB = 1 << 20
 
@@ -21,7 +23,7 @@ BACKENDS = [
 def make_cluster(tmp_path):
     clusters, filesystems = [], []
 
-    def make(backend, token=None):
+    def make(backend, token=None, tls=False):
         base = str(tmp_path)
         if backend == "btrfs":
             reason = btrfs_skip_reason()
@@ -34,7 +36,8 @@ def make_cluster(tmp_path):
                 roots.append(os.path.join(fs.mount_point, "agent"))
         else:
             roots = [os.path.join(base, "node1"), os.path.join(base, "node2")]
-        cluster = Cluster(base, backend, token=token).start_control()
+        tls_files = make_tls_files(base) if tls else None
+        cluster = Cluster(base, backend, token=token, tls=tls_files).start_control()
         cluster.roots = roots
         clusters.append(cluster)
         return cluster
@@ -177,6 +180,36 @@ def test_receiver_killed_mid_push_leaves_source_primary_and_move_completes_on_re
 
 @pytest.mark.integration
 @pytest.mark.reliability
+def test_sender_killed_mid_push_keeps_its_copy_and_finishes_the_move_after_restart(
+        make_cluster):
+    cluster = make_cluster("directory")
+    node1 = cluster.add_agent("node1", cluster.roots[0],
+                              faults=f"send-pause-after-bytes={6 * MiB}")
+    node2 = cluster.add_agent("node2", cluster.roots[1])
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    fill_sample_tree(path, random_bytes=30 * MiB, files=3)
+    original = manifest(path)
+
+    cluster.move(dataset_id, node2.uuid)
+    wait_for(lambda: node1.metrics()["fault_paused"], 60, "the push to pause",
+             on_timeout=cluster.logs)
+    wait_for(lambda: node2.metrics()["transfers"], 10, "node2 to be receiving")
+    node1.kill()
+    # node2 sees the push break off, drops the partial copy and is free again
+    wait_for(lambda: any(h["result"] == "interrupted" for h in node2.metrics()["history"]),
+             30, "node2 to notice", on_timeout=cluster.logs)
+    assert node2.metrics()["busy"] == {}
+    assert not os.path.exists(node2.path(dataset_id))
+    assert manifest(path) == original
+
+    node1.start()
+    watch_move(cluster, dataset_id, node1, node2)
+    assert manifest(node2.path(dataset_id)) == original
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
 def test_control_service_restart_during_a_move_keeps_configuration_and_leases(make_cluster):
     cluster = make_cluster("directory")
     node1 = cluster.add_agent("node1", cluster.roots[0])
@@ -274,3 +307,22 @@ def test_agent_protocol_needs_the_cluster_token(make_cluster):
         http("PUT", f"{node2.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={},
              token=cluster.token)
     assert failure.value.code == 409
+
+
+@pytest.mark.integration
+def test_agents_push_to_each_other_over_tls(make_cluster):
+    cluster = make_cluster("directory", token="s3cret-cluster-token", tls=True)
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", cluster.roots[1])
+    assert node1.url.startswith("https://")
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    fill_sample_tree(path, random_bytes=4 * MiB, files=2)
+    original = manifest(path)
+    cluster.move(dataset_id, node2.uuid)
+    watch_move(cluster, dataset_id, node1, node2, timeout=30)
+    assert manifest(node2.path(dataset_id)) == original
+    assert last_receive(node2, dataset_id)["bytes_done"] > 4 * MiB
+    # a client that does not trust the cluster CA cannot talk to the agents
+    with pytest.raises(OSError):
+        http("GET", f"{node2.url}/agent/v1/health")

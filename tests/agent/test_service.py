@@ -82,7 +82,7 @@ class FakePeers:
     async def describe(self, agent_url, dataset_id):
         return self.description
 
-    async def push(self, agent_url, plan, progress):
+    async def push(self, agent_url, plan, progress, **fault):
         self.pushes.append(plan)
         return {"received": "r"}
 
@@ -255,3 +255,29 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(node_uuid(root), first)
         import uuid
         self.assertEqual(uuid.UUID(first).version, 4)
+
+
+class ProgressTests(SynchronousTestCase):
+    def test_logs_bytes_done_total_and_rate_every_interval(self):
+        from twisted.logger import globalLogPublisher
+
+        from powerstripflocker.agent.streams import Progress
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        progress = Progress(clock, DS, "push", OTHER, total=100_000_000, interval=5.0)
+        progress.add(1_000_000)
+        clock.advance(4)
+        progress.add(1_000_000)
+        self.assertEqual([e for e in events if "bytes_done" in e], [])
+        clock.advance(1)
+        progress.add(8_000_000)
+        logged = [e for e in events if "bytes_done" in e]
+        self.assertEqual(len(logged), 1)
+        self.assertEqual((logged[0]["bytes_done"], logged[0]["bytes_total"]),
+                         (10_000_000, 100_000_000))
+        self.assertAlmostEqual(logged[0]["rate_mb"], 2.0)
+        self.assertEqual(progress.as_report(), {
+            "dataset_id": DS, "direction": "push", "peer": OTHER,
+            "bytes_done": 10_000_000, "bytes_total": 100_000_000})
