@@ -103,6 +103,8 @@ class AgentService:
                     return
                 continue
             except Exception as e:
+                if not self.running:
+                    return
                 log.warn("cannot get the cluster view from the control service: {error}; "
                          "retrying in {delay:.1f}s", error=e, delay=delay)
                 await task.deferLater(self.reactor, delay, lambda: None)
