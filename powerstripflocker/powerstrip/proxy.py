@@ -21,7 +21,9 @@ through (client EOF -> shutdown(SHUT_WR) upstream and vice versa), the
 connection closed when both directions have ended.
 """
 
-from twisted.internet import defer
+import types
+
+from twisted.internet import defer, tcp, unix
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -41,6 +43,45 @@ _STREAM_TYPES = (
 )
 
 log = Logger()
+
+
+def _write_now(transport, data):
+    """Send at once when nothing is queued, else queue behind what is.
+
+    transport.write() only queues; the bytes leave on the reactor's next turn
+    after an epoll_ctl to watch for writability. On a request/response relay
+    that costs a loop turn and two system calls per hop, which is most of the
+    proxy's added latency, so try the socket first.
+    """
+    if (not transport._tempDataBuffer and not transport.dataBuffer
+            and transport.connected and not transport.disconnecting
+            and not transport._writeDisconnecting and not transport._writeDisconnected):
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = 0  # transport.write will meet the same error and close properly
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def _plain_reads(transport):
+    """Read unix sockets with recv(), not the recvmsg() Twisted uses to accept fds.
+
+    The proxy never passes file descriptors; recvmsg() and its ancillary-data
+    wrapper cost a measurable share of the per-request time.
+    """
+    if isinstance(transport, unix.Server) or isinstance(transport, unix.Client):
+        transport.doRead = types.MethodType(tcp.Connection.doRead, transport)
+
+
+def _writer(transport):
+    if hasattr(transport, "socket") and hasattr(transport, "_tempDataBuffer"):
+        return lambda data: _write_now(transport, data)
+    return transport.write
 
 
 class _Flow:
@@ -136,12 +177,14 @@ class ClientConnection(Protocol):
     # -- connection events ---------------------------------------------------
 
     def connectionMade(self):
+        _plain_reads(self.transport)
+        self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(_LazyUpstreamFlow(self)), True)
 
     def dataReceived(self, data):
         if self.splicing:
-            self.upstream.transport.write(data)
+            self.upstream.write(data)
             return
         if self.request_body is not None:
             if self.inbuf:
@@ -236,18 +279,26 @@ class ClientConnection(Protocol):
             )
             return
         self.upstream.start_response(self.method, self.post is not None)
-        write = self.upstream.transport.write
-        write(raw_head)
+        write = self.upstream.write
         if replacement is not None:
-            write(replacement)
-        if body is None:
+            write(raw_head + replacement)
+            if body is None:
+                self._request_finished()
+                return
+            # the client's own (non-JSON) body was replaced: read it and drop it
+            self.request_body, self.request_sink = body, None
+            raw_head = b""
+        elif body is None:
+            write(raw_head)
             self._request_finished()
             return
-        self.request_body = body
-        self.request_sink = None if replacement is not None else write
+        else:
+            self.request_body, self.request_sink = body, write
         if self.inbuf:
             data, self.inbuf = self.inbuf, b""
-            self._relay_request_body(data)
+            self._relay_request_body(data, raw_head)
+        elif raw_head:
+            write(raw_head)
 
     def _connected(self, raw_head, body, replacement):
         self.connecting = None
@@ -264,15 +315,15 @@ class ClientConnection(Protocol):
         self._fail(502, f"powerstrip proxy: cannot reach the Docker daemon at "
                         f"{self.proxy.docker_description}: {failure.getErrorMessage()}")
 
-    def _relay_request_body(self, data):
+    def _relay_request_body(self, data, head=b""):
         try:
             part, rest = self.request_body.split(data)
         except ProtocolError as e:
             self.request_body = None
             self._fail(400, f"powerstrip proxy: malformed request body: {e}")
             return
-        if part and self.request_sink is not None:
-            self.request_sink(part)
+        if self.request_sink is not None and (head or part):
+            self.request_sink(head + part)
         if rest is not None:
             self.request_body = None
             self.request_sink = None
@@ -337,7 +388,7 @@ class ClientConnection(Protocol):
         data, self.pending_upgrade = self.pending_upgrade + self.inbuf, b""
         self.inbuf = b""
         if data:
-            self.upstream.transport.write(data)
+            self.upstream.write(data)
         self.flow.resume("upgrade")
         self.flow.resume("pipeline")
         if self.client_eof:
@@ -500,6 +551,8 @@ class UpstreamConnection(Protocol):
         self.done = False
 
     def connectionMade(self):
+        _plain_reads(self.transport)
+        self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(self.client.flow), True)
 
@@ -517,7 +570,7 @@ class UpstreamConnection(Protocol):
                 self._relay_body(data)
             return
         if self.splicing:
-            self.client.transport.write(data)
+            self.client.write(data)
             return
         self.buf += data
         self._parse()
@@ -546,15 +599,15 @@ class UpstreamConnection(Protocol):
             if code == 101:
                 self.expecting = False
                 self.splicing = True
-                client.transport.write(raw_head)
+                client.write(raw_head)
                 data, self.buf = self.buf, b""
                 if data:
-                    client.transport.write(data)
+                    client.write(data)
                 client.start_splice()
                 return
             if 100 <= code < 200:
                 if not self.collect:
-                    client.transport.write(raw_head)
+                    client.write(raw_head)
                 continue
             self.expecting = False
             if self.method == b"HEAD" or code in (204, 304):
@@ -566,10 +619,10 @@ class UpstreamConnection(Protocol):
                 if ctype in _STREAM_TYPES and not self.collect:
                     # legacy hijack: a 200 and then a raw stream both ways
                     self.splicing = True
-                    client.transport.write(raw_head)
+                    client.write(raw_head)
                     data, self.buf = self.buf, b""
                     if data:
-                        client.transport.write(data)
+                        client.write(data)
                     client.start_splice()
                     return
                 client.close_after = True
@@ -577,16 +630,19 @@ class UpstreamConnection(Protocol):
             if self.collect:
                 self._start_collect(head, code, kind, length)
                 return
-            client.transport.write(raw_head)
             if kind == "length" and length == 0:
+                client.write(raw_head)
                 self._finished()
                 continue
             self.body = _CloseDelimited() if self.close_delimited else _Body(kind, length)
             data, self.buf = self.buf, b""
             if data:
-                self._relay_body(data)
+                # head and the first body bytes in one write: one wake-up of the client
+                self._relay_body(data, raw_head)
+            else:
+                client.write(raw_head)
 
-    def _relay_body(self, data):
+    def _relay_body(self, data, head=b""):
         try:
             part, rest = self.body.split(data)
         except ProtocolError as e:
@@ -594,8 +650,10 @@ class UpstreamConnection(Protocol):
             self.client.transport.loseConnection()
             self.transport.loseConnection()
             return
-        if part:
-            self.client.transport.write(part)
+        if head:
+            self.client.write(head + part)
+        elif part:
+            self.client.write(part)
         if rest is not None:
             self.body = None
             self.buf = rest + self.buf
@@ -652,7 +710,7 @@ class UpstreamConnection(Protocol):
             lines.append(b"Content-Type: " + ctype)
         lines.append(b"Content-Length: %d" % len(body))
         version = self.response_head.first.split(b" ", 1)[0]
-        client.transport.write(
+        client.write(
             b"\r\n".join([status_line(code, version), *lines]) + b"\r\n\r\n" + body)
         self.collect = False
         if self.close_delimited:
