@@ -104,6 +104,29 @@ class QuietSite(Site):
         )
 
 
+def lock_database(path):
+    """Hold an exclusive lock next to the database for the life of the process:
+    two control services on one database would each think they own the cluster."""
+    import fcntl
+
+    if path == ":memory:":
+        return open(os.devnull)
+    lock_path = path + ".lock"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError as error:
+        raise ConfigurationError(f"cannot open {lock_path}: {error}")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise ConfigurationError(
+            f"another control service is using {path} (it holds {lock_path})"
+        )
+    return lock
+
+
 def make_site(service, token):
     site = QuietSite(ControlAPI(service, token).resource(), requestFactory=LimitedRequest)
     site.displayTracebacks = False
@@ -117,6 +140,7 @@ async def serve(reactor, options):
     context = None
     if options.tls_cert or options.tls_key:
         context = tls_options(options.tls_cert, options.tls_key, options.tls_ca)
+    lock = lock_database(options.db)
     try:
         store = Store(options.db)
     except Exception as error:
@@ -150,6 +174,7 @@ async def serve(reactor, options):
         log.info("control service stopping")
         service.stop()
         store.close()
+        lock.close()
         stopped.callback(None)
 
     reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)

@@ -112,6 +112,15 @@ def endpoint(handler):
                 error = failure.value
                 headers = getattr(error, "headers", ())
                 self._count(handler.__name__, error.code)
+                # Refused agent requests are worth a warning: an agent is misconfigured.
+                emit = log.warn if request.path.startswith(b"/agent/") else log.debug
+                emit(
+                    "{method} {uri} refused with {code}: {description} {errors}",
+                    method=request.method.decode("ascii", "replace"),
+                    uri=request.uri.decode("ascii", "replace"),
+                    code=error.code, description=error.description,
+                    errors=error.errors or "",
+                )
                 return json_response(request, error.code, error.body(), headers)
             self._count(handler.__name__, 500)
             log.failure(

@@ -334,3 +334,15 @@ def test_oversized_bodies_get_413_whether_sized_or_chunked(control):
             "description": "The request body is larger than 1048576 bytes."}
         connection.close()
     assert service.request("GET", "/v1/configuration/datasets")[1] == []
+
+
+def test_a_second_service_on_the_same_database_is_refused(control):
+    service = control().start()
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "control", "--db", service.db,
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1"],
+        capture_output=True, timeout=30, text=True,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "another control service is using" in result.stderr
+    assert service.request("GET", "/v1/version")[0] == 200
