@@ -314,7 +314,6 @@ class ControlService:
         ]
         new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now)
         old = self.nodes.get(node_uuid)
-        self.nodes[node_uuid] = new
         different = old is None or old.content() != new.content()
         if different:
             self.store.put_node_report(node_uuid, new.to_json(), now)
@@ -323,6 +322,7 @@ class ControlService:
             # Identical re-report: refresh the stored time now and then, not every time.
             self.store.touch_node_report(node_uuid, now)
             self._persisted_received[node_uuid] = now
+        self.nodes[node_uuid] = new
         newly_manifested = self.store.mark_manifested(
             sorted({d["dataset_id"] for d in datasets})
         )
