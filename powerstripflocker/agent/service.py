@@ -256,6 +256,9 @@ class AgentService:
                 pushed = await self._watched(
                     self.peers.push(action.agent_url, plan, progress, **fault), progress)
                 result = "pushed"
+            except BaseException:
+                await self._abandon(plan)
+                raise
             finally:
                 self.transfer_finished(progress, result, extra={
                     "format": plan.format, "parent": plan.parent, "snapshot": plan.snapshot})
@@ -264,11 +267,23 @@ class AgentService:
                      "({rate_mb:.1f} MB/s)", dataset_id=dataset_id, target=target,
                      bytes=progress.done, seconds=seconds,
                      rate_mb=progress.done / max(seconds, 1e-6) / 1e6)
-            await self.peers.acquire(action.agent_url, dataset_id, pushed["received"],
-                                     plan.maximum_size)
+            try:
+                await self.peers.acquire(action.agent_url, dataset_id, pushed["received"],
+                                         plan.maximum_size)
+            except PeerError:
+                # refused: the target does not hold the dataset; drop our unused snapshot
+                await self._abandon(plan)
+                raise
         await self.backend.handoff(dataset_id, target, plan)
         log.info("handed off {dataset_id} to {target}; the local copy is deleted once "
                  "{target} reports it", dataset_id=dataset_id, target=target)
+
+    async def _abandon(self, plan):
+        try:
+            await self.backend.abandon_send(plan)
+        except Exception as e:
+            log.warn("cannot drop what a failed push of {dataset_id} left: {error}",
+                     dataset_id=plan.dataset_id, error=e)
 
     async def _watched(self, coroutine, progress):
         """Await a transfer; cancel it when no byte moved for stall_timeout seconds."""

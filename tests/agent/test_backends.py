@@ -194,6 +194,24 @@ def make_backend_tests(backend_name, make_roots):
                 await self.b.acquire(self.id, "never-received", None)
             self.assertNotIn(self.id, self.b.local_datasets())
 
+        async def test_acquire_refuses_path_like_tokens(self):
+            await self.start()
+            for token in ("..", "../x", "/etc", ".hidden", "a/b", ""):
+                with self.assertRaises(BackendError):
+                    await self.b.acquire(self.id, token, None)
+            self.assertNotIn(self.id, self.b.local_datasets())
+
+        async def test_abandoned_send_leaves_the_primary_intact(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            fill_sample_tree(self.a.path(self.id), random_bytes=4096)
+            before = manifest(self.a.path(self.id))
+            plan = await self.a.prepare_send(self.id, [])
+            await self.a.abandon_send(plan)
+            self.assertEqual(self.a.snapshots(self.id), [])
+            self.assertEqual(manifest(self.a.path(self.id)), before)
+            self.assertEqual(self.a.local_datasets()[self.id].role, PRIMARY)
+
         async def test_move_back_replaces_the_stale_copy(self):
             await self.start()
             await self.a.create(self.id, None)
@@ -285,6 +303,26 @@ class BtrfsBackendTests(make_backend_tests("btrfs", _BtrfsFilesystems.roots)):
         self.assertEqual(plan3.parent, plan2.snapshot)
         self.assertLess(third, 2 << 20)
         self.assertEqual(manifest(self.b.path(self.id)), manifest(self.a.path(self.id)))
+
+    async def test_received_but_never_acquired_copy_is_a_replica_a_delete_removes(self):
+        await self.start()
+        await self.a.create(self.id, None)
+        plan = await self.a.prepare_send(self.id, [])
+        receive = await self.b.prepare_receive(self.id, plan.format, plan.parent, plan.snapshot)
+        pipe(plan.argv, receive.argv)
+        await receive.commit()
+        self.assertEqual(self.b.local_datasets()[self.id].role, REPLICA)
+        await self.b.destroy(self.id)
+        self.assertEqual(self.b.snapshots(self.id), [])
+        self.assertNotIn(self.id, self.b.local_datasets())
+
+    async def test_receive_refuses_path_like_snapshot_names(self):
+        await self.start()
+        for name in ("..", "../x", ".x", "a/b"):
+            with self.assertRaises(BackendError):
+                await self.b.prepare_receive(self.id, "btrfs", None, name)
+            with self.assertRaises(BackendError):
+                await self.b.prepare_receive(self.id, "btrfs", name, "ok-name")
 
     async def test_receive_with_a_missing_parent_is_refused(self):
         await self.start()

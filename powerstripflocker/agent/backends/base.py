@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -87,6 +88,20 @@ class IStorageBackend(Interface):
 
     def cleanup(dataset_id):
         """async: the new primary reports it: delete the handed-off copy's data."""
+
+    def abandon_send(plan):
+        """async: a push of plan failed before the target acquired it: drop what
+        prepare_send made for it (e.g. its snapshot)."""
+
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_name(name, what="name"):
+    """Snapshot names and received tokens become path components: allow only plain names."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise BackendError(f"invalid {what} {name!r}")
+    return name
 
 
 class MetadataStore:

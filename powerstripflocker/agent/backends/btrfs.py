@@ -33,6 +33,7 @@ from .base import (
     MissingParent,
     ReceivePlan,
     SendPlan,
+    check_name,
     local_from_meta,
     tree_size,
 )
@@ -144,8 +145,11 @@ class BtrfsBackend:
     async def prepare_receive(self, dataset_id, format, parent, snapshot):
         if format != "btrfs":
             raise BackendError(f"the btrfs backend cannot receive format {format!r}")
-        if not snapshot or "/" in snapshot or snapshot.startswith("."):
+        if not snapshot:
             raise BackendError("a btrfs push must name its snapshot")
+        check_name(snapshot, "snapshot name")
+        if parent is not None:
+            check_name(parent, "parent snapshot name")
         record = self.meta.get(dataset_id)
         if record is not None and record.get("role") == PRIMARY:
             raise Conflict(f"dataset {dataset_id} is already held here as primary")
@@ -162,6 +166,10 @@ class BtrfsBackend:
             received = os.path.join(snapdir, snapshot)
             if not os.path.isdir(received) or not await self._read_only(received):
                 raise BackendError(f"btrfs receive did not complete snapshot {snapshot}")
+            if self.meta.get(dataset_id) is None:
+                # Not acquired yet: known as a replica, so a delete of the dataset removes it.
+                self.meta.put(dataset_id, {"role": REPLICA, "origin": "received",
+                                           "last_snapshot": snapshot})
             return snapshot
 
         async def discard():
@@ -194,8 +202,9 @@ class BtrfsBackend:
             if record.get("received") == received:
                 return
             raise Conflict(f"dataset {dataset_id} is already held here as primary")
-        snap_path = os.path.join(self._snapdir(dataset_id), str(received))
-        if "/" in str(received) or not os.path.isdir(snap_path):
+        check_name(received, "snapshot name")
+        snap_path = os.path.join(self._snapdir(dataset_id), received)
+        if not os.path.isdir(snap_path):
             raise BackendError(f"no received snapshot {received} of dataset {dataset_id} here")
         path = self.path(dataset_id)
         await self._delete_subvolume(path)
@@ -208,6 +217,12 @@ class BtrfsBackend:
     async def handoff(self, dataset_id, target, plan):
         self.meta.update(dataset_id, role=HANDED_OFF, handed_to=target,
                          last_snapshot=plan.snapshot if plan is not None else None)
+
+    async def abandon_send(self, plan):
+        if plan.snapshot:
+            check_name(plan.snapshot, "snapshot name")
+            await self._delete_subvolume(os.path.join(self._snapdir(plan.dataset_id),
+                                                      plan.snapshot))
 
     async def cleanup(self, dataset_id):
         record = self.meta.get(dataset_id)

@@ -25,6 +25,7 @@ from .base import (
     MetadataStore,
     ReceivePlan,
     SendPlan,
+    check_name,
     local_from_meta,
     tree_size,
 )
@@ -53,9 +54,10 @@ class DirectoryBackend:
         self.meta = MetadataStore(self.data_root)
 
     async def start(self):
-        # Interrupted receives and half-deleted trees are leftovers of a crash.
+        # Receives (complete or not) that were never acquired and half-deleted trees are
+        # leftovers of a crash; a sender whose push was not acquired pushes again.
         for dataset_id in os.listdir(self.staging_dir):
-            await self._discard_incomplete(dataset_id)
+            await self._remove(os.path.join(self.staging_dir, dataset_id))
         await self._empty_trash()
 
     def local_datasets(self):
@@ -123,9 +125,10 @@ class DirectoryBackend:
             if record.get("received") == received:
                 return
             raise Conflict(f"dataset {dataset_id} is already held here as primary")
+        check_name(received, "push token")
         staging = os.path.join(self.staging_dir, dataset_id)
-        tree = os.path.join(staging, str(received))
-        if "/" in str(received) or not os.path.exists(tree + ".complete"):
+        tree = os.path.join(staging, received)
+        if not os.path.exists(tree + ".complete"):
             raise BackendError(f"no complete push {received} of dataset {dataset_id} here")
         path = self.path(dataset_id)
         if os.path.lexists(path):
@@ -139,19 +142,15 @@ class DirectoryBackend:
     async def handoff(self, dataset_id, target, plan):
         self.meta.update(dataset_id, role=HANDED_OFF, handed_to=target)
 
+    async def abandon_send(self, plan):
+        pass
+
     async def cleanup(self, dataset_id):
         record = self.meta.get(dataset_id)
         if record is not None and record.get("role") != HANDED_OFF:
             raise Conflict(f"dataset {dataset_id} is {record.get('role')} here, not handed off")
         await self._remove(self.path(dataset_id))
         self.meta.delete(dataset_id)
-
-    async def _discard_incomplete(self, dataset_id):
-        staging = os.path.join(self.staging_dir, dataset_id)
-        names = set(os.listdir(staging)) if os.path.isdir(staging) else set()
-        for name in names:
-            if not name.endswith(".complete") and name + ".complete" not in names:
-                await self._remove(os.path.join(staging, name))
 
     async def _remove(self, path):
         """Rename into the trash (atomic), then delete in a thread."""
