@@ -21,6 +21,7 @@ through (client EOF -> shutdown(SHUT_WR) upstream and vice versa), the
 connection closed when both directions have ended.
 """
 
+import socket
 import types
 
 from twisted.internet import defer, tcp, unix
@@ -66,6 +67,16 @@ def _write_now(transport, data):
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _no_delay(transport):
+    """Small writes (heads, stream frames) must not wait for Nagle on TCP."""
+    sock = getattr(transport, "socket", None)
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            transport.setTcpNoDelay(True)
+        except OSError:
+            pass
 
 
 def _plain_reads(transport):
@@ -178,6 +189,7 @@ class ClientConnection(Protocol):
 
     def connectionMade(self):
         _plain_reads(self.transport)
+        _no_delay(self.transport)
         self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(_LazyUpstreamFlow(self)), True)
@@ -205,9 +217,10 @@ class ClientConnection(Protocol):
             self._maybe_end_splice()
         elif not self.busy and not self.inbuf:
             self.transport.loseConnection()
-        elif not self.request_done:
-            # the client went away in the middle of sending a request
+        elif self.request_body is not None or self.collector is not None:
+            # the client stopped in the middle of sending a request body
             self.transport.loseConnection()
+        # otherwise answer the request in progress, then close (see _next)
 
     def writeConnectionLost(self):
         if not self.splicing:
@@ -409,6 +422,10 @@ class ClientConnection(Protocol):
             if kind == "length" and length > limit:
                 self._too_large(limit)
                 return
+            if b"100-continue" in head.headers.get(b"expect", b"").lower():
+                # we read the body ourselves before Docker is asked anything
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                head.lines = head.without(b"expect")
             self.collector = _Collector(
                 _Body(kind, length, collect=True), limit,
                 lambda raw: self._run_pre(head, method, target, version, hooks, raw, None))
@@ -552,6 +569,7 @@ class UpstreamConnection(Protocol):
 
     def connectionMade(self):
         _plain_reads(self.transport)
+        _no_delay(self.transport)
         self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(self.client.flow), True)

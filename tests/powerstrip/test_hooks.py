@@ -304,3 +304,17 @@ class PostHookTests(HookTestCase):
         await eventually(lambda: peer.received.count(b"SeenByFakeDocker") == 2)
         self.assertFalse(peer.eof)
         self.assertEqual(1, self.harness.daemon_factory.connections)
+
+
+class ExpectContinueTests(HookTestCase):
+
+    async def test_expect_100_continue_on_a_hooked_request(self):
+        self.proxy(pre=["/add/1"])
+        peer = await self.harness.connect()
+        peer.write(b"POST /v1.41/towel HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+                   b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BODY))
+        await peer.receive(b"HTTP/1.1 100 Continue\r\n\r\n")
+        peer.write(BODY)
+        await peer.receive(b"SeenByFakeDocker")
+        self.assertNotIn("expect", self.daemon.requests[0][2])
+        self.assertEqual(2, json.loads(self.daemon.requests[0][3])["Number"])

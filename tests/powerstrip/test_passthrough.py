@@ -319,6 +319,18 @@ class PassThroughTests(TestCase):
         self.assertEqual(502, code)
         self.assertIn("without answering", json.loads(body)["message"])
 
+    async def test_client_half_close_after_a_request_still_gets_the_answer(self):
+        daemon = self.harness.start_daemon(raw=True)
+        self.harness.start_proxy()
+        peer = await self.harness.connect()
+        peer.write(b"GET /v1.41/info HTTP/1.1\r\nHost: d\r\n\r\n")
+        peer.half_close()
+        conn = await daemon.connection()
+        await conn.receive(b"\r\n\r\n")
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await peer.receive(b"\r\n\r\nok")
+        await eventually(lambda: peer.closed, what="the proxy closing after the answer")
+
     async def test_truncated_response_closes_the_client(self):
         daemon = self.harness.start_daemon(raw=True)
         self.harness.start_proxy()
