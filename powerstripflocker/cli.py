@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "status": "powerstripflocker.control.status",
     "demo": "powerstripflocker.demo",
     "units": "powerstripflocker.units",
+    "plugin": "powerstripflocker.plugin_command",
 }
 
 

@@ -54,6 +54,39 @@ class ThisNode:
     host: str | None
 
 
+@dataclass(frozen=True)
+class LocalVolume:
+    dataset_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VolumeView:
+    """What the cluster says about one named volume, seen from this node."""
+
+    name: str
+    dataset: object  # DatasetConfig
+    local_path: str  # "" unless the dataset is usable on this node
+    holder: str | None  # node uuid that reports it, if any
+
+
+def volume_views(datasets, states, node_uuid):
+    """{name: VolumeView} of every named, live dataset; duplicates resolved as placement does."""
+    by_name = {}
+    for dataset in datasets:
+        if not dataset.deleted and dataset.name:
+            by_name.setdefault(dataset.name, []).append(dataset)
+    views = {}
+    for name, candidates in by_name.items():
+        chosen = choose_dataset(candidates)
+        entries = [s for s in states if s.dataset_id == chosen.dataset_id and s.primary]
+        local = [e.path for e in entries if e.primary == node_uuid and e.path]
+        holder = entries[0].primary if len(entries) == 1 else None
+        views[name] = VolumeView(name, chosen, local[0] if len(entries) == 1 and local else "",
+                                 holder)
+    return views
+
+
 def choose_dataset(candidates):
     """The dataset that owns a name when several do: the smallest id, on every node."""
     return min(candidates, key=lambda dataset: dataset.dataset_id)
@@ -119,6 +152,14 @@ class Placement:
         self._this_node = None
 
     def ensure_local(self, names):
+        """Deferred firing with {name: path on this node}."""
+        async def paths():
+            volumes = await self._ensure_local(list(dict.fromkeys(names)))
+            return {name: volume.path for name, volume in volumes.items()}
+        return Deferred.fromCoroutine(paths())
+
+    def place(self, names):
+        """Deferred firing with {name: LocalVolume}."""
         return Deferred.fromCoroutine(self._ensure_local(list(dict.fromkeys(names))))
 
     async def _ensure_local(self, names):
@@ -134,6 +175,26 @@ class Placement:
             if not success:
                 value.raiseException()
         return dict(zip(names, (value for _, value in results)))
+
+    def create(self, name, maximum_size=None):
+        """Make sure a dataset is named name (a new one is created on this node) without
+        waiting for it to exist anywhere; fires with its DatasetConfig."""
+        async def create():
+            deadline_at = self._clock.seconds() + self.deadline
+            node = await self.this_node(deadline_at, name)
+            return await self._find_or_create(name, node, deadline_at, maximum_size)
+        return Deferred.fromCoroutine(create())
+
+    def views(self, timeout):
+        """{name: VolumeView} from one look at configuration and state, within timeout."""
+        async def look():
+            deadline_at = self._clock.seconds() + timeout
+            node = await self.this_node(deadline_at, "volumes")
+            configuration = await self._call(
+                self._api.list_datasets_configuration(), "volumes", deadline_at)
+            states = await self._call(self._api.list_datasets_state(), "volumes", deadline_at)
+            return volume_views(configuration.datasets, states, node.uuid)
+        return Deferred.fromCoroutine(look())
 
     async def this_node(self, deadline_at=None, volumes="this node"):
         """This node's identity, looked up by address in /v1/state/nodes if needed."""
@@ -178,7 +239,7 @@ class Placement:
     async def _place_measured(self, name, node, deadline_at):
         started = self._clock.seconds()
         try:
-            path = await self._place(name, node, deadline_at)
+            volume = await self._place(name, node, deadline_at)
         except PlacementError as reason:
             self._count_failure(reason.kind)
             raise
@@ -189,14 +250,14 @@ class Placement:
             ) from None
         if self._metrics is not None:
             self._metrics.placement_seconds.observe(self._clock.seconds() - started)
-        return path
+        return volume
 
     def _count_failure(self, kind):
         if self._metrics is not None:
             self._metrics.failures.labels(kind=kind).inc()
 
     async def _place(self, name, node, deadline_at):
-        dataset = await self._find_or_create(name, node, deadline_at)
+        dataset = await self._find_or_create(name, node, deadline_at, self._maximum_size)
         if dataset.primary != node.uuid:
             await self._refuse_if_leased_elsewhere(name, dataset.dataset_id, node, deadline_at)
             await self._call(
@@ -207,9 +268,10 @@ class Placement:
                      source=dataset.primary, target=node.uuid)
             if self._metrics is not None:
                 self._metrics.moves.inc()
-        return await self._wait_until_local(name, dataset.dataset_id, node, deadline_at)
+        path = await self._wait_until_local(name, dataset.dataset_id, node, deadline_at)
+        return LocalVolume(dataset.dataset_id, path)
 
-    async def _find_or_create(self, name, node, deadline_at):
+    async def _find_or_create(self, name, node, deadline_at, maximum_size):
         for _ in range(CONDITIONAL_CREATE_ATTEMPTS):
             configuration = await self._call(
                 self._api.list_datasets_configuration(), name, deadline_at
@@ -226,7 +288,7 @@ class Placement:
                 created = await self._call(
                     self._api.create_dataset(
                         primary=node.uuid, metadata={"name": name},
-                        maximum_size=self._maximum_size,
+                        maximum_size=maximum_size,
                         if_configuration_matches=configuration.tag,
                     ),
                     name, deadline_at,

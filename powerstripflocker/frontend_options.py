@@ -1,0 +1,72 @@
+"""Options and wiring shared by the frontends (adapter, volume plugin, release):
+where the control service is, who this node is, and how long to wait."""
+
+import os
+
+from .flocker import MINIMUM_SIZE, FlockerClient, tls_policy
+from .placement import DEFAULT_DEADLINE, Placement
+
+DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
+
+
+def add_control_options(parser, deadline=DEFAULT_DEADLINE):
+    parser.add_argument(
+        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
+                                                DEFAULT_CONTROL_URL),
+        help="the Flocker v1 control service, with or without /v1 "
+             "(env FLOCKER_CONTROL_SERVICE_BASE_URL; default %(default)s)",
+    )
+    identity = parser.add_mutually_exclusive_group()
+    identity.add_argument(
+        "--node-uuid", default=os.environ.get("MY_HOST_UUID"),
+        help="this node's UUID in the cluster (env MY_HOST_UUID)",
+    )
+    identity.add_argument(
+        "--node-address", default=os.environ.get("MY_NETWORK_IDENTITY"),
+        help="this node's address as its agent reports it; the UUID is looked up in "
+             "/v1/state/nodes (env MY_NETWORK_IDENTITY; default 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=deadline,
+        help="seconds to wait for a volume to be local before failing (default %(default)g)",
+    )
+    parser.add_argument(
+        "--request-timeout", type=float, default=10.0,
+        help="seconds one control service request may take (default %(default)g)",
+    )
+    parser.add_argument("--tls-ca", help="cluster CA certificate: talk HTTPS to the control "
+                                         "service and trust only this CA")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key for mutual TLS")
+
+
+def check_control_options(command, options):
+    """Exit with a clear message on option values that cannot work."""
+    if options.timeout <= 0 or options.request_timeout <= 0:
+        raise SystemExit(f"powerstrip-flocker {command}: timeouts must be positive")
+    if bool(options.tls_cert) != bool(options.tls_key):
+        raise SystemExit(f"powerstrip-flocker {command}: give --tls-cert and --tls-key together")
+
+
+def check_maximum_size(command, size):
+    if size is not None and (size < MINIMUM_SIZE or size % 1024):
+        raise SystemExit(
+            f"powerstrip-flocker {command}: --maximum-size must be at least {MINIMUM_SIZE} "
+            "bytes (64 MiB) and a multiple of 1024"
+        )
+
+
+def build_api(reactor, options):
+    policy = None
+    if options.tls_ca:
+        policy = tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
+    return FlockerClient(reactor, options.control_url, timeout=options.request_timeout,
+                         tls_policy=policy)
+
+
+def build_placement(reactor, api, options, metrics=None, maximum_size=None):
+    node_address = options.node_address
+    if options.node_uuid is None and node_address is None:
+        node_address = "127.0.0.1"
+    return Placement(api, reactor, node_uuid=options.node_uuid, node_address=node_address,
+                     deadline=options.timeout, maximum_size=maximum_size, metrics=metrics)

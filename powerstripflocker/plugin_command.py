@@ -1,0 +1,60 @@
+"""powerstrip-flocker plugin: the Docker volume plugin on a unix socket."""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.task import react
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from .frontend_options import add_control_options, build_api, build_placement, check_control_options
+from .inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from .plugin import VolumePlugin
+
+HELP = "serve the Docker volume plugin protocol (docker run --volume-driver flocker)"
+PLUGIN_DIRECTORY = "/run/docker/plugins"
+# Docker gives Mount two minutes; fail with our own message well before that.
+MOUNT_DEADLINE = 100.0
+
+log = Logger()
+
+
+def configure(parser):
+    add_control_options(parser, deadline=MOUNT_DEADLINE)
+    parser.add_argument("--driver-name", default="flocker",
+                        help="the volume driver name Docker users give (default %(default)s)")
+    parser.add_argument("--socket", default=None,
+                        help=f"unix socket to serve on (default {PLUGIN_DIRECTORY}/NAME.sock, "
+                             "where Docker finds it)")
+    parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS,
+                        help="expiry of the lease held on a mounted volume; renewed while it "
+                             "stays mounted (default %(default)g)")
+
+
+def socket_path(options):
+    return options.socket or os.path.join(PLUGIN_DIRECTORY, f"{options.driver_name}.sock")
+
+
+def run(options):
+    check_control_options("plugin", options)
+    if options.lease_seconds <= 0:
+        raise SystemExit("powerstrip-flocker plugin: --lease-seconds must be positive")
+    path = socket_path(options)
+
+    async def serve(reactor):
+        api = build_api(reactor, options)
+        placement = build_placement(reactor, api, options)
+        plugin = VolumePlugin(placement, lambda node_uuid: LeaseKeeper(
+            api, node_uuid, reactor, options.lease_seconds))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket from an earlier run would stop us listening
+        await UNIXServerEndpoint(reactor, path, mode=0o600).listen(Site(plugin.resource()))
+        log.info("volume plugin {driver} listening on {path}", driver=options.driver_name,
+                 path=path)
+        reactor.addSystemEventTrigger("before", "shutdown", plugin.stop)
+        await Deferred()
+
+    react(lambda reactor: Deferred.fromCoroutine(serve(reactor)))
+    return 0
