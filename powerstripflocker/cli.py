@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "demo": "powerstripflocker.demo",
     "units": "powerstripflocker.units",
     "plugin": "powerstripflocker.plugin_command",
+    "release": "powerstripflocker.release_command",
 }
 
 
