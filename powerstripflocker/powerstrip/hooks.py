@@ -39,6 +39,8 @@ class HookCaller:
         self.timeout = timeout
         self._pool = HTTPConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = 8
+        self._pool._factory = type(
+            "QuietHTTP11ClientFactory", (self._pool._factory,), {"noisy": False})
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
 
     def close(self):

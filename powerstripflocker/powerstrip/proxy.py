@@ -480,6 +480,8 @@ class ClientConnection(Protocol):
         target_s = target.decode("latin-1")
         if hooks.post:
             self.post = (hooks.post, {"Method": method_s, "Request": target_s, "Body": body})
+        log.info("{method} {target}: pre-hooks {pre}, post-hooks {post}", method=method_s,
+                 target=target_s, pre=list(hooks.pre), post=list(hooks.post))
         d = defer.Deferred.fromCoroutine(
             self.proxy.hooks.run_pre(hooks.pre, method_s, target_s, body))
         d.addCallbacks(lambda result: self._pre_done(head, version, result, stream),
@@ -848,6 +850,8 @@ class _Collecting:
 class ProxyFactory(Factory):
     """Serves client connections; knows the daemon, the hooks and the limits."""
 
+    noisy = False
+
     def __init__(self, reactor, configuration, hooks, docker_endpoint, docker_description,
                  max_body=DEFAULT_MAX_BODY):
         self.reactor = reactor
@@ -868,8 +872,10 @@ class ProxyFactory(Factory):
         return ClientConnection(self)
 
     def connect_upstream(self, client):
+        factory = Factory.forProtocol(lambda: upstream)
+        factory.noisy = False  # one connection per client connection: not worth a log line
         upstream = UpstreamConnection(client)
-        d = self.docker_endpoint.connect(Factory.forProtocol(lambda: upstream))
+        d = self.docker_endpoint.connect(factory)
 
         def connected(protocol):
             client.upstream = protocol
