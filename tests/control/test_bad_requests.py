@@ -241,6 +241,13 @@ class BadRequestTests(TestCase):
             {"primary": NODE1}, headers=self.stale())
         self.assertNotIn("errors", answer)
 
+    async def test_a_412_carries_the_current_tag(self):
+        response, _ = await self.h.request(
+            "POST", DATASETS, {"primary": NODE1}, headers=self.stale())
+        self.assertEqual(response.code, 412)
+        self.assertEqual(header(response, "X-Configuration-Tag"),
+                         self.h.service.configuration_tag())
+
     async def test_stale_tag_is_checked_before_the_body(self):
         current = self.h.service.configuration_tag()
         await self.assertRefused(
