@@ -210,8 +210,10 @@ def test_sender_killed_mid_push_keeps_its_copy_and_finishes_the_move_after_resta
 
 @pytest.mark.integration
 @pytest.mark.reliability
-def test_control_service_restart_during_a_move_keeps_configuration_and_leases(make_cluster):
-    cluster = make_cluster("directory")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_control_service_restart_during_a_move_keeps_configuration_and_leases(
+        make_cluster, backend):
+    cluster = make_cluster(backend)
     node1 = cluster.add_agent("node1", cluster.roots[0])
     node2 = cluster.add_agent("node2", cluster.roots[1],
                               faults=f"receive-pause-after-bytes={4 * MiB}")
@@ -243,8 +245,9 @@ def test_control_service_restart_during_a_move_keeps_configuration_and_leases(ma
 
 
 @pytest.mark.integration
-def test_leased_dataset_stays_until_the_lease_is_released_or_expires(make_cluster):
-    cluster = make_cluster("directory", token="s3cret-cluster-token")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_leased_dataset_stays_until_the_lease_is_released_or_expires(make_cluster, backend):
+    cluster = make_cluster(backend, token="s3cret-cluster-token")
     node1 = cluster.add_agent("node1", cluster.roots[0])
     node2 = cluster.add_agent("node2", cluster.roots[1])
     dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
@@ -326,3 +329,26 @@ def test_agents_push_to_each_other_over_tls(make_cluster):
     # a client that does not trust the cluster CA cannot talk to the agents
     with pytest.raises(OSError):
         http("GET", f"{node2.url}/agent/v1/health")
+
+
+@pytest.mark.integration
+def test_deleted_dataset_is_destroyed_unless_leased_here(make_cluster):
+    cluster = make_cluster("directory")
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    kept = cluster.create_dataset(node1.uuid)["dataset_id"]
+    gone = cluster.create_dataset(node1.uuid)["dataset_id"]
+    for dataset_id in (kept, gone):
+        cluster.wait_until_on(dataset_id, node1, timeout=10)
+    cluster.api("POST", "/configuration/leases",
+                {"dataset_id": kept, "node_uuid": node1.uuid, "expires": None})
+    cluster.api("DELETE", f"/configuration/datasets/{kept}")
+    cluster.api("DELETE", f"/configuration/datasets/{gone}")
+    wait_for(lambda: not cluster.state(gone) and not os.path.exists(node1.path(gone)), 10,
+             "the deleted dataset to be destroyed", on_timeout=cluster.logs)
+    wait_for(lambda: "leased" in node1.metrics()["waiting"].get(kept, ""), 10,
+             "node1 to keep the leased one", on_timeout=cluster.logs)
+    assert os.path.isdir(node1.path(kept))
+    assert cluster.primary_in_state(kept)["primary"] == node1.uuid
+    cluster.api("DELETE", f"/configuration/leases/{kept}")
+    wait_for(lambda: not cluster.state(kept) and not os.path.exists(node1.path(kept)), 10,
+             "the lease release to let the delete go ahead", on_timeout=cluster.logs)
