@@ -238,13 +238,28 @@ class ProcessSink:
         self.pauser = _NetworkPauser(network_transport)
         self.transport.registerProducer(self.pauser, True)
         self.finished = defer.Deferred()
-        self.protocol.ended.addCallback(self._ended)
         self._aborted = False
+        self._input_closed = False
+        self.died_early = False
+        self.draining = False
+        self.protocol.ended.addCallback(self._ended)
 
     def _ended(self, status):
+        if not self._input_closed and not self._aborted:
+            # Exited before the body was complete: a failure (disk full, corrupt stream) or
+            # a reader that stops at its end marker (tar before trailing padding). Either
+            # way read and drop the rest of the body instead of leaving the connection
+            # paused forever.
+            self.draining = True
+            self.died_early = status != 0
+            try:
+                self.transport.unregisterProducer()
+            except Exception:
+                pass
+            self.pauser.release()
         if self._aborted:
             self.finished.errback(CommandFailed(self.argv, "aborted", self.protocol.stderr))
-        elif status == 0:
+        elif status == 0 and not self.died_early:
             self.finished.callback(0)
         else:
             self.finished.errback(CommandFailed(self.argv, status, self.protocol.stderr))
@@ -254,6 +269,8 @@ class ProcessSink:
         if self._aborted:
             return
         self.bytes += len(data)
+        if self.draining:
+            return
         if self.progress is not None:
             self.progress.add(len(data))
         self.transport.write(data)
@@ -282,6 +299,7 @@ class ProcessSink:
 
     def close_input(self):
         """The whole body arrived: close stdin so the subprocess can finish."""
+        self._input_closed = True
         try:
             self.transport.unregisterProducer()
         except Exception:

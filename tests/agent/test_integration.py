@@ -2,6 +2,7 @@
 3 to 6), on the directory and btrfs backends."""
 
 import os
+import subprocess
 import time
 
 import pytest
@@ -352,3 +353,35 @@ def test_deleted_dataset_is_destroyed_unless_leased_here(make_cluster):
     cluster.api("DELETE", f"/configuration/leases/{kept}")
     wait_for(lambda: not cluster.state(kept) and not os.path.exists(node1.path(kept)), 10,
              "the lease release to let the delete go ahead", on_timeout=cluster.logs)
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+def test_receive_failing_for_lack_of_space_leaves_the_source_primary(make_cluster, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
+    try:
+        cluster = make_cluster("directory")
+        node1 = cluster.add_agent("node1", cluster.roots[0])
+        node2 = cluster.add_agent("node2", str(small / "agent"))
+        dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+        path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+        fill_sample_tree(path, random_bytes=40 * MiB, files=4)
+        original = manifest(path)
+        cluster.move(dataset_id, node2.uuid)
+        wait_for(lambda: [h for h in node1.metrics()["history"] if h["result"] == "failed"],
+                 60, "the push to fail", on_timeout=cluster.logs)
+        wait_for(lambda: [h for h in node2.metrics()["history"] if h["result"] == "failed"],
+                 10, "the receive to fail", on_timeout=cluster.logs)
+        assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
+        assert manifest(path) == original
+        # the failed receive was cleaned up and node2 is not stuck
+        wait_for(lambda: node2.metrics()["busy"] == {} or node2.metrics()["transfers"], 10,
+                 "node2 to be free")
+        assert not os.path.exists(node2.path(dataset_id))
+        node2.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
