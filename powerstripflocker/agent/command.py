@@ -28,6 +28,9 @@ def configure(parser):
     parser.add_argument("--backend", choices=BACKENDS, default="directory",
                         help="storage backend (default %(default)s); btrfs needs --data-root "
                              "on a btrfs file system")
+    parser.add_argument("--btrfs-quota", action="store_true",
+                        help="btrfs: enable quotas and limit each dataset to its "
+                             "maximum_size (qgroup limit); without it sizes are not enforced")
     parser.add_argument("--address", default="127.0.0.1",
                         help="this node's IPv4 address, reported as its host "
                              "(default %(default)s)")
@@ -133,7 +136,8 @@ async def main(reactor, options):
         log.warn("no cluster token: the agent protocol is unauthenticated; keep --listen on "
                  "loopback or set {env} / --cluster-token-file", env=TOKEN_ENV)
     http = http_client(reactor, options.tls_ca)
-    backend = make_backend(options.backend, reactor, data_root)
+    backend = make_backend(options.backend, reactor, data_root,
+                           btrfs_quota=options.btrfs_quota)
     control = ControlClient(options.control_url, token=token, http=http)
     peers = PeerClient(reactor, me, token=token, http=http)
     agent = AgentService(reactor, backend, control, peers, me, options.address, url,

@@ -324,6 +324,34 @@ class BtrfsBackendTests(make_backend_tests("btrfs", _BtrfsFilesystems.roots)):
             with self.assertRaises(BackendError):
                 await self.b.prepare_receive(self.id, "btrfs", name, "ok-name")
 
+    async def test_quota_enforces_maximum_size_and_follows_a_move(self):
+        import errno
+        filesystems = [LoopBtrfs().create("512M"), LoopBtrfs().create("512M")]
+        for fs in filesystems:
+            self.addCleanup(fs.destroy)
+        self.a = make_backend("btrfs", reactor, filesystems[0].mount_point + "/a",
+                              btrfs_quota=True)
+        self.b = make_backend("btrfs", reactor, filesystems[1].mount_point + "/b",
+                              btrfs_quota=True)
+        await self.start()
+        await self.a.create(self.id, 64 * 1024 * 1024)
+
+        def overfill(path):
+            with self.assertRaises(OSError) as raised:
+                with open(os.path.join(path, "too-big"), "wb") as f:
+                    for _ in range(24):
+                        f.write(os.urandom(4 << 20))
+                        f.flush()
+                        os.fsync(f.fileno())
+            self.assertEqual(raised.exception.errno, errno.EDQUOT)
+            os.unlink(os.path.join(path, "too-big"))
+
+        overfill(self.a.path(self.id))
+        with open(os.path.join(self.a.path(self.id), "fits"), "wb") as f:
+            f.write(os.urandom(8 << 20))
+        await self.move(self.a, self.b)
+        overfill(self.b.path(self.id))
+
     async def test_receive_with_a_missing_parent_is_refused(self):
         await self.start()
         with self.assertRaises(MissingParent):

@@ -10,13 +10,13 @@ from .base import (
 )
 
 
-def make_backend(name, reactor, data_root):
+def make_backend(name, reactor, data_root, btrfs_quota=False):
     if name == "directory":
         from .directory import DirectoryBackend
         return DirectoryBackend(reactor, data_root)
     if name == "btrfs":
         from .btrfs import BtrfsBackend
-        return BtrfsBackend(reactor, data_root)
+        return BtrfsBackend(reactor, data_root, quota=btrfs_quota)
     raise ValueError(f"unknown backend {name!r} (directory, btrfs)")
 
 

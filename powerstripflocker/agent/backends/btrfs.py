@@ -13,7 +13,9 @@ A push: read-only snapshot of datasets/<id>, `btrfs send [-p parent]` streamed t
 After handing off, the sender deletes datasets/<id> (once the new primary reports it) and
 keeps the last snapshot as a read-only REPLICA, so a move back is incremental.
 
-maximum_size is recorded and reported; it is not enforced (no qgroup limits are set).
+maximum_size is recorded and reported. With quota=True (--btrfs-quota) quotas are enabled
+on the file system and each dataset's subvolume gets a qgroup limit on referenced bytes of
+maximum_size, so writes beyond it fail with EDQUOT; without it the size is not enforced.
 """
 
 import os
@@ -68,8 +70,9 @@ class BtrfsBackend:
     name = "btrfs"
     formats = ("btrfs",)
 
-    def __init__(self, reactor, data_root):
+    def __init__(self, reactor, data_root, quota=False):
         self.reactor = reactor
+        self.quota = quota
         self.data_root = os.path.abspath(data_root)
         self.datasets_dir = os.path.join(self.data_root, "datasets")
         self.snapshots_dir = os.path.join(self.data_root, "snapshots")
@@ -80,6 +83,8 @@ class BtrfsBackend:
     async def start(self):
         if _fstype(self.data_root) != "btrfs":
             raise BackendError(f"{self.data_root} is not on a btrfs file system")
+        if self.quota:
+            await self._btrfs("quota", "enable", self.data_root)
         for dataset_id in os.listdir(self.snapshots_dir):
             await self._drop_partial_receives(dataset_id)
 
@@ -106,8 +111,13 @@ class BtrfsBackend:
         path = self.path(dataset_id)
         await self._delete_subvolume(path)
         await self._btrfs("subvolume", "create", path)
+        await self._limit(path, maximum_size)
         self.meta.put(dataset_id, {"role": PRIMARY, "maximum_size": maximum_size,
                                    "origin": "created"})
+
+    async def _limit(self, path, maximum_size):
+        if self.quota and maximum_size:
+            await self._btrfs("qgroup", "limit", str(int(maximum_size)), path)
 
     async def destroy(self, dataset_id):
         self.meta.delete(dataset_id)
@@ -209,6 +219,7 @@ class BtrfsBackend:
         path = self.path(dataset_id)
         await self._delete_subvolume(path)
         await self._btrfs("subvolume", "snapshot", snap_path, path)
+        await self._limit(path, maximum_size)
         self.meta.put(dataset_id, {"role": PRIMARY, "maximum_size": maximum_size,
                                    "origin": "received", "received": received,
                                    "last_snapshot": received})
