@@ -96,6 +96,22 @@ class FetchTests(TestCase):
             await fetch(h.treq, BASE + "/nothing-here")
 
 
+class UnreachableTests(TestCase):
+
+    async def test_unreachable_service_is_a_status_error(self):
+        import argparse as _argparse
+
+        from twisted.internet import reactor
+
+        from tests.support.processes import free_port
+
+        options = _argparse.Namespace(tls_ca=None, tls_cert=None, tls_key=None)
+        client = status.make_client(reactor, options)
+        with self.assertRaises(status.StatusError) as raised:
+            await fetch(client, f"http://127.0.0.1:{free_port()}")
+        self.assertIn("cannot reach the control service", str(raised.exception))
+
+
 class CommandTests(TestCase):
 
     def parse(self, *args, env=None):
