@@ -35,7 +35,8 @@ def test_demo_prints_fish_from_node2_twice_and_tears_down_to_nothing(tmp_path):
                                 "'cat /data/file'")
             assert lines[node2 + 1] == "fish", result.stdout
             for node in ("node1", "node2"):
-                assert f"export DOCKER_HOST=unix://{run_dir}/{node}/docker.sock" in lines[-8:]
+                assert (f"  export DOCKER_HOST=unix://{run_dir}/{node}/docker.sock   # {node}"
+                        in lines), result.stdout
     finally:
         down = demo("down", *where)
     assert down.returncode == 0, down.stdout + down.stderr
