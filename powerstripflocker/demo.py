@@ -33,6 +33,13 @@ def configure(parser):
                         help="adapters' port, on 127.0.0.N for node N (default %(default)s)")
 
 
+def _command():
+    """How the user ran us, to print commands they can paste."""
+    if os.path.basename(sys.argv[0]) == "powerstrip-flocker":
+        return os.path.abspath(sys.argv[0])
+    return f"{sys.executable} -m powerstripflocker"
+
+
 def _say(message):
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
@@ -70,8 +77,8 @@ def run(options):
     _say("\nThe cluster is up. Use a node's docker from this shell:")
     for node in layout.nodes:
         _say(f"  export DOCKER_HOST={node.docker_host}   # {node.name}")
-    _say(f"See its volumes:\n  powerstrip-flocker status --control-url {layout.control_url}")
-    _say(f"Stop it and remove everything:\n  powerstrip-flocker demo down"
+    _say(f"See its volumes:\n  {_command()} status --control-url {layout.control_url}")
+    _say(f"Stop it and remove everything:\n  {_command()} demo down"
          + ("" if options.state_dir == "/var/lib/powerstrip-flocker/demo" else
             f" --state-dir {shlex.quote(options.state_dir)} --run-dir "
             f"{shlex.quote(options.run_dir)}"))

@@ -58,7 +58,8 @@ def test_provisioning_and_project_scripts_pass_shellcheck():
                      + glob.glob(os.path.join(REPO, "vagrant-aws", "*.sh"))
                      + glob.glob(os.path.join(REPO, "scripts", "*.sh")))
     assert any(path.endswith("provision.sh") for path in scripts)
-    result = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True)
+    result = subprocess.run(["shellcheck", "--external-sources", *scripts], cwd=REPO,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sourced by demo.sh and run-tests.sh: installs the Debian packages and the Python
+# package (into .venv, with the extras given in PSF_EXTRAS) that both need.
+# Run as root on Debian.
+
+apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ca-certificates
+              python3-venv)
+missing=()
+for package in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# Debian's docker.io starts the system daemon; we run our own daemons instead.
+if command -v systemctl >/dev/null && systemctl is-active --quiet docker 2>/dev/null; then
+    systemctl stop docker.socket docker.service || true
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "Python >= 3.11 is required" >&2; exit 1; }
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".${PSF_EXTRAS:-}"
