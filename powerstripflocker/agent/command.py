@@ -8,7 +8,9 @@ from twisted.internet import defer, task
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from .backends import BACKENDS, make_backend
+from twisted.internet.error import CannotListenError
+
+from .backends import BACKENDS, BackendError, make_backend
 from .control import ControlClient
 from .faults import Faults
 from .peer import PeerClient, PeerServer
@@ -142,8 +144,14 @@ async def main(reactor, options):
     peers = PeerClient(reactor, me, token=token, http=http)
     agent = AgentService(reactor, backend, control, peers, me, options.address, url,
                          token=token, faults=faults)
-    await agent.start()
-    port = await serverFromString(reactor, options.listen).listen(PeerServer(agent).site())
+    try:
+        await agent.start()
+        port = await serverFromString(reactor, options.listen).listen(
+            PeerServer(agent).site())
+    except (BackendError, CannotListenError, OSError, ValueError) as e:
+        log.critical("agent cannot start: {error}", error=e)
+        agent.stop()
+        raise SystemExit(1)
     log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
              listen=options.listen, url=url)
     stopped = defer.Deferred()

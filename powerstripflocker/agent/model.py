@@ -6,7 +6,7 @@ from typing import Optional
 # Roles of a dataset copy held on this node.
 PRIMARY = "primary"          # this node's copy is the dataset; reported to the control service
 HANDED_OFF = "handed-off"    # pushed to another node and handed off; deleted once it reports it
-REPLICA = "replica"          # btrfs only: a read-only snapshot kept as a parent for incremental sends
+REPLICA = "replica"          # btrfs only: a read-only snapshot kept as an incremental parent
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ Progress counts bytes and logs "done / total, rate" every few seconds.
 """
 
 import os
-import time
 
 from twisted.internet import defer
 from twisted.internet.protocol import ProcessProtocol
