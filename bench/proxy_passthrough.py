@@ -79,7 +79,7 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
-def keepalive(paths, requests, block=250, warmup=200):
+def keepalive(paths, requests, block=50, warmup=200):
     clients = {label: KeepAliveClient(path) for label, path in paths.items()}
     samples = {label: [] for label in paths}
     try:
@@ -105,6 +105,8 @@ def keepalive(paths, requests, block=250, warmup=200):
 
 def command_times(hosts, argv, runs):
     times = {label: [] for label in hosts}
+    for host in hosts.values():
+        subprocess.run(["docker", "-H", host, *argv], capture_output=True, timeout=60)
     for _ in range(runs):
         for label, host in hosts.items():
             start = time.perf_counter()
@@ -120,6 +122,9 @@ def command_times(hosts, argv, runs):
 def throughput(hosts, container, megabytes, runs):
     size = megabytes * 1024 * 1024
     rates = {label: [] for label in hosts}
+    for host in hosts.values():  # warm up exec and the page cache on both paths
+        subprocess.run(["docker", "-H", host, "exec", container, "dd", "if=/dev/zero",
+                        "bs=1048576", "count=20"], capture_output=True, timeout=120, check=True)
     for _ in range(runs):
         for label, host in hosts.items():
             start = time.perf_counter()
@@ -141,7 +146,7 @@ def throughput(hosts, container, megabytes, runs):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--commands", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--streams", type=int, default=3)

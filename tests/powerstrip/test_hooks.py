@@ -216,13 +216,14 @@ class AdapterFailureTests(HookTestCase):
         await self.assert_refused("/hang", 502, "did not answer within 0.3 s", timeout=0.3)
 
     async def test_adapter_unreachable_gives_502(self):
+        from tests.support.processes import free_port
+        url = f"http://127.0.0.1:{free_port()}/adapter"
         self.harness.start_proxy(
-            endpoints={"POST /*/towel": {"pre": ["a0"]}},
-            adapters={"a0": "http://127.0.0.1:1/adapter"})
+            endpoints={"POST /*/towel": {"pre": ["a0"]}}, adapters={"a0": url})
         status, headers, body = await self.create()
-        self.assertEqual(502, status)
-        self.assertIn("adapter a0 (http://127.0.0.1:1/adapter) is unreachable",
-                      json.loads(body)["message"])
+        message = json.loads(body)["message"]
+        self.assertEqual(502, status, message)
+        self.assertIn(f"adapter a0 ({url}) is unreachable", message)
         self.assertEqual([], self.daemon.requests)
 
 
