@@ -3,7 +3,6 @@
 import json
 import os
 import sys
-import time
 
 import pytest
 
@@ -88,7 +87,8 @@ def docker_env(tmp_path_factory):
         for process in reversed(started):
             process.stop()
         # leave no containers running into the daemon's shutdown
-        daemon.run("rm", "-f", *daemon.run("ps", "-aq", check=False).stdout.decode().split(),
-                   check=False) if daemon.process.poll() is None else None
-        time.sleep(0.1)
+        if daemon.process is not None and daemon.process.poll() is None:
+            leftovers = daemon.run("ps", "-aq", check=False).stdout.decode().split()
+            if leftovers:
+                daemon.run("rm", "-f", *leftovers, check=False)
         daemon.stop()

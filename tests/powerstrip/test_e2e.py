@@ -173,3 +173,21 @@ def test_refusing_adapter_stops_run_with_its_message(docker_env):
     assert re.search(rb"Error response from daemon: .*nope", err), err
     assert b"Unable to find image" not in err
     assert docker(docker_env.direct, "ps", "-aq", "--no-trunc")[1] == before
+
+
+def test_run_with_a_tty(docker_env):
+    """-t: raw stream over the hijacked connection, resize calls, under a real pty."""
+    outputs = []
+    for host in (docker_env.direct, docker_env.proxy):
+        result = subprocess.run(
+            ["script", "-qec", f"docker -H {host} run --rm -t busybox sh -c 'echo tty; tty'",
+             "/dev/null"], capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        outputs.append((result.returncode, result.stdout))
+    assert outputs[0][0] == 0 and b"/dev/pts/0" in outputs[0][1]
+    assert outputs[1] == outputs[0]
+
+
+def test_export_stream_is_byte_identical(docker_env, sleeper):
+    direct, proxied = both(docker_env, "export", sleeper, timeout=120)
+    assert direct[0] == 0 and len(direct[1]) > 1_000_000
+    assert proxied == direct
