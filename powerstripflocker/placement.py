@@ -18,6 +18,8 @@ DEFAULT_DEADLINE = 120.0
 FIRST_POLL = 0.05
 LONGEST_POLL = 1.0
 CONDITIONAL_CREATE_ATTEMPTS = 20
+IN_USE_GRACE = 2.0
+IN_USE_POLL = 0.25
 
 
 class PlacementError(Exception):
@@ -138,7 +140,7 @@ class Placement:
     """ensure_local(names) -> Deferred firing with {name: path on this node}."""
 
     def __init__(self, api, clock, node_uuid=None, node_address=None,
-                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None):
+                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None, usage=None):
         if node_uuid is None and node_address is None:
             raise ValueError("give this node's UUID or its address")
         self._api = api
@@ -148,6 +150,8 @@ class Placement:
         self.deadline = deadline
         self._maximum_size = maximum_size
         self._metrics = metrics
+        # usage(dataset_id, node_uuid) -> the containers that node says use the dataset
+        self._usage = usage
         self._flights = SingleFlight()
         self._this_node = None
 
@@ -309,18 +313,38 @@ class Placement:
         nodes = await self._call(self._api.list_nodes(), "nodes", deadline_at)
         return {node.uuid: node.host for node in nodes}
 
-    async def _refuse_if_leased_elsewhere(self, name, dataset_id, node, deadline_at):
+    async def _lease_elsewhere(self, name, dataset_id, node, deadline_at):
         leases = await self._call(self._api.list_leases(), name, deadline_at)
         for lease in leases:
             if lease.dataset_id == dataset_id and lease.node_uuid != node.uuid:
-                hosts = await self._hosts(deadline_at)
-                holder = hosts.get(lease.node_uuid)
-                where = f"{holder} (node {lease.node_uuid})" if holder else (
-                    f"node {lease.node_uuid}")
-                raise VolumeInUse(
-                    f"volume {name!r} is in use on {where}: it holds a lease on dataset "
-                    f"{dataset_id}; stop its containers there first"
-                )
+                return lease
+        return None
+
+    async def _refuse_if_leased_elsewhere(self, name, dataset_id, node, deadline_at):
+        lease = await self._lease_elsewhere(name, dataset_id, node, deadline_at)
+        # A container that just stopped there releases its lease within a moment: give
+        # it IN_USE_GRACE seconds before refusing ("docker stop" then "docker run").
+        waited = 0.0
+        while lease is not None and waited < IN_USE_GRACE:
+            await deferLater(self._clock, IN_USE_POLL, lambda: None)
+            waited += IN_USE_POLL
+            lease = await self._lease_elsewhere(name, dataset_id, node, deadline_at)
+        if lease is None:
+            return
+        hosts = await self._hosts(deadline_at)
+        holder = hosts.get(lease.node_uuid, "a node that is not reporting")
+        users = []
+        if self._usage is not None:
+            users = await self._usage(dataset_id, lease.node_uuid)
+        if users:
+            what = ", ".join(f"container {user}" for user in users)
+            raise VolumeInUse(f"volume {name!r} is in use on {holder} (node {lease.node_uuid}, "
+                              f"{what}); stop it there first")
+        raise VolumeInUse(
+            f"volume {name!r} is in use on {holder} (node {lease.node_uuid} holds the lease on "
+            f"dataset {dataset_id}); stop its containers there first, or run "
+            f"'powerstrip-flocker release {name}' if that node is gone"
+        )
 
     async def _refuse_if_claimed_elsewhere(self, name, dataset_id, node, deadline_at):
         configuration = await self._call(

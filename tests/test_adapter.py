@@ -194,7 +194,7 @@ class AdapterTests(SynchronousTestCase):
         status, reply = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/busy:/d"]}}))
         self.assertEqual(status, 409)
         self.assertIn("'busy' is in use on 10.0.0.2", reply["message"])
-        self.assertLess(self.clock.seconds() - started, 1.0)
+        self.assertLess(self.clock.seconds() - started, 5.0, "refused well before the deadline")
         self.assertEqual(self.configured("busy")[0].primary, self.node2.uuid)
 
     def test_state_that_never_converges_fails_at_the_deadline(self):

@@ -72,9 +72,14 @@ class PlacementTests(SynchronousTestCase):
     def test_a_volume_leased_elsewhere_is_refused_at_once_without_moving(self):
         existing = self.dataset_on(self.there, "demo")
         self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
-        failure = self.failureResultOf(self.placement.ensure_local(["demo"]), VolumeInUse)
+        result = self.placement.ensure_local(["demo"])
+        self.clock.pump([0.25] * 7)
+        self.assertNoResult(result)
+        self.clock.pump([0.25] * 2)
+        failure = self.failureResultOf(result, VolumeInUse)
         message = str(failure.value)
         self.assertIn("'demo' is in use on 10.0.0.2", message)
+        self.assertIn("powerstrip-flocker release demo", message)
         self.assertIn(self.there.uuid, message)
         self.assertEqual(calls_named(self.api, "move_dataset"), [])
         self.assertEqual(self.metrics.failures.labels(kind="in_use")._value.get(), 1)
@@ -85,8 +90,33 @@ class PlacementTests(SynchronousTestCase):
         result = self.placement.ensure_local(["demo"])
         self.assertNoResult(result)
         self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
-        self.clock.advance(1.0)
+        self.clock.pump([0.25] * 16)
         self.failureResultOf(result, VolumeInUse)
+
+    def test_a_lease_released_within_the_grace_period_lets_the_move_go_ahead(self):
+        existing = self.dataset_on(self.there, "demo")
+        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
+        result = self.placement.ensure_local(["demo"])
+        self.clock.advance(1.0)
+        self.successResultOf(self.api.release_lease(existing.dataset_id))
+        self.settle(result)
+        self.assertEqual(self.successResultOf(result),
+                         {"demo": f"/flocker/{existing.dataset_id}"})
+
+    def test_the_in_use_message_names_the_containers_the_holder_reports(self):
+        existing = self.dataset_on(self.there, "demo")
+        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
+
+        async def usage(dataset_id, node_uuid):
+            return ["web, since 12:03:04"] if (dataset_id, node_uuid) == (
+                existing.dataset_id, self.there.uuid) else []
+        placement = self.placement_for(self.here, usage=usage)
+        result = placement.ensure_local(["demo"])
+        self.clock.pump([0.25] * 9)
+        self.assertEqual(
+            str(self.failureResultOf(result, VolumeInUse).value),
+            f"volume 'demo' is in use on 10.0.0.2 (node {self.there.uuid}, container web, "
+            f"since 12:03:04); stop it there first")
 
     def test_state_that_never_converges_fails_at_the_deadline_saying_what_was_seen(self):
         existing = self.dataset_on(self.there, "demo")
