@@ -252,14 +252,17 @@ class ClientConnection(Protocol):
                 if len(self.inbuf) > MAX_HEAD:
                     self._fail(431, "request head too large")
                 return
+            start = 0
+            while self.inbuf.startswith(b"\r\n", start):  # stray CRLFs between requests
+                start += 2
             try:
-                head = Head(self.inbuf[:end - 4].lstrip(b"\r\n"))
+                head = Head(self.inbuf[start:end - 4])
                 method, target, version = head.first.split(b" ")
                 kind, length = head.framing()
             except (ProtocolError, ValueError) as e:
-                self._fail(400, f"malformed request: {e}")
+                self._fail(400, f"powerstrip proxy: malformed request: {e}")
                 return
-            raw_head = self.inbuf[:end]
+            raw_head = self.inbuf[start:end]
             self.inbuf = self.inbuf[end:]
             self.busy = True
             self.method = method

@@ -399,3 +399,28 @@ class HijackTeardownTests(TestCase):
         await peer.receive(b"\r\n\r\n")
         peer.transport.abortConnection()
         await eventually(lambda: conn.eof, what="the proxy closing the daemon side")
+
+
+class MalformedRequestTests(TestCase):
+
+    async def test_garbage_gets_400_json(self):
+        harness = ProxyHarness(self)
+        daemon = harness.start_daemon(raw=True)
+        harness.start_proxy()
+        peer = await harness.connect()
+        peer.write(b"NONSENSE\r\n\r\n")
+        await eventually(lambda: peer.eof)
+        code, headers, body = split_response(peer.received)
+        self.assertEqual((400, "application/json"), (code, headers["content-type"]))
+        self.assertIn("malformed request", json.loads(body)["message"])
+        self.assertEqual([], daemon.connections)
+
+    async def test_oversized_head_gets_431(self):
+        harness = ProxyHarness(self)
+        daemon = harness.start_daemon(raw=True)
+        harness.start_proxy()
+        peer = await harness.connect()
+        peer.write(b"GET / HTTP/1.1\r\nX: " + b"a" * 70000)
+        await eventually(lambda: peer.eof)
+        self.assertEqual(431, split_response(peer.received)[0])
+        self.assertEqual([], daemon.connections)
