@@ -41,6 +41,7 @@ log = Logger()
 UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 PUSH_PATH = re.compile(rb"^/agent/v1/datasets/(" + UUID_RE.encode() + rb")/push(\?.*)?$")
 MAX_JSON_BODY = 64 * 1024
+MAX_REFUSED_BODY = 1 << 20      # read at most this much of a refused push, then hang up
 
 
 class Refused(Exception):
@@ -177,7 +178,8 @@ class IncomingPush:
                      dataset_id=self.dataset_id, peer=self.peer_name(), code=self.refusal.code,
                      reason=self.refusal.description)
             self._release()
-            sink = DiscardSink()
+            sink = DiscardSink(limit=MAX_REFUSED_BODY,
+                               on_exceeded=self.transport.abortConnection)
         for chunk in self.buffer:
             sink.write(chunk)
         self.buffer = []

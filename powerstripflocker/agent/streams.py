@@ -318,13 +318,19 @@ class ProcessSink:
 
 
 class DiscardSink:
-    """A body we refused: read and drop it (counted)."""
+    """A body we refused: read and drop it (counted); past `limit` bytes call on_exceeded
+    (the server drops the connection rather than read an endless refused body)."""
 
-    def __init__(self):
+    def __init__(self, limit=None, on_exceeded=None):
         self.bytes = 0
+        self.limit = limit
+        self.on_exceeded = on_exceeded
 
     def write(self, data):
         self.bytes += len(data)
+        if self.limit is not None and self.bytes > self.limit and self.on_exceeded:
+            on_exceeded, self.on_exceeded = self.on_exceeded, None
+            on_exceeded()
 
     def seek(self, *args):
         return 0

@@ -385,3 +385,23 @@ def test_receive_failing_for_lack_of_space_leaves_the_source_primary(make_cluste
         node2.stop()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.integration
+@pytest.mark.reliability
+def test_refused_push_is_not_read_forever(make_cluster):
+    import socket
+    cluster = make_cluster("directory", token="s3cret-cluster-token")
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    dataset_id = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+    with socket.create_connection(("127.0.0.1", node1.port), timeout=10) as conn:
+        conn.sendall(f"PUT /agent/v1/datasets/{dataset_id}/push?format=tar HTTP/1.1\r\n"
+                     "Host: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        sent = 0
+        with pytest.raises(OSError):
+            while sent < 64 * MiB:
+                conn.sendall(chunk)
+                sent += 65536
+        assert sent < 16 * MiB
+    assert http("GET", f"{node1.url}/agent/v1/health")["node_uuid"] == node1.uuid
