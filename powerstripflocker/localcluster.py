@@ -51,6 +51,7 @@ class NodeLayout:
     run_dir: str  # sockets and pid files; short, for unix socket path limits
     adapter_address: str = ""  # where the adapter listens; the node's address by default
     config_dir: str = ""  # where adapters.yml is written; run_dir by default
+    plugins_dir: str = ""  # where the volume plugin's socket goes; run_dir/plugins by default
 
     @property
     def docker_socket(self):
@@ -76,6 +77,10 @@ class NodeLayout:
     @property
     def agent_data_root(self):
         return os.path.join(self.data_dir, "agent")
+
+    @property
+    def plugin_dir(self):
+        return self.plugins_dir or os.path.join(self.run_dir, "plugins")
 
     @property
     def adapters_yml(self):
@@ -129,12 +134,21 @@ def control_command(layout):
             "--cluster-token-file", layout.token_file]
 
 
+DOCKER_PLUGIN_DIRECTORY = "/run/docker/plugins"
+
+
 def dockerd_command(node):
-    return ["dockerd", "--data-root", os.path.join(node.data_dir, "docker"),
-            "--exec-root", os.path.join(node.run_dir, "exec"),
-            "--pidfile", os.path.join(node.run_dir, "dockerd.pid"),
-            "-H", node.real_docker_host, "--bridge=none", "--iptables=false",
-            "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false"]
+    """dockerd in a mount namespace of its own where the node's plugin directory is
+    Docker's /run/docker/plugins: each node of the local cluster finds its own volume
+    plugin, as separate hosts would."""
+    dockerd = ["dockerd", "--data-root", os.path.join(node.data_dir, "docker"),
+               "--exec-root", os.path.join(node.run_dir, "exec"),
+               "--pidfile", os.path.join(node.run_dir, "dockerd.pid"),
+               "-H", node.real_docker_host, "--bridge=none", "--iptables=false",
+               "--ip6tables=false", "--ip-masq=false", "--userland-proxy=false"]
+    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+            f'mount --bind "$0" {DOCKER_PLUGIN_DIRECTORY} && exec "$@"',
+            node.plugin_dir, *dockerd]
 
 
 def agent_command(layout, node):
@@ -158,6 +172,12 @@ def adapter_container_command(layout, node, image):
     arguments = adapter_command(layout, node)[len(POWERSTRIP_FLOCKER):]
     return ["docker", "-H", node.real_docker_host, "run", "--rm", "--network", "host",
             "--name", f"powerstrip-flocker-adapter-{node.name}", image, *arguments]
+
+
+def plugin_command(layout, node):
+    return [*POWERSTRIP_FLOCKER, "plugin", "--control-url", layout.control_url,
+            "--node-address", node.address,
+            "--socket", os.path.join(node.plugin_dir, "flocker.sock")]
 
 
 def proxy_command(node):
@@ -203,7 +223,7 @@ def missing_requirements():
     """Why a local cluster cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (dockerd, mounts)"
-    for tool in ("dockerd", "docker", "containerd", "runc", "tar"):
+    for tool in ("dockerd", "docker", "containerd", "runc", "tar", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not os.access(BUSYBOX, os.X_OK):
@@ -344,6 +364,8 @@ class LocalCluster:
         for node in layout.nodes:
             os.makedirs(node.run_dir, exist_ok=True)
             os.makedirs(node.data_dir, exist_ok=True)
+            os.makedirs(node.plugin_dir, exist_ok=True)
+            os.makedirs(DOCKER_PLUGIN_DIRECTORY, exist_ok=True)
             self._progress(f"{node.name}: dockerd on {node.real_docker_host}")
             daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node))
             self._wait(f"{node.name}-dockerd", daemon,
@@ -363,6 +385,10 @@ class LocalCluster:
             with open(node.adapters_yml, "w") as config:
                 yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
                                sort_keys=False)
+            self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
+            plugin = self._spawn(f"{node.name}-plugin", plugin_command(layout, node))
+            self._wait(f"{node.name}-plugin", plugin, lambda node=node: os.path.exists(
+                os.path.join(node.plugin_dir, "flocker.sock")))
             self._progress(f"{node.name}: proxy on {node.docker_host}")
             proxy = self._spawn(f"{node.name}-proxy", proxy_command(node))
             self._wait(f"{node.name}-proxy", proxy,
@@ -393,7 +419,7 @@ class LocalCluster:
         pid_dir = os.path.join(layout.run_dir, "pids")
         services = sorted(os.listdir(pid_dir)) if os.path.isdir(pid_dir) else []
         # Proxies and adapters first, then agents, daemons and the control service last.
-        order = ("proxy", "adapter", "agent", "dockerd", "control")
+        order = ("proxy", "plugin", "adapter", "agent", "dockerd", "control")
         services.sort(key=lambda name: next(
             (index for index, part in enumerate(order) if name[:-4].endswith(part)), 0))
         for service in services:

@@ -11,11 +11,11 @@ import sys
 import yaml
 
 from .localcluster import (
-    ADAPTER_PATH, ClusterLayout, NodeLayout, adapter_command, adapters_config, agent_command,
-    control_command, proxy_command,
+    ADAPTER_PATH, DOCKER_PLUGIN_DIRECTORY, ClusterLayout, NodeLayout, adapter_command,
+    adapters_config, agent_command, control_command, plugin_command, proxy_command,
 )
 
-HELP = "write systemd units (control, agent, adapter, proxy) for this node of a cluster"
+HELP = "write systemd units (control, agent, adapter, plugin, proxy) for a node of a cluster"
 
 _UNIT = """\
 [Unit]
@@ -53,7 +53,7 @@ def node_layout(options):
     node = NodeLayout(
         name=options.node_name, address=options.address, agent_port=4524, adapter_port=9999,
         data_dir=options.data_dir, run_dir="/var/run", adapter_address="127.0.0.1",
-        config_dir=options.config_dir,
+        config_dir=options.config_dir, plugins_dir=DOCKER_PLUGIN_DIRECTORY,
     )
     cluster = ClusterLayout(
         state_dir=options.data_dir, run_dir="/var/run", control_port=4523,
@@ -74,6 +74,8 @@ def units(cluster, node, with_control):
          agent_command(cluster, node)),
         ("adapter", "powerstrip-flocker Powerstrip adapter", "network-online.target",
          adapter_command(cluster, node)),
+        ("plugin", "powerstrip-flocker Docker volume plugin 'flocker'", "network-online.target",
+         plugin_command(cluster, node)),
         ("proxy", "powerstrip-flocker Docker API proxy on /var/run/docker.sock",
          "docker.service powerstrip-flocker-adapter.service", proxy_command(node)),
     ]

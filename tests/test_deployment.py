@@ -12,7 +12,8 @@ import yaml
 
 from powerstripflocker.cli import build_parser
 from powerstripflocker.localcluster import (
-    adapter_command, adapters_config, agent_command, control_command, proxy_command,
+    adapter_command, adapters_config, agent_command, control_command, plugin_command,
+    proxy_command,
 )
 from powerstripflocker.units import node_layout
 
@@ -39,6 +40,7 @@ def test_units_run_the_local_clusters_command_lines(tmp_path):
     expected = {
         "control": control_command(cluster), "agent": agent_command(cluster, node),
         "adapter": adapter_command(cluster, node), "proxy": proxy_command(node),
+        "plugin": plugin_command(cluster, node),
     }
     for name, command in expected.items():
         text = (output / f"powerstrip-flocker-{name}.service").read_text()
@@ -47,6 +49,7 @@ def test_units_run_the_local_clusters_command_lines(tmp_path):
     assert "--listen unix:///var/run/docker.sock --docker unix:///var/run/docker.real.sock" in (
         shlex.join(expected["proxy"]))
     assert "interface=127.0.0.1" in expected["adapter"][-1]
+    assert expected["plugin"][-1] == "/run/docker/plugins/flocker.sock"
     with open(config_dir / "adapters.yml") as written:
         assert yaml.safe_load(written) == adapters_config(
             "http://127.0.0.1:9999/flocker-adapter")

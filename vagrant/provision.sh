@@ -39,7 +39,8 @@ install -d -m 0700 /etc/powerstrip-flocker
 
 units_arguments=(--node-name "${NODE_NAME}" --address "${NODE_ADDRESS}"
                  --control-address "${CONTROL_ADDRESS}")
-services=(powerstrip-flocker-agent powerstrip-flocker-adapter powerstrip-flocker-proxy)
+services=(powerstrip-flocker-agent powerstrip-flocker-adapter powerstrip-flocker-plugin
+          powerstrip-flocker-proxy)
 if [ "${RUN_CONTROL}" = "yes" ]; then
     units_arguments+=(--control)
     services=(powerstrip-flocker-control "${services[@]}")
