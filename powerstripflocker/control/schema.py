@@ -80,6 +80,10 @@ NODE_REPORT = {
                     "dataset_id": UUID4,
                     "path": {"type": "string", "pattern": "^/", "maxLength": 4096},
                     "maximum_size": MAXIMUM_SIZE,
+                    "users": {
+                        "type": "array", "maxItems": 16,
+                        "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                    },
                 },
                 "required": ["dataset_id", "path"],
                 "additionalProperties": False,

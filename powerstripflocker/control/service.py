@@ -295,11 +295,11 @@ class ControlService:
         """Replace node_uuid's report; bump the generation only if its content changed."""
         now = self.clock.seconds()
         datasets = [
-            {
+            dict({
                 "dataset_id": d["dataset_id"].lower(),
                 "path": d["path"],
                 "maximum_size": d.get("maximum_size"),
-            }
+            }, **({"users": list(d["users"])} if d.get("users") else {}))
             for d in datasets
         ]
         transfers = [

@@ -56,6 +56,17 @@ class ReportTests(TestCase):
         self.assertEqual(state, [
             {"dataset_id": dataset["dataset_id"], "primary": NODE1, "path": "/srv/x"}])
 
+    async def test_users_reported_for_a_dataset_reach_the_cluster_view_not_v1_state(self):
+        dataset = await self.h.create()
+        users = ["web, since 12:03:04"]
+        await self.h.report(NODE1, [{"dataset_id": dataset["dataset_id"], "path": "/srv/x",
+                                     "users": users}])
+        code, view = await Poll(self.h).result()
+        [node] = view["nodes"]
+        self.assertEqual(node["datasets"][0]["users"], users)
+        response, state = await self.h.request("GET", "/v1/state/datasets")
+        self.assertNotIn("users", state[0])
+
     async def test_identical_report_does_not_bump_the_generation(self):
         datasets = [{"dataset_id": new_id(), "path": "/srv/x", "maximum_size": None}]
         first = await self.h.report(NODE1, datasets, transfers=[])
