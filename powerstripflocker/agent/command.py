@@ -10,9 +10,13 @@ from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
 
+from ..docker import DockerEngineClient
+from ..flocker import FlockerClient, tls_policy
+from ..inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper, UseTracker
 from .backends import BACKENDS, BackendError, make_backend
 from .control import ControlClient
 from .faults import Faults
+from .model import PRIMARY
 from .peer import PeerClient, PeerServer
 from .service import AgentService
 
@@ -45,6 +49,13 @@ def configure(parser):
     parser.add_argument("--cluster-token-file", default=None,
                         help=f"file holding the shared cluster token (or set {TOKEN_ENV}); "
                              "without one, nothing is authenticated")
+    parser.add_argument("--docker", default=None, metavar="ENDPOINT",
+                        help="this node's dockerd (unix:///path or tcp://host:port): hold a "
+                             "lease on every dataset a running container uses, so no other "
+                             "node moves it away (default: no in-use tracking)")
+    parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS,
+                        help="expiry of in-use leases, renewed while in use; a dead node's "
+                             "leases lapse after this long (default %(default)g)")
     parser.add_argument("--tls-ca", default=None,
                         help="PEM CA certificate(s) that https:// control and agent URLs "
                              "must be signed by (default: the system's trust store)")
@@ -154,9 +165,12 @@ async def main(reactor, options):
         raise SystemExit(1)
     log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
              listen=options.listen, url=url)
+    tracker = track_use(reactor, options, agent, backend, me) if options.docker else None
     stopped = defer.Deferred()
 
     def shutdown():
+        if tracker is not None:
+            tracker.stop()
         agent.stop()
         return port.stopListening()
 
@@ -164,7 +178,30 @@ async def main(reactor, options):
     await stopped
 
 
+def track_use(reactor, options, agent, backend, me):
+    """Hold leases on the datasets this node's running containers use."""
+    policy = tls_policy(options.tls_ca) if options.tls_ca else None
+    api = FlockerClient(reactor, options.control_url, tls_policy=policy)
+    keeper = LeaseKeeper(api, me, reactor, options.lease_seconds)
+
+    def local_paths():
+        return {d.path: d.dataset_id for d in backend.local_datasets().values()
+                if d.role == PRIMARY}
+    tracker = UseTracker(DockerEngineClient(reactor, options.docker), keeper, local_paths,
+                         reactor, on_change=agent.request_report)
+    agent.users_of = tracker.users_of
+    tracker.start()
+    log.info("tracking containers of {docker}: leases of {seconds:g}s on datasets in use",
+             docker=options.docker, seconds=options.lease_seconds)
+    return tracker
+
+
 def run(options):
+    if options.lease_seconds <= 0:
+        raise SystemExit("powerstrip-flocker agent: --lease-seconds must be positive")
+    if options.docker and not options.docker.startswith(("unix://", "tcp://")):
+        raise SystemExit("powerstrip-flocker agent: --docker must be unix:///path or "
+                         "tcp://host:port")
     try:
         task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))
     except SystemExit as e:

@@ -67,6 +67,9 @@ class AgentService:
         self._heartbeat = None
         self._waits_logged = {}
         self.reported = 0
+        # users_of(dataset_id) -> descriptions of the containers using it here (in-use
+        # tracking sets it); reported so another node can say who holds a volume.
+        self.users_of = lambda dataset_id: []
 
     # lifecycle
 
@@ -131,7 +134,8 @@ class AgentService:
 
     def build_report(self):
         datasets = [
-            {"dataset_id": d.dataset_id, "path": d.path, "maximum_size": d.maximum_size}
+            dict({"dataset_id": d.dataset_id, "path": d.path, "maximum_size": d.maximum_size},
+                 **({"users": users[:16]} if (users := self.users_of(d.dataset_id)) else {}))
             for d in sorted(self.backend.local_datasets().values(), key=lambda d: d.dataset_id)
             if d.role == PRIMARY
         ]
@@ -211,7 +215,7 @@ class AgentService:
             previous = self.failures.get(dataset_id)
             count = previous[1] + 1 if previous is not None and previous[0] == action else 1
             delay = min(0.5 * 2 ** (count - 1), self.max_backoff)
-            self.failures[dataset_id] = (action, count, self.reactor.seconds() + delay)
+            self.failures[dataset_id] = (action, count, self.reactor.seconds() + delay, str(e))
             log.error("{action} failed (attempt {count}): {error}; retrying in {delay:.1f}s",
                       action=action, count=count, error=e, delay=delay)
             self.reactor.callLater(delay, self.converge)
@@ -235,6 +239,12 @@ class AgentService:
         else:
             if not info.get("accepting", True):
                 raise PeerError(403, info.get("reason") or "peer not accepting")
+            formats = info.get("formats") or []
+            if formats and not set(self.backend.formats) & set(formats):
+                raise PeerError(400, f"node {target} receives {', '.join(formats)} streams "
+                                     f"and this node's {self.backend.name} backend sends "
+                                     f"{', '.join(self.backend.formats)}: datasets cannot "
+                                     "move between nodes with different backends")
             plan = await self.backend.prepare_send(dataset_id, info.get("snapshots") or [])
             configured = self.view.datasets.get(dataset_id) if self.view else None
             if configured is not None:
@@ -424,6 +434,10 @@ class AgentService:
             "fault_paused": list(self.paused_by_fault),
             "busy": dict(self.busy),
             "waiting": dict(self._waits_logged),
+            "failing": {
+                dataset_id: {"action": type(action).__name__.lower(), "attempts": count,
+                             "error": error}
+                for dataset_id, (action, count, _, error) in self.failures.items()},
             "generation": self.generation,
             "reports_sent": self.reported,
         }

@@ -197,6 +197,15 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(self.backend.held[DS].role, PRIMARY)
         self.assertIsInstance(self.agent.failures[DS], tuple)
 
+    def test_move_to_a_node_with_another_backend_fails_clearly_without_pushing(self):
+        self._held_and_moving({"primary": False, "snapshots": [], "accepting": True,
+                               "formats": ["btrfs"]})
+        self.assertEqual(self.peers.pushes, [])
+        failing = self.agent.metrics()["failing"][DS]
+        self.assertEqual((failing["action"], failing["attempts"]), ("push", 1))
+        self.assertIn("different backends", failing["error"])
+        self.assertEqual(self.backend.held[DS].role, PRIMARY)
+
     def test_receive_refused_unless_the_configuration_moves_it_here(self):
         self.deliver(view(1, [dataset(primary=OTHER, manifested=True)]))
         self.control.fresh = view(1, [dataset(primary=OTHER, manifested=True)])
