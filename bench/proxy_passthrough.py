@@ -103,12 +103,18 @@ def keepalive(paths, requests, block=50, warmup=200):
     }
 
 
+def _alternate(hosts, run):
+    """Direct first on even rounds, proxy first on odd ones: order effects cancel."""
+    items = list(hosts.items())
+    return items if run % 2 == 0 else items[::-1]
+
+
 def command_times(hosts, argv, runs):
     times = {label: [] for label in hosts}
     for host in hosts.values():
         subprocess.run(["docker", "-H", host, *argv], capture_output=True, timeout=60)
-    for _ in range(runs):
-        for label, host in hosts.items():
+    for run in range(runs):
+        for label, host in _alternate(hosts, run):
             start = time.perf_counter()
             result = subprocess.run(["docker", "-H", host, *argv], capture_output=True,
                                     timeout=60)
@@ -125,8 +131,8 @@ def throughput(hosts, container, megabytes, runs):
     for host in hosts.values():  # warm up exec and the page cache on both paths
         subprocess.run(["docker", "-H", host, "exec", container, "dd", "if=/dev/zero",
                         "bs=1048576", "count=20"], capture_output=True, timeout=120, check=True)
-    for _ in range(runs):
-        for label, host in hosts.items():
+    for run in range(runs):
+        for label, host in _alternate(hosts, run):
             start = time.perf_counter()
             with subprocess.Popen(
                     ["docker", "-H", host, "exec", container, "dd", "if=/dev/zero", "bs=1048576",
@@ -149,7 +155,7 @@ def main(argv=None):
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--commands", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=300)
-    parser.add_argument("--streams", type=int, default=3)
+    parser.add_argument("--streams", type=int, default=5)
     parser.add_argument("--output", default=os.path.join(ROOT, "bench", "results",
                                                          "proxy_passthrough.json"))
     options = parser.parse_args(argv)
@@ -200,6 +206,8 @@ def main(argv=None):
             / results["docker_inspect"]["direct"]["median_ms"],
             "throughput_ratio": results["exec_stream"]["proxy"]["median_MBps"]
             / results["exec_stream"]["direct"]["median_MBps"],
+            "throughput_best_ratio": results["exec_stream"]["proxy"]["best_MBps"]
+            / results["exec_stream"]["direct"]["best_MBps"],
         }
         results["ratios"] = ratios
         results["met"] = {
@@ -223,6 +231,8 @@ def main(argv=None):
         s = results["exec_stream"]
         print(f"{'(c) docker exec stream':28}{s['direct']['median_MBps']:>8.0f}MB/s"
               f"{s['proxy']['median_MBps']:>8.0f}MB/s{ratios['throughput_ratio']:>8.2f}  >= 0.8")
+        print(f"{'    best of ' + str(options.streams):28}{s['direct']['best_MBps']:>8.0f}MB/s"
+              f"{s['proxy']['best_MBps']:>8.0f}MB/s{ratios['throughput_best_ratio']:>8.2f}")
         print(f"targets met: {results['met']}")
         os.makedirs(os.path.dirname(options.output), exist_ok=True)
         with open(options.output, "w") as out:
