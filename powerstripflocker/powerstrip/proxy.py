@@ -178,6 +178,7 @@ class ClientConnection(Protocol):
         self.inbuf = b""
         self.upstream = None          # UpstreamConnection when connected
         self.connecting = None        # Deferred while connecting
+        self.waiting = None           # what to do once connected (a request is waiting)
         self.busy = False             # a request is being handled
         self.request_body = None      # _Body while relaying a request body
         self.request_sink = None      # where request body bytes go (callable)
@@ -199,6 +200,8 @@ class ClientConnection(Protocol):
         self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(_LazyUpstreamFlow(self)), True)
+        # connect to the daemon while the client is still writing its first request
+        self._connect()
 
     def dataReceived(self, data):
         if self.splicing:
@@ -295,10 +298,9 @@ class ClientConnection(Protocol):
         """Send a head (and the request body from inbuf/the client) to the daemon."""
         if self.upstream is None:
             self.flow.pause("connecting")
-            self.connecting = self.proxy.connect_upstream(self)
-            self.connecting.addCallbacks(
-                lambda _: self._connected(raw_head, body, replacement), self._connect_failed
-            )
+            self.waiting = lambda: self._send(raw_head, body, replacement)
+            if self.connecting is None:
+                self._connect()
             return
         self.upstream.start_response(self.method, self.post is not None)
         write = self.upstream.write
@@ -322,15 +324,30 @@ class ClientConnection(Protocol):
         elif raw_head:
             write(raw_head)
 
-    def _connected(self, raw_head, body, replacement):
+    def _connect(self):
+        """One attempt to connect to the daemon (never retried in a loop)."""
+        self.connecting = self.proxy.connect_upstream(self)
+        self.connecting.addCallbacks(self._connected, self._connect_failed)
+
+    def _connected(self, upstream):
         self.connecting = None
-        self.flow.resume("connecting")
-        if not self.closed:
-            self._send(raw_head, body, replacement)
+        if self.closed:
+            upstream.transport.loseConnection()
+            return
+        waiting, self.waiting = self.waiting, None
+        if waiting is not None:
+            self.flow.resume("connecting")
+            waiting()
 
     def _connect_failed(self, failure):
         self.connecting = None
-        if failure.check(defer.CancelledError):
+        waiting, self.waiting = self.waiting, None
+        if failure.check(defer.CancelledError) or self.closed:
+            return
+        if waiting is None:
+            # the early attempt failed; the first request will try once more
+            log.debug("early connection to the Docker daemon failed: {error}",
+                      error=failure.getErrorMessage())
             return
         log.warn("cannot reach the Docker daemon at {docker}: {error}",
                  docker=self.proxy.docker_description, error=failure.getErrorMessage())

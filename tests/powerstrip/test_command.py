@@ -72,7 +72,7 @@ def test_serves_on_a_unix_socket_with_mode_0660_and_group_docker(workdir):
         assert b"Content-Type: application/json" in answer
         message = json.loads(answer.partition(b"\r\n\r\n")[2])["message"]
         assert "cannot reach the Docker daemon at unix://" in message
-        # a hooked create fails at the adapter, before Docker is contacted
+        # a hooked create fails at the adapter, before any request reaches Docker
         body = b'{"Image": "busybox"}'
         answer = unix_request(path, b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\n"
                               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
