@@ -1,8 +1,8 @@
 """The Docker Engine API proxy: a byte relay that understands just enough HTTP.
 
 Each client connection gets at most one upstream (daemon) connection at a
-time, opened on its first request and kept alive as long as both sides keep
-it. Requests that match no hook are relayed as they arrive: the head verbatim,
+time, opened as soon as the client connects (one attempt; a request retries
+once if it failed) and kept alive as long as both sides keep it. Requests that match no hook are relayed as they arrive: the head verbatim,
 the body in whatever framing the client used, the response head the moment
 the daemon sends it (``wait`` needs that) and the response body chunk by
 chunk. Backpressure runs both ways through producer registration, so nothing
@@ -643,12 +643,11 @@ class UpstreamConnection(Protocol):
                 return
             client = self.client
             if code == 101:
+                # the daemon's own status line and headers, verbatim, then the stream
                 self.expecting = False
                 self.splicing = True
-                client.write(raw_head)
                 data, self.buf = self.buf, b""
-                if data:
-                    client.write(data)
+                client.write(raw_head + data)
                 client.start_splice()
                 return
             if 100 <= code < 200:
@@ -665,10 +664,8 @@ class UpstreamConnection(Protocol):
                 if ctype in _STREAM_TYPES and not self.collect:
                     # legacy hijack: a 200 and then a raw stream both ways
                     self.splicing = True
-                    client.write(raw_head)
                     data, self.buf = self.buf, b""
-                    if data:
-                        client.write(data)
+                    client.write(raw_head + data)
                     client.start_splice()
                     return
                 client.close_after = True
