@@ -208,6 +208,10 @@ class MemoryDockerEngine:
         del self._running[container.id]
         self._emit("die", container)
 
+    def emit_only(self, action, container):
+        """An event without the change of state it announces (Docker's list lags)."""
+        self._emit(action, container)
+
     def _emit(self, action, container):
         event = ContainerEvent(action, container.id, container.name, self._clock.seconds())
         for on_event, _ in list(self._watchers):

@@ -202,7 +202,7 @@ class FlockerClient:
             else:
                 agent = Agent(reactor, contextFactory=tls_policy, pool=pool)
             http_client = treq.client.HTTPClient(agent)
-        self._http = http_client
+        self.http_client = http_client
 
     async def _request(self, method, path, body=None, headers=None, expected=(200,)):
         url = self.base_url + path
@@ -217,7 +217,7 @@ class FlockerClient:
         delay = 0.1
         for attempt in range(self._connect_retries + 1):
             try:
-                response = await self._http.request(
+                response = await self.http_client.request(
                     method, url, data=data, headers=request_headers, timeout=self._timeout
                 )
                 content = await response.content()

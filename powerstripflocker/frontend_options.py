@@ -4,6 +4,7 @@ where the control service is, who this node is, and how long to wait."""
 import os
 
 from .flocker import MINIMUM_SIZE, FlockerClient, tls_policy
+from .inuse import ClusterUsage
 from .placement import DEFAULT_DEADLINE, Placement
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
@@ -33,6 +34,11 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     parser.add_argument(
         "--request-timeout", type=float, default=10.0,
         help="seconds one control service request may take (default %(default)g)",
+    )
+    parser.add_argument(
+        "--cluster-token-file", default=None,
+        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN): lets an in-use "
+             "error name the containers that use the volume on the other node",
     )
     parser.add_argument("--tls-ca", help="cluster CA certificate: talk HTTPS to the control "
                                          "service and trust only this CA")
@@ -64,9 +70,21 @@ def build_api(reactor, options):
                          tls_policy=policy)
 
 
+def cluster_token(options):
+    if options.cluster_token_file:
+        try:
+            with open(options.cluster_token_file, encoding="utf-8") as token_file:
+                return token_file.read().strip() or None
+        except OSError as reason:
+            raise SystemExit(f"cannot read --cluster-token-file: {reason}") from None
+    return os.environ.get("POWERSTRIP_FLOCKER_CLUSTER_TOKEN") or None
+
+
 def build_placement(reactor, api, options, metrics=None, maximum_size=None):
     node_address = options.node_address
     if options.node_uuid is None and node_address is None:
         node_address = "127.0.0.1"
+    usage = ClusterUsage(api.http_client, options.control_url, cluster_token(options))
     return Placement(api, reactor, node_uuid=options.node_uuid, node_address=node_address,
-                     deadline=options.timeout, maximum_size=maximum_size, metrics=metrics)
+                     deadline=options.timeout, maximum_size=maximum_size, metrics=metrics,
+                     usage=usage)

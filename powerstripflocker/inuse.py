@@ -9,6 +9,7 @@ exits on its own releases its datasets. A dead node stops renewing; its leases
 lapse after their expiry.
 """
 
+import json
 import os
 import time
 
@@ -17,7 +18,9 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
 from .docker import DockerUnavailable
-from .flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
+from .flocker import (
+    AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound, api_base_url,
+)
 
 log = Logger()
 
@@ -126,11 +129,17 @@ class UseTracker:
     local_paths() returns {path on this node: dataset_id} for the node's datasets.
     """
 
-    def __init__(self, engine, keeper, local_paths, clock):
+    def __init__(self, engine, keeper, local_paths, clock, on_change=lambda: None):
         self._engine = engine
         self._keeper = keeper
         self._local_paths = local_paths
         self._clock = clock
+        self._on_change = on_change
+        # Docker sends "die" before its container list stops showing the container as
+        # running; containers seen to die count as stopped until they start again.
+        self._ended = set()
+        self._periodic = LoopingCall(self.reconcile)
+        self._periodic.clock = clock
         self._running = False
         self._reconciling = None
         self._again = False
@@ -139,11 +148,15 @@ class UseTracker:
     def start(self):
         self._running = True
         self._keeper.start()
+        # A safety net for events lost while the stream reconnects.
+        self._periodic.start(self._keeper.lease_seconds / 3, now=False)
         self._watching = Deferred.fromCoroutine(self._watch_forever())
         return self._watching
 
     def stop(self):
         self._running = False
+        if self._periodic.running:
+            self._periodic.stop()
         self._keeper.stop()
         self._engine.stop_watching()
 
@@ -168,8 +181,22 @@ class UseTracker:
         finally:
             self._reconciling = None
 
+    def users_of(self, dataset_id):
+        """Descriptions of the containers using dataset_id here ("web, since 12:03:04")."""
+        return sorted(description for holder, description in
+                      self._keeper.holders(dataset_id).items()
+                      if holder.startswith("container:"))
+
     async def _reconcile_once(self):
-        containers = await self._engine.running_containers()
+        before = {d: self.users_of(d) for d in self._keeper.held()}
+        await self._apply(await self._engine.running_containers())
+        if {d: self.users_of(d) for d in self._keeper.held()} != before:
+            self._on_change()
+
+    async def _apply(self, containers):
+        listed = {container.id for container in containers}
+        self._ended &= listed
+        containers = [c for c in containers if c.id not in self._ended]
         uses = containers_by_dataset(containers, self._local_paths())
         for dataset_id, users in uses.items():
             for container_id, description in users.items():
@@ -185,7 +212,11 @@ class UseTracker:
                     await self._keeper.release(dataset_id, holder)
 
     def _on_event(self, event):
-        if event.action in ("start", "die", "destroy", "restart", "oom", "kill", "stop"):
+        if event.action == "start":
+            self._ended.discard(event.container_id)
+        elif event.action in ("die", "destroy"):
+            self._ended.add(event.container_id)
+        if event.action in ("start", "die", "destroy", "restart", "stop"):
             self.reconcile()
 
     async def _watch_forever(self):
@@ -203,3 +234,33 @@ class UseTracker:
             if self._running:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
                 await deferLater(self._clock, delay, lambda: None)
+
+
+class ClusterUsage:
+    """usage(dataset_id, node_uuid) for Placement's in-use messages: the containers that
+    node's agent reports using the dataset, read from the control service's agent
+    protocol (with the cluster token when it has one). Best effort: [] when unknown."""
+
+    def __init__(self, http, control_url, token=None, timeout=5.0):
+        self._http = http
+        self._url = api_base_url(control_url)[:-len("/v1")] + "/agent/v1/cluster?timeout=0"
+        self._headers = {"Authorization": [f"Bearer {token}"]} if token else {}
+        self._timeout = timeout
+
+    async def __call__(self, dataset_id, node_uuid):
+        try:
+            response = await self._http.get(self._url, headers=self._headers,
+                                            timeout=self._timeout)
+            view = json.loads(await response.content())
+        except Exception as reason:
+            log.debug("no usage for {dataset_id}: {reason}", dataset_id=dataset_id,
+                      reason=reason)
+            return []
+        if response.code != 200 or not isinstance(view, dict):
+            return []
+        for node in view.get("nodes", []):
+            if node.get("uuid") == node_uuid:
+                for dataset in node.get("datasets", []):
+                    if dataset.get("dataset_id") == dataset_id:
+                        return [str(user) for user in dataset.get("users", [])]
+        return []

@@ -156,12 +156,12 @@ def agent_command(layout, node):
             "--data-root", node.agent_data_root, "--backend", layout.backend,
             "--address", node.address,
             "--listen", f"tcp:{node.agent_port}:interface={node.address}",
-            "--cluster-token-file", layout.token_file]
+            "--cluster-token-file", layout.token_file, "--docker", node.real_docker_host]
 
 
 def adapter_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "adapter", "--control-url", layout.control_url,
-            "--node-address", node.address,
+            "--node-address", node.address, "--cluster-token-file", layout.token_file,
             "--listen",
             f"tcp:{node.adapter_port}:interface={node.adapter_address or node.address}"]
 
@@ -170,13 +170,17 @@ def adapter_container_command(layout, node, image):
     """The same adapter command line, run as a container of image on the node's dockerd
     (host network: it listens on the node's address and reaches the control service)."""
     arguments = adapter_command(layout, node)[len(POWERSTRIP_FLOCKER):]
+    # The token file is root's and the image runs unprivileged: without it, in-use
+    # errors name the node holding a volume but not its containers.
+    token_at = arguments.index("--cluster-token-file")
+    del arguments[token_at:token_at + 2]
     return ["docker", "-H", node.real_docker_host, "run", "--rm", "--network", "host",
             "--name", f"powerstrip-flocker-adapter-{node.name}", image, *arguments]
 
 
 def plugin_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "plugin", "--control-url", layout.control_url,
-            "--node-address", node.address,
+            "--node-address", node.address, "--cluster-token-file", layout.token_file,
             "--socket", os.path.join(node.plugin_dir, "flocker.sock")]
 
 

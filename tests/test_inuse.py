@@ -83,3 +83,22 @@ def test_dataset_of_matches_the_path_and_paths_below_it_only():
     assert dataset_of("/d/2", paths) == "two"
     assert dataset_of("/d/10", paths) is None
     assert dataset_of("/d", paths) is None
+
+
+class StaleListTests(SynchronousTestCase):
+    def test_a_container_that_died_is_stopped_even_while_docker_still_lists_it(self):
+        clock = Clock()
+        api = MemoryFlockerAPI(clock, convergence_delay=0)
+        node = api.add_node("10.0.0.1")
+        dataset = self.successResultOf(api.create_dataset(primary=node.uuid))
+        docker = MemoryDockerEngine(clock)
+        tracker = UseTracker(docker, LeaseKeeper(api, node.uuid, clock), lambda: {
+            "/d": dataset.dataset_id}, clock)
+        self.addCleanup(tracker.stop)
+        tracker.start()
+        web = docker.run("web", [Mount("bind", "/d", "/data")])
+        self.assertEqual(len(self.successResultOf(api.list_leases())), 1)
+        docker.emit_only("die", web)  # the event arrives; the list still shows it running
+        self.assertEqual(self.successResultOf(api.list_leases()), [])
+        docker.emit_only("start", web)  # a restart policy starts it again
+        self.assertEqual(len(self.successResultOf(api.list_leases())), 1)

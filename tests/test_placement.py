@@ -73,7 +73,7 @@ class PlacementTests(SynchronousTestCase):
         existing = self.dataset_on(self.there, "demo")
         self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
         result = self.placement.ensure_local(["demo"])
-        self.clock.pump([0.25] * 7)
+        self.clock.pump([0.25] * 11)
         self.assertNoResult(result)
         self.clock.pump([0.25] * 2)
         failure = self.failureResultOf(result, VolumeInUse)
@@ -90,7 +90,7 @@ class PlacementTests(SynchronousTestCase):
         result = self.placement.ensure_local(["demo"])
         self.assertNoResult(result)
         self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
-        self.clock.pump([0.25] * 16)
+        self.clock.pump([0.25] * 20)
         self.failureResultOf(result, VolumeInUse)
 
     def test_a_lease_released_within_the_grace_period_lets_the_move_go_ahead(self):
@@ -112,7 +112,7 @@ class PlacementTests(SynchronousTestCase):
                 existing.dataset_id, self.there.uuid) else []
         placement = self.placement_for(self.here, usage=usage)
         result = placement.ensure_local(["demo"])
-        self.clock.pump([0.25] * 9)
+        self.clock.pump([0.25] * 13)
         self.assertEqual(
             str(self.failureResultOf(result, VolumeInUse).value),
             f"volume 'demo' is in use on 10.0.0.2 (node {self.there.uuid}, container web, "
