@@ -2,6 +2,7 @@
 the node holding it is gone. Logged loudly: the next move may take the volume away
 from a container that is in fact still running."""
 
+import os
 import sys
 
 from twisted.internet.defer import Deferred
@@ -20,12 +21,17 @@ log = Logger()
 
 def configure(parser):
     parser.add_argument("name", help="the volume name, as in -v /flocker/NAME:/data")
-    parser.add_argument("--control-url", default=DEFAULT_CONTROL_URL,
-                        help="the Flocker v1 control service (default %(default)s)")
-    parser.add_argument("--request-timeout", type=float, default=10.0)
-    parser.add_argument("--tls-ca")
-    parser.add_argument("--tls-cert")
-    parser.add_argument("--tls-key")
+    parser.add_argument(
+        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
+                                                DEFAULT_CONTROL_URL),
+        help="the Flocker v1 control service (env FLOCKER_CONTROL_SERVICE_BASE_URL; default "
+             "%(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds one control service request may take (default "
+                             "%(default)g)")
+    parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key for mutual TLS")
 
 
 async def release(api, name):

@@ -41,8 +41,11 @@ def configure(parser):
                         help="address of the node that runs the control service")
     parser.add_argument("--control", action="store_true",
                         help="this node also runs the control service")
-    parser.add_argument("--backend", choices=("directory", "btrfs"), default="directory")
-    parser.add_argument("--data-dir", default="/var/lib/powerstrip-flocker")
+    parser.add_argument("--backend", choices=("directory", "btrfs"), default="directory",
+                        help="the agent's storage backend (default %(default)s)")
+    parser.add_argument("--data-dir", default="/var/lib/powerstrip-flocker",
+                        help="the agent's data and the control database go here (default "
+                             "%(default)s)")
     parser.add_argument("--config-dir", default="/etc/powerstrip-flocker",
                         help="adapters.yml and cluster.token live here (default %(default)s)")
     parser.add_argument("--output", default="/etc/systemd/system",
