@@ -21,10 +21,12 @@ through (client EOF -> shutdown(SHUT_WR) upstream and vice versa), the
 connection closed when both directions have ended.
 """
 
+import fcntl
+import os
 import socket
 import types
 
-from twisted.internet import defer, tcp, unix
+from twisted.internet import defer, main, tcp, unix
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -99,6 +101,89 @@ def _writer(transport):
     if hasattr(transport, "socket") and hasattr(transport, "_tempDataBuffer"):
         return lambda data: _write_now(transport, data)
     return transport.write
+
+
+_SPLICE = getattr(os, "splice", None)
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_F_SETPIPE_SZ = 1031
+PIPE_SIZE = 1024 * 1024
+
+
+def _socket_transport(transport):
+    return hasattr(transport, "socket") and hasattr(transport, "_tempDataBuffer")
+
+
+class _KernelRelay:
+    """Moves a hijacked stream from one socket to the other through a pipe with
+    splice(2), so its bytes never enter Python.
+
+    It takes over the source transport's doRead; pausing the source (Twisted's
+    stopReading, driven by the usual producer backpressure) still works. When
+    the destination cannot take more, or has bytes queued in Twisted, what is
+    in the pipe is read out and handed to transport.write, which queues it and
+    pauses the source: order and backpressure are kept.
+    """
+
+    def __init__(self, source, destination):
+        self.source, self.destination = source, destination
+        self.source_fd = source.socket.fileno()
+        self.destination_fd = destination.socket.fileno()
+        self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self.write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass
+        self.pending = 0
+        source.doRead = self.doRead
+
+    def doRead(self):
+        try:
+            moved = _SPLICE(self.source_fd, self.write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not moved:
+            return main.CONNECTION_DONE
+        self.pending += moved
+        self._flush()
+        return None
+
+    def _flush(self):
+        destination = self.destination
+        while self.pending:
+            if (destination._tempDataBuffer or destination.dataBuffer
+                    or not destination.connected or destination.disconnecting
+                    or destination._writeDisconnecting or destination._writeDisconnected):
+                break
+            try:
+                sent = _SPLICE(self.read_end, self.destination_fd, self.pending,
+                               flags=_SPLICE_FLAGS)
+            except OSError:
+                break  # full (EAGAIN) or broken: Twisted's write path takes over
+            self.pending -= sent
+        while self.pending:
+            data = os.read(self.read_end, self.pending)
+            self.pending -= len(data)
+            destination.write(data)
+
+    def close(self):
+        for fd in (self.read_end, self.write_end):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.read_end = self.write_end = -1
+
+
+def _kernel_relays(client, upstream):
+    """Both directions of a hijacked connection through splice(2), where possible."""
+    if _SPLICE is None or not (_socket_transport(client) and _socket_transport(upstream)):
+        return []
+    try:
+        return [_KernelRelay(upstream, client), _KernelRelay(client, upstream)]
+    except OSError:
+        return []
 
 
 class _Flow:
@@ -191,6 +276,7 @@ class ClientConnection(Protocol):
         self.pending_upgrade = b""   # client bytes after an Upgrade request, before 101
         self.post = None              # (names, client_request) when post-hooks apply
         self.closed = False
+        self.relays = []
 
     # -- connection events ---------------------------------------------------
 
@@ -237,6 +323,8 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
+        for relay in self.relays:
+            relay.close()
         if self.upstream is not None:
             self.upstream.client_gone()
         if self.connecting is not None:
@@ -428,6 +516,8 @@ class ClientConnection(Protocol):
         self.inbuf = b""
         if data:
             self.upstream.write(data)
+        if self.proxy.kernel_splice:
+            self.relays = _kernel_relays(self.transport, self.upstream.transport)
         self.flow.resume("upgrade")
         self.flow.resume("pipeline")
         if self.client_eof:
@@ -876,13 +966,14 @@ class ProxyFactory(Factory):
     noisy = False
 
     def __init__(self, reactor, configuration, hooks, docker_endpoint, docker_description,
-                 max_body=DEFAULT_MAX_BODY):
+                 max_body=DEFAULT_MAX_BODY, kernel_splice=True):
         self.reactor = reactor
         self.configuration = configuration
         self.hooks = hooks
         self.docker_endpoint = docker_endpoint
         self.docker_description = docker_description
         self.max_body = max_body
+        self.kernel_splice = kernel_splice
         self._hooks_for = configuration.hooks_for
         self._any_hooks = any(e.pre or e.post for e in configuration.endpoints)
 

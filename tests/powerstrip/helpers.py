@@ -44,7 +44,7 @@ class RawPeer(Protocol):
     """Records what arrives and whether the peer half-closed or closed."""
 
     def __init__(self):
-        self.received = b""
+        self._received = bytearray()
         self.eof = False          # the other side will send nothing more
         self.closed = False       # the connection is gone both ways
         self.write_closed = False
@@ -54,8 +54,12 @@ class RawPeer(Protocol):
         if self.write_closed:
             self.transport.loseConnection()
 
+    @property
+    def received(self):
+        return bytes(self._received)
+
     def dataReceived(self, data):
-        self.received += data
+        self._received += data
 
     def writeConnectionLost(self):
         pass

@@ -435,3 +435,64 @@ class MalformedRequestTests(TestCase):
         await eventually(lambda: peer.eof)
         self.assertEqual(431, split_response(peer.received)[0])
         self.assertEqual(b"", b"".join(c.received for c in daemon.connections))
+
+
+class KernelSpliceTests(TestCase):
+    """Hijacked streams move through splice(2); order and backpressure must hold."""
+
+    async def hijacked(self, harness):
+        from powerstripflocker.powerstrip import proxy
+        real = proxy._kernel_relays
+        self.relays = []
+
+        def recording(client, upstream):
+            relays = real(client, upstream)
+            self.relays.extend(relays)
+            return relays
+        self.patch(proxy, "_kernel_relays", recording)
+        daemon = harness.start_daemon(raw=True)
+        harness.start_proxy()
+        peer = await harness.connect()
+        peer.write(ATTACH)
+        conn = await daemon.connection()
+        await conn.receive(b"\r\n\r\n")
+        conn.write(UPGRADED)
+        await peer.receive(b"\r\n\r\n")
+        return peer, conn
+
+    async def test_large_streams_both_ways_arrive_whole_and_in_order(self):
+        import os as _os
+        harness = ProxyHarness(self)
+        peer, conn = await self.hijacked(harness)
+        self.assertTrue(harness.factory.kernel_splice)
+        down = _os.urandom(20 * 1024 * 1024)
+        up = _os.urandom(5 * 1024 * 1024)
+        for start in range(0, len(down), 1 << 20):
+            conn.write(down[start:start + (1 << 20)])
+        peer.write(up)
+        await eventually(lambda: len(peer.received) >= len(UPGRADED) + len(down), timeout=30)
+        await eventually(lambda: len(conn.received) >= len(ATTACH) + len(up), timeout=30)
+        self.assertEqual(UPGRADED + down, peer.received)
+        self.assertEqual(ATTACH + up, conn.received)
+        self.assertEqual(2, len(self.relays), "the streams did not go through splice(2)")
+        peer.half_close()
+        await eventually(lambda: conn.eof)
+        conn.close()
+        await eventually(lambda: peer.eof)
+        await eventually(lambda: all(r.read_end == -1 for r in self.relays),
+                         what="the pipes closed")
+
+    async def test_slow_reader_pauses_the_stream_through_the_pipe(self):
+        harness = ProxyHarness(self)
+        peer, conn = await self.hijacked(harness)
+        peer.transport.pauseProducing()
+        chunk = b"z" * (1 << 20)
+        for _ in range(40):
+            conn.write(chunk)
+        await sleep(0.5)
+        left_with_daemon = len(conn.transport._tempDataBuffer) + len(conn.transport.dataBuffer)
+        self.assertGreater(left_with_daemon, 20 * (1 << 20))
+        peer.transport.resumeProducing()
+        await eventually(lambda: len(peer.received) >= len(UPGRADED) + 40 * len(chunk),
+                         timeout=30)
+        self.assertEqual(UPGRADED + chunk * 40, peer.received)
