@@ -1,0 +1,74 @@
+"""The IFlockerAPI contract with the real treq client against the real control
+service and two real agents (directory backend), all processes on loopback."""
+
+import tempfile
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from powerstripflocker.flocker import FlockerClient, Node
+
+from .agent.cluster import Cluster
+from .flocker_contract import make_flocker_api_tests
+
+SETTLE_SECONDS = 60.0
+
+
+class RealCluster:
+    shared = None
+
+    @classmethod
+    def get(cls):
+        if cls.shared is None:
+            base = tempfile.mkdtemp(prefix="psf-contract-")
+            processes = Cluster(base, token="contract-token").start_control()
+            try:
+                agents = [processes.add_agent(f"node{i}", f"{base}/node{i}") for i in (1, 2)]
+            except Exception:
+                processes.stop()
+                raise
+            cls.shared = cls(processes, agents)
+        return cls.shared
+
+    def __init__(self, processes, agents):
+        self.processes = processes
+        self.nodes = [Node(agent.uuid, "127.0.0.1") for agent in agents]
+
+    def client(self, testcase):
+        api = FlockerClient(reactor, self.processes.control_url)
+        testcase.addCleanup(api.http_client._agent._pool.closeCachedConnections)
+        return api
+
+
+class Harness:
+    def __init__(self, cluster, api):
+        self.api = api
+        self.nodes = cluster.nodes
+
+    async def settled(self, predicate, what):
+        waited = 0.0
+        while True:
+            states = await self.api.list_datasets_state()
+            if predicate(states):
+                return states
+            if waited > SETTLE_SECONDS:
+                raise AssertionError(f"not {what} after {SETTLE_SECONDS:g}s: {states}")
+            await deferLater(reactor, 0.05, lambda: None)
+            waited += 0.05
+
+
+async def start_real_cluster(testcase):
+    cluster = RealCluster.get()
+    harness = Harness(cluster, cluster.client(testcase))
+    await harness.settled(lambda s: True, "answering")
+    return harness
+
+
+@pytest.mark.integration
+class RealFlockerAPIContractTests(make_flocker_api_tests(start_real_cluster)):
+    @classmethod
+    def tearDownClass(cls):
+        if RealCluster.shared is not None:
+            RealCluster.shared.processes.stop()
+            RealCluster.shared = None
