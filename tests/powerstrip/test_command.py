@@ -85,9 +85,10 @@ def test_serves_on_a_unix_socket_with_mode_0660_and_group_docker(workdir):
     assert not os.path.exists(path), "socket left behind after SIGTERM"
 
 
-def test_tcp_listen_address(workdir):
+@pytest.mark.parametrize("form", ["tcp://127.0.0.1:{port}", "tcp:{port}:interface=127.0.0.1"])
+def test_tcp_listen_address(workdir, form):
     port = free_port()
-    proxy = start(workdir, listen=f"tcp://127.0.0.1:{port}")
+    proxy = start(workdir, listen=form.format(port=port))
     try:
         proxy.wait_until(lambda: "listening" in proxy.tail())
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
