@@ -10,6 +10,13 @@ POWERSTRIP_FLOCKER_FAULTS="send-pause-after-bytes=N": a sending agent stops feed
 once N bytes went out (listed under "fault_paused" too), so a test can kill -9 the sender
 mid-push while the receiver keeps reading and sees the connection drop.
 
+POWERSTRIP_FLOCKER_FAULTS="pause-before-acquire": a sending agent whose push went through
+holds before asking the receiver to acquire it (the receiver has a complete, unacquired
+copy; the sender is still the only primary). "pause-before-handoff": a sending agent holds
+after the receiver acquired the dataset and before marking its own copy handed off (both
+nodes hold a primary copy). Both are listed under "fault_paused" with their "point" and go
+on with POST /agent/v1/faults/resume.
+
 Several faults: comma-separated.
 """
 
@@ -24,6 +31,8 @@ ENV = "POWERSTRIP_FLOCKER_FAULTS"
 class Faults:
     receive_pause_after_bytes: Optional[int] = None
     send_pause_after_bytes: Optional[int] = None
+    pause_before_acquire: bool = False
+    pause_before_handoff: bool = False
 
     @classmethod
     def parse(cls, text):
@@ -34,6 +43,9 @@ class Faults:
                 continue
             key, _, value = item.partition("=")
             key = key.strip().replace("-", "_")
+            if key in ("pause_before_acquire", "pause_before_handoff"):
+                values[key] = value.strip().lower() in ("", "1", "true", "yes")
+                continue
             if key not in ("receive_pause_after_bytes", "send_pause_after_bytes"):
                 raise ValueError(f"unknown fault {key!r} in {ENV}")
             values[key] = int(value)
@@ -45,4 +57,5 @@ class Faults:
 
     def active(self):
         return self.receive_pause_after_bytes is not None \
-            or self.send_pause_after_bytes is not None
+            or self.send_pause_after_bytes is not None \
+            or self.pause_before_acquire or self.pause_before_handoff

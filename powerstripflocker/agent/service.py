@@ -33,6 +33,17 @@ class TransferStalled(Exception):
     pass
 
 
+class _Held:
+    """A push held by fault injection; release() lets it go on."""
+
+    def __init__(self):
+        self.deferred = defer.Deferred()
+
+    def release(self):
+        if not self.deferred.called:
+            self.deferred.callback(None)
+
+
 class AgentService:
     def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
                  token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30,
@@ -277,6 +288,7 @@ class AgentService:
                      "({rate_mb:.1f} MB/s)", dataset_id=dataset_id, target=target,
                      bytes=progress.done, seconds=seconds,
                      rate_mb=progress.done / max(seconds, 1e-6) / 1e6)
+            await self._fault_hold("pause_before_acquire", dataset_id)
             try:
                 await self.peers.acquire(action.agent_url, dataset_id, pushed["received"],
                                          plan.maximum_size)
@@ -284,9 +296,20 @@ class AgentService:
                 # refused: the target does not hold the dataset; drop our unused snapshot
                 await self._abandon(plan)
                 raise
+        await self._fault_hold("pause_before_handoff", dataset_id)
         await self.backend.handoff(dataset_id, target, plan)
         log.info("handed off {dataset_id} to {target}; the local copy is deleted once "
                  "{target} reports it", dataset_id=dataset_id, target=target)
+
+    async def _fault_hold(self, point, dataset_id):
+        """Fault injection (tests only): hold here until POST /agent/v1/faults/resume."""
+        if not getattr(self.faults, point):
+            return
+        held = _Held()
+        log.warn("fault injection: push of {dataset_id} held at {point}",
+                 dataset_id=dataset_id, point=point)
+        self.fault_paused(dataset_id, 0, held, point=point)
+        await held.deferred
 
     async def _abandon(self, plan):
         try:
@@ -411,8 +434,9 @@ class AgentService:
         self.history.append(record)
         self.request_report()
 
-    def fault_paused(self, dataset_id, count, sink=None):
-        self.paused_by_fault.append({"dataset_id": dataset_id, "bytes": count})
+    def fault_paused(self, dataset_id, count, sink=None, point=None):
+        self.paused_by_fault.append(dict({"dataset_id": dataset_id, "bytes": count},
+                                         **({"point": point} if point else {})))
         if sink is not None:
             self._paused_sinks.append(sink)
 
