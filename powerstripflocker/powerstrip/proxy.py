@@ -503,7 +503,10 @@ class ClientConnection(Protocol):
             return
         self.inbuf = b""
         self.request_body = None
-        self.transport.write(error_response(code, message))
+        response = error_response(code, message)
+        if getattr(self, "method", None) == b"HEAD":
+            response = response.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        self.transport.write(response)
         self.transport.loseConnection()
         if self.upstream is not None:
             self.upstream.client_gone()

@@ -215,6 +215,15 @@ class AdapterFailureTests(HookTestCase):
     async def test_adapter_timeout_gives_502(self):
         await self.assert_refused("/hang", 502, "did not answer within 0.3 s", timeout=0.3)
 
+    async def test_failed_hook_on_head_sends_no_body(self):
+        self.proxy(pre=["/status/500?message=nope"], pattern="HEAD /_ping")
+        peer = await self.harness.connect()
+        peer.write(b"HEAD /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+        await eventually(lambda: peer.eof)
+        head, _, body = peer.received.partition(b"\r\n\r\n")
+        self.assertTrue(head.startswith(b"HTTP/1.1 500 "))
+        self.assertEqual(b"", body)
+
     async def test_adapter_unreachable_gives_502(self):
         from tests.support.processes import free_port
         url = f"http://127.0.0.1:{free_port()}/adapter"
