@@ -21,6 +21,15 @@ adapters:
   echo: http://127.0.0.1:{port}/echo
 """
 
+CATCH_ALL = """\
+version: 1
+endpoints:
+  "* *":
+    pre: [echo, echo]
+adapters:
+  echo: http://127.0.0.1:{port}/echo
+"""
+
 REFUSING = """\
 version: 1
 endpoints:
@@ -32,7 +41,8 @@ adapters:
 
 
 class DockerEnvironment:
-    def __init__(self, daemon, proxy_host, refusing_host, call_log):
+    def __init__(self, daemon, proxy_host, refusing_host, call_log, catch_all_host=None):
+        self.catch_all = catch_all_host
         self.daemon = daemon
         self.direct = daemon.host
         self.proxy = proxy_host
@@ -82,7 +92,10 @@ def docker_env(tmp_path_factory):
         refusing, refusing_host = _start_proxy(
             daemon.run_dir, "refusing", REFUSING.format(port=port), daemon.host)
         started.append(refusing)
-        yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log)
+        catch_all, catch_all_host = _start_proxy(
+            daemon.run_dir, "catchall", CATCH_ALL.format(port=port), daemon.host)
+        started.append(catch_all)
+        yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log, catch_all_host)
     finally:
         for process in reversed(started):
             process.stop()

@@ -191,3 +191,29 @@ def test_export_stream_is_byte_identical(docker_env, sleeper):
     direct, proxied = both(docker_env, "export", sleeper, timeout=120)
     assert direct[0] == 0 and len(direct[1]) > 1_000_000
     assert proxied == direct
+
+
+@pytest.mark.parametrize("args, stdin", [
+    (("run", "--rm", "busybox", "echo", "hi"), None),
+    (("run", "-i", "--rm", "busybox", "cat"), b"through every hook\n"),
+    (("run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 4"), None),
+])
+def test_every_request_through_two_pre_hooks(docker_env, args, stdin):
+    """A "* *" endpoint: _ping, create, attach (hijack), wait, start all go through adapters."""
+    direct = docker(docker_env.direct, *args, input=stdin)
+    assert docker(docker_env.catch_all, *args, input=stdin) == direct
+
+
+def test_exec_and_build_through_catch_all_hooks(docker_env, sleeper, tmp_path):
+    direct, proxied = docker(docker_env.direct, "exec", "-i", sleeper, "cat",
+                             input=b"x" * 100000), \
+        docker(docker_env.catch_all, "exec", "-i", sleeper, "cat", input=b"x" * 100000)
+    assert direct == (0, b"x" * 100000, b"")
+    assert proxied == direct
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY f /f\nCMD cat /f\n")
+    (tmp_path / "f").write_bytes(b"tar body streamed past hooks that saw Body null\n")
+    status, out, err = docker(docker_env.catch_all, "build", "-t", "psf-e2e-catchall", ".",
+                              cwd=tmp_path, timeout=120)
+    assert status == 0, err
+    assert docker(docker_env.direct, "run", "--rm", "psf-e2e-catchall") == (
+        0, b"tar body streamed past hooks that saw Body null\n", b"")
