@@ -16,6 +16,7 @@ Prints the figures and writes bench/results/proxy_passthrough.json.
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -245,6 +246,7 @@ def main(argv=None):
         if containers:
             daemon.run("rm", "-f", *containers, check=False)
         daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
