@@ -1,0 +1,171 @@
+"""Move of a large dataset node1 -> node2 (directory and btrfs backends) vs
+`tar -c | tar -x` of the same data on the same disk; then a move back after a 1 MiB
+change.
+
+    python bench/move_large.py [--megabytes 1024] [--backends directory,btrfs]
+
+For each backend: starts a two-node local cluster (btrfs: with its state directory on
+a btrfs file system made on a loop device, torn down afterwards), creates a dataset on
+node1 through the Flocker v1 API, fills it with random data through its path on node1
+(files of 64 MiB), then:
+
+  baseline: tar -C <dataset path> -c . | tar -C <dir on the same fs> -x, timed twice
+            (before the move from node1's copy, after it from node2's), mean of both
+  move:     POST /v1/configuration/datasets/ID {"primary": node2} until
+            /v1/state/datasets shows it on node2 with a path
+  back:     overwrite 1 MiB in one file on node2, move to node1 the same way
+
+Bytes sent are the sending agent's bytes_sent_total (GET /agent/v1/metrics) before and
+after. The tree's SHA-256 is checked after each move. `sync` runs before each timed
+step (outside the timing) so no step pays for the previous one's dirty pages.
+
+Target: move time <= 1.5x the tar baseline.
+"""
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import (btrfs_loop, cannot_run, print_rows, row, running_cluster,
+                    write_result)
+
+TARGET = 1.5
+FILE_MB = 64
+
+
+def fill(path, megabytes):
+    chunk = 1 << 20
+    left = megabytes
+    index = 0
+    while left > 0:
+        size = min(FILE_MB, left)
+        with open(os.path.join(path, f"data{index:03}.bin"), "wb") as out:
+            for _ in range(size):
+                out.write(os.urandom(chunk))
+        left -= size
+        index += 1
+
+
+def tree_digest(path):
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        digest.update(name.encode())
+        with open(os.path.join(path, name), "rb") as source:
+            while block := source.read(1 << 22):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def sync():
+    subprocess.run(["sync"], check=True)
+
+
+def tar_copy(source, scratch):
+    target = tempfile.mkdtemp(prefix="tar-", dir=scratch)
+    sync()
+    start = time.perf_counter()
+    subprocess.run(f"tar -C '{source}' -cf - . | tar -C '{target}' -xf -", shell=True,
+                   check=True)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(target)
+    sync()
+    return elapsed
+
+
+def timed_move(cluster, dataset_id, source, target):
+    sync()
+    sent_before = cluster.agent_metrics(source)["bytes_sent_total"]
+    start = time.perf_counter()
+    cluster.move(dataset_id, target)
+    path = cluster.wait_path(dataset_id, target)
+    elapsed = time.perf_counter() - start
+    # the sender counts its bytes when its push ends, which is before the target reports
+    deadline = time.monotonic() + 30
+    while True:
+        sent = cluster.agent_metrics(source)["bytes_sent_total"] - sent_before
+        if sent > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return elapsed, sent, path
+
+
+def one_backend(backend, megabytes, state_dir, scratch):
+    with running_cluster(backend=backend, state_dir=state_dir) as cluster:
+        dataset_id, path1 = cluster.create_dataset("node1", f"big-{backend}")
+        print(f"[{backend}] filling {megabytes} MiB of random data in {path1} ...",
+              flush=True)
+        fill(path1, megabytes)
+        digest = tree_digest(path1)
+        tar_before = tar_copy(path1, scratch)
+        print(f"[{backend}] tar baseline {tar_before:.2f}s; moving node1 -> node2 ...",
+              flush=True)
+        move_s, move_bytes, path2 = timed_move(cluster, dataset_id, "node1", "node2")
+        if tree_digest(path2) != digest:
+            raise RuntimeError(f"[{backend}] data differs after the move")
+        tar_after = tar_copy(path2, scratch)
+        print(f"[{backend}] move {move_s:.2f}s ({move_bytes} bytes); tar again "
+              f"{tar_after:.2f}s; changing 1 MiB and moving back ...", flush=True)
+        with open(os.path.join(path2, "data000.bin"), "r+b") as out:
+            out.seek(1 << 20)
+            out.write(os.urandom(1 << 20))
+        changed = tree_digest(path2)
+        back_s, back_bytes, path1 = timed_move(cluster, dataset_id, "node2", "node1")
+        if tree_digest(path1) != changed:
+            raise RuntimeError(f"[{backend}] data differs after the move back")
+        print(f"[{backend}] move back {back_s:.2f}s ({back_bytes} bytes)", flush=True)
+    return {"megabytes": megabytes, "tar_s": [tar_before, tar_after],
+            "tar_mean_s": (tar_before + tar_after) / 2, "move_s": move_s,
+            "move_bytes": move_bytes, "back_after_1MiB_s": back_s,
+            "back_after_1MiB_bytes": back_bytes}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--megabytes", type=int, default=1024)
+    parser.add_argument("--backends", default="directory,btrfs")
+    parser.add_argument("--output")
+    options = parser.parse_args(argv)
+    if cannot_run():
+        return 2
+    figures = {}
+    for backend in options.backends.split(","):
+        if backend == "btrfs":
+            # the source, the target, one tar copy and snapshots; sparse, so cheap
+            size_gib = max(4, (options.megabytes * 5) // 1024 + 2)
+            with btrfs_loop(size_gib) as mountpoint:
+                scratch = os.path.join(mountpoint, "scratch")
+                os.makedirs(scratch)
+                figures[backend] = one_backend(backend, options.megabytes,
+                                               os.path.join(mountpoint, "state"), scratch)
+        else:
+            with tempfile.TemporaryDirectory(prefix="psf-bench-move-") as base:
+                scratch = os.path.join(base, "scratch")
+                os.makedirs(scratch)
+                figures[backend] = one_backend(backend, options.megabytes,
+                                               os.path.join(base, "state"), scratch)
+    rows = []
+    mib = options.megabytes
+    for backend, f in figures.items():
+        ratio = f["move_s"] / f["tar_mean_s"]
+        rows.append(row(f"move {mib} MiB node1->node2, {backend}", f["move_s"],
+                        f["tar_mean_s"], ratio, f"<= {TARGET:g}", ratio <= TARGET, "s"))
+        rows.append(row(f"  {backend}: move back after 1 MiB change (time)",
+                        f["back_after_1MiB_s"], f["move_s"],
+                        f["back_after_1MiB_s"] / f["move_s"], None, None, "s"))
+        rows.append(row(f"  {backend}: move back after 1 MiB change (MB sent)",
+                        f["back_after_1MiB_bytes"] / 1e6, f["move_bytes"] / 1e6,
+                        f["back_after_1MiB_bytes"] / max(f["move_bytes"], 1), None, None,
+                        "MB"))
+    print_rows(rows)
+    write_result("move_large", {"benchmark": "move_large", "figures": figures, "rows": rows},
+                 options.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
