@@ -177,7 +177,7 @@ def parse_configuration(text):
             f"allowed: {', '.join(TOP_LEVEL_KEYS)}"
         )
     version = document.get("version", 1)
-    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise ConfigurationError(
             f"unknown version {version!r}; this proxy speaks Powerstrip protocol version 1"
         )

@@ -56,7 +56,7 @@ def test_empty_endpoints_and_adapters_are_allowed():
     assert config.hooks_for("POST", "/v1.41/containers/create") is NO_HOOKS
 
 
-@pytest.mark.parametrize("version", ["2", "'1'", "true", "1.5", "null"])
+@pytest.mark.parametrize("version", ["2", "'1'", "true", "1.5", "1.0", "null"])
 def test_unknown_version_is_refused(version):
     assert "unknown version" in refused(f"version: {version}\nendpoints: {{}}\nadapters: {{}}\n")
 
