@@ -28,6 +28,9 @@ setup(
             "pytest-timeout>=2.2",
             "hypothesis>=6.90",
         ],
+        "bench": [
+            "matplotlib>=3.5",
+        ],
     },
     entry_points={
         "console_scripts": ["powerstrip-flocker=powerstripflocker.cli:main"],
