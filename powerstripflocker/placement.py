@@ -5,7 +5,9 @@ The one core behind every frontend (the Powerstrip adapter and the volume plugin
 
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError as DeferredTimeout
+from twisted.internet.defer import (
+    Deferred, DeferredList, DeferredLock, TimeoutError as DeferredTimeout,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -153,6 +155,10 @@ class Placement:
         # usage(dataset_id, node_uuid) -> the containers that node says use the dataset
         self._usage = usage
         self._flights = SingleFlight()
+        # Creates from this process go one at a time: a conditional create fails when any
+        # dataset changed, so concurrent creates of different names here would only keep
+        # invalidating each other's configuration tag (50 at once exhausted the attempts).
+        self._creating = DeferredLock()
         self._this_node = None
 
     def ensure_local(self, names):
@@ -276,18 +282,45 @@ class Placement:
         return LocalVolume(dataset.dataset_id, path)
 
     async def _find_or_create(self, name, node, deadline_at, maximum_size):
+        configuration = await self._call(
+            self._api.list_datasets_configuration(), name, deadline_at
+        )
+        found = self._named(configuration, name)
+        if found is not None:
+            return found
+        acquired = self._creating.acquire()
+        acquired.addTimeout(max(deadline_at - self._clock.seconds(), 0.001), self._clock)
+        try:
+            await acquired
+        except DeferredTimeout:
+            raise PlacementTimeout(
+                f"volume {name!r}: other volumes being created on this node took the whole "
+                f"{self.deadline:g}s deadline"
+            ) from None
+        try:
+            return await self._create_one_at_a_time(name, node, deadline_at, maximum_size)
+        finally:
+            self._creating.release()
+
+    def _named(self, configuration, name):
+        candidates = live_datasets_named(configuration.datasets, name)
+        if not candidates:
+            return None
+        chosen = choose_dataset(candidates)
+        if len(candidates) > 1:
+            log.warn("volume {volume} names {count} datasets; using {dataset_id}, "
+                     "the smallest id", volume=name, count=len(candidates),
+                     dataset_id=chosen.dataset_id)
+        return chosen
+
+    async def _create_one_at_a_time(self, name, node, deadline_at, maximum_size):
         for _ in range(CONDITIONAL_CREATE_ATTEMPTS):
             configuration = await self._call(
                 self._api.list_datasets_configuration(), name, deadline_at
             )
-            candidates = live_datasets_named(configuration.datasets, name)
-            if candidates:
-                chosen = choose_dataset(candidates)
-                if len(candidates) > 1:
-                    log.warn("volume {volume} names {count} datasets; using {dataset_id}, "
-                             "the smallest id", volume=name, count=len(candidates),
-                             dataset_id=chosen.dataset_id)
-                return chosen
+            found = self._named(configuration, name)
+            if found is not None:
+                return found
             try:
                 created = await self._call(
                     self._api.create_dataset(
