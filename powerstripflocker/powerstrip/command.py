@@ -1,6 +1,7 @@
 """powerstrip-flocker proxy: serve the Docker Engine API with Powerstrip hooks."""
 
 import os
+import signal
 
 from twisted.internet import defer
 from twisted.internet.task import react
@@ -22,7 +23,8 @@ log = Logger()
 def configure(parser):
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG,
-        help=f"adapters.yml (Powerstrip version 1) to load and validate (default {DEFAULT_CONFIG})",
+        help=f"adapters.yml (Powerstrip version 1), validated at start and re-read on SIGHUP "
+             f"(an invalid file keeps the previous one) (default {DEFAULT_CONFIG})",
     )
     parser.add_argument(
         "--listen", default=DEFAULT_LISTEN,
@@ -114,4 +116,17 @@ async def _serve(reactor, options, configuration, status):
         return d
 
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
+
+    def reload():
+        try:
+            new = load_configuration(options.config)
+        except ConfigurationError as e:
+            log.error("SIGHUP: kept the previous configuration: {error}", error=str(e))
+            return
+        factory.reconfigure(new)
+        log.info("SIGHUP: reloaded {config}: {endpoints} endpoint(s), {adapters} adapter(s)",
+                 config=options.config, endpoints=len(new.endpoints),
+                 adapters=len(new.adapters))
+
+    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(reload))
     await stopped  # never fires: the reactor stops on SIGTERM/SIGINT

@@ -43,6 +43,9 @@ class HookCaller:
             "QuietHTTP11ClientFactory", (self._pool._factory,), {"noisy": False})
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
 
+    def set_adapters(self, adapters):
+        self._adapters = dict(adapters)
+
     def close(self):
         """Drop cached connections to adapters (for a clean shutdown)."""
         return self._pool.closeCachedConnections()
@@ -96,7 +99,9 @@ class HookCaller:
         return code, content_type, body
 
     async def _call(self, name, payload):
-        url = self._adapters[name]
+        url = self._adapters.get(name)
+        if url is None:  # dropped by a configuration reload while this request waited
+            raise AdapterError(502, f"adapter {name} is no longer configured")
         d = defer.Deferred.fromCoroutine(self._post(url, payload))
         timed_out = []
 

@@ -977,6 +977,12 @@ class ProxyFactory(Factory):
         self.docker_description = docker_description
         self.max_body = max_body
         self.kernel_splice = kernel_splice
+        self.reconfigure(configuration)
+
+    def reconfigure(self, configuration):
+        """Use a new (validated) configuration from the next request on."""
+        self.configuration = configuration
+        self.hooks.set_adapters(configuration.adapters)
         self._hooks_for = configuration.hooks_for
         self._any_hooks = any(e.pre or e.post for e in configuration.endpoints)
 

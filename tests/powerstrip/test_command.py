@@ -159,3 +159,26 @@ def test_docker_host_is_the_default_upstream(workdir):
         assert f"unix://{workdir}/from-env.sock" in proxy.tail()
     finally:
         proxy.kill(signal.SIGTERM)
+
+
+def test_sighup_reloads_a_valid_configuration_and_keeps_the_old_one_otherwise(workdir):
+    (workdir / "adapters.yml").write_text("version: 1\nendpoints: {}\nadapters: {}\n")
+    proxy = start(workdir)
+    path = str(workdir / "p.sock")
+    body = b'{"Image": "busybox"}'
+    create = (b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        proxy.wait_until(lambda: "listening" in proxy.tail())
+        assert b"cannot reach the Docker daemon" in unix_request(path, create)
+        (workdir / "adapters.yml").write_text(CONFIG)
+        proxy.process.send_signal(signal.SIGHUP)
+        proxy.wait_until(lambda: "reloaded" in proxy.tail())
+        assert b"adapter flocker" in unix_request(path, create)
+        (workdir / "adapters.yml").write_text("version: 3\nendpoints: {}\nadapters: {}\n")
+        proxy.process.send_signal(signal.SIGHUP)
+        proxy.wait_until(lambda: "kept the previous configuration" in proxy.tail())
+        assert b"adapter flocker" in unix_request(path, create)
+    finally:
+        proxy.stop()
+    assert proxy.process.returncode == 0
