@@ -3,7 +3,6 @@
 import json
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
 
 from .helpers import ProxyHarness, eventually, sleep, split_response
