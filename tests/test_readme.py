@@ -1,0 +1,45 @@
+"""The README's command reference names every command and every option it has."""
+
+import argparse
+import os
+import re
+
+from powerstripflocker.cli import build_parser
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def documented_options():
+    with open(README, encoding="utf-8") as readme:
+        text = readme.read()
+    table = text.split("## Command reference", 1)[1].split("\n\n| environment variable")[0]
+    options, command = {}, None
+    for row in table.splitlines():
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        if len(cells) < 4 or not cells[1].startswith("`"):
+            continue
+        if cells[0].startswith("`"):
+            command = cells[0].strip("`")
+        elif cells[0] == "every command":
+            continue
+        options.setdefault(command, set()).update(re.findall(r"`([^`]+)`", cells[1]))
+    return options
+
+
+def actual_options():
+    parser = build_parser()
+    [subcommands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    options = {}
+    for name, subparser in subcommands.choices.items():
+        names = set()
+        for action in subparser._actions:
+            if isinstance(action, argparse._HelpAction) or action.dest in (
+                    "log_format", "log_level"):
+                continue
+            names.update(action.option_strings or [action.dest.upper()])
+        options[name] = names
+    return options
+
+
+def test_every_command_and_option_is_in_the_reference_table():
+    assert documented_options() == actual_options()
