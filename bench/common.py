@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -66,13 +67,13 @@ def write_result(name, result, output=None):
 
 def print_rows(rows):
     print()
-    print(f"{'figure':46}{'value':>14}{'baseline':>14}{'ratio':>8}  target    met")
+    print(f"{'figure':52}{'value':>14}{'baseline':>14}{'ratio':>8}  target    met")
     for r in rows:
         def fmt(v):
             return "-" if v is None else f"{v:.4g}{r['unit']}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
         met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        print(f"{r['figure']:46}{fmt(r['value']):>14}{fmt(r['baseline']):>14}{ratio:>8}"
+        print(f"{r['figure']:52}{fmt(r['value']):>14}{fmt(r['baseline']):>14}{ratio:>8}"
               f"  {r['target'] or '-':9} {met}")
 
 
@@ -174,9 +175,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(backend="directory", state_dir=None, progress=print):
+def running_cluster(backend="directory", state_dir=None, progress=print, keep_logs=None):
     """A two-node cluster on free ports; stopped (processes, mounts, state) on the way
-    out, also on an exception, Ctrl-C or SIGTERM."""
+    out, also on an exception, Ctrl-C or SIGTERM. keep_logs: a directory the cluster's
+    logs are copied to before they go."""
     previous = signal.signal(signal.SIGTERM, _raise_on_term)
     base = state_dir or tempfile.mkdtemp(prefix="psf-bench-")
     run_dir = tempfile.mkdtemp(prefix="psfb-", dir="/run" if os.path.isdir("/run") else None)
@@ -189,7 +191,12 @@ def running_cluster(backend="directory", state_dir=None, progress=print):
         yield Cluster(local)
     finally:
         progress("  cluster: stopping")
-        local.stop()
+        try:
+            if keep_logs:
+                shutil.rmtree(keep_logs, ignore_errors=True)
+                shutil.copytree(layout.log_dir, keep_logs)
+        finally:
+            local.stop()
         if state_dir is None:
             subprocess.run(["rm", "-rf", base])
         signal.signal(signal.SIGTERM, previous)

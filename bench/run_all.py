@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("move_large", "move_large.py", ["--megabytes", "1024"], ["--megabytes", "64"]),
     ("move_small", "move_small.py", ["--runs", "15"], ["--runs", "4"]),
     ("concurrency", "concurrency.py", [], []),
+    ("concurrency_split", "concurrency.py", ["--mode", "split"], ["--mode", "split"]),
 ]
 
 TITLES = {
@@ -37,7 +38,8 @@ TITLES = {
     "docker_run": "2. docker run, volume local",
     "move_large": "3. move 1 GiB (tar baseline)",
     "move_small": "4. move a small volume",
-    "concurrency": "5. 200 creates / 50 names",
+    "concurrency": "5. 200 creates / 50 names, each from both nodes",
+    "concurrency_split": "5b. same, each name from one node",
 }
 
 
