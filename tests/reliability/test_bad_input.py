@@ -184,6 +184,15 @@ def test_real_adapter_bad_hooks_are_answered_cleanly_and_change_nothing(real, ra
     assert everything(real) == before
 
 
+def expiring_lease(method, path, raw):
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    return method == "POST" and path.startswith("/v1/configuration/leases") \
+        and isinstance(body, dict) and body.get("expires") is not None
+
+
 def raw_request(method, url, raw):
     request = urllib.request.Request(url, data=raw, method=method)
     request.add_header("Content-Type", "application/json")
@@ -198,6 +207,9 @@ def raw_request(method, url, raw):
 @given(control_requests)
 def test_real_control_service_refusals_change_nothing(real, request):
     method, path, raw = request
+    # An accepted lease that expires changes the configuration later, on its own, and
+    # would be blamed on a later example: leave those to the in-memory test above.
+    assume(not expiring_lease(method, path, raw))
     before = everything(real)
     status, body = raw_request(method, real.control_url + path, raw)
     assert status < 500, (status, body)
