@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and run-tests.sh: installs the Debian packages and the Python
-# package (into .venv, with the extras given in PSF_EXTRAS) that both need.
-# Run as root on Debian.
+# package (into .venv, with the extras given in PSF_EXTRAS) that both need (ruby only
+# lets a test check that the Vagrantfiles parse). Run as root on Debian.
 
-apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ca-certificates
+apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ruby ca-certificates
               python3-venv)
 missing=()
 for package in "${apt_packages[@]}"; do

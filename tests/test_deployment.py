@@ -67,6 +67,18 @@ def test_provisioning_and_project_scripts_pass_shellcheck():
 
 
 def test_both_vagrantfiles_provision_with_the_one_script():
-    for folder, path in (("vagrant", '"provision.sh"'), ("vagrant-aws", '"../vagrant/provision.sh"')):
+    for folder, cluster in (("vagrant", '"cluster"'), ("vagrant-aws", '"../vagrant/cluster"')):
         with open(os.path.join(REPO, folder, "Vagrantfile")) as vagrantfile:
-            assert f"provision \"shell\", path: {path}" in vagrantfile.read()
+            text = vagrantfile.read()
+        assert f"require_relative {cluster}" in text
+        assert "PowerstripFlockerCluster.provision(node, name, NODES, TOKEN)" in text
+    with open(os.path.join(REPO, "vagrant", "cluster.rb")) as cluster_rb:
+        assert 'File.join(__dir__, "provision.sh")' in cluster_rb.read()
+
+
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+def test_the_vagrant_ruby_files_parse():
+    files = [os.path.join(REPO, "vagrant", "cluster.rb"), os.path.join(REPO, "vagrant", "Vagrantfile"),
+             os.path.join(REPO, "vagrant-aws", "Vagrantfile")]
+    result = subprocess.run(["ruby", "-c", *files], capture_output=True, text=True)
+    assert result.returncode == 0 and "Syntax OK" in result.stdout, result.stderr

@@ -1,7 +1,6 @@
 """Whatever JSON arrives, the answer is a deliberate 2xx/4xx JSON object, never a 500."""
 
 import json
-import os
 import shutil
 import tempfile
 

@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 import time
 
+from powerstripflocker.localcluster import import_busybox_image, unmount_under
+
 BUSYBOX = "/bin/busybox"
 IMAGE = "busybox:latest"
 
@@ -135,53 +137,6 @@ class DockerDaemon:
         self.stop()
 
 
-def mounts_under(root):
-    root = os.path.realpath(root)
-    found = []
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            target = line.split()[1].replace("\\040", " ")
-            if target == root or target.startswith(root + "/"):
-                found.append(target)
-    return found
-
-
-def unmount_under(root):
-    """Unmount everything at or below root, deepest first."""
-    for _ in range(3):
-        targets = sorted(mounts_under(root), key=len, reverse=True)
-        if not targets:
-            return
-        for target in targets:
-            subprocess.run(["umount", "-l", target], capture_output=True)
-
-
 def ensure_busybox_image(daemon, image=IMAGE):
     """Import busybox:latest offline (Debian's static busybox + applet links); idempotent."""
-    have = subprocess.run(daemon.cli("image", "inspect", image), capture_output=True, timeout=30)
-    if have.returncode == 0:
-        return image
-    with tempfile.TemporaryDirectory(prefix="busybox-rootfs-") as rootfs:
-        bindir = os.path.join(rootfs, "bin")
-        os.makedirs(bindir)
-        shutil.copy2(BUSYBOX, os.path.join(bindir, "busybox"))
-        applets = subprocess.run(
-            [BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
-        for applet in applets:
-            if applet != "busybox":
-                os.symlink("busybox", os.path.join(bindir, applet))
-        for directory in ("tmp", "etc", "root", "proc", "sys", "dev", "var"):
-            os.makedirs(os.path.join(rootfs, directory), exist_ok=True)
-        os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
-        with open(os.path.join(rootfs, "etc", "passwd"), "w") as passwd:
-            passwd.write("root:x:0:0:root:/root:/bin/sh\n")
-        with open(os.path.join(rootfs, "etc", "group"), "w") as group:
-            group.write("root:x:0:\n")
-        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(
-            daemon.cli("import", "--change", 'CMD ["sh"]', "-", image),
-            stdin=tar.stdout, capture_output=True, timeout=120, check=True,
-        )
-        tar.stdout.close()
-        tar.wait()
-    return image
+    return import_busybox_image(daemon.host, image)
