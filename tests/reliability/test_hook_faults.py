@@ -1,0 +1,51 @@
+"""A hook waiting for a move while the control service is killed -9: the hook is answered
+within the adapter's deadline with one clear message, the data stays intact, and the
+same hook succeeds once the control service is back."""
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from .support import MiB, fill_sample_tree, manifest, pre_hook, wait_for
+
+pytestmark = pytest.mark.integration
+
+DEADLINE = 10.0
+
+
+def test_control_service_killed_while_a_hook_waits_for_a_move(make_cluster):
+    cluster = make_cluster(node2_faults=f"receive-pause-after-bytes={MiB}")
+    node1, node2 = cluster.agents["node1"], cluster.agents["node2"]
+    adapter = cluster.add_adapter("adapter2", node2, timeout=DEADLINE)
+    dataset_id = cluster.create_dataset(node1.uuid, metadata={"name": "waited"})["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    fill_sample_tree(path, random_bytes=4 * MiB, files=2)
+    original = manifest(path)
+
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(adapter.hook, pre_hook(["waited"]), 60)
+        cluster.held(node2)            # the move the hook asked for is under way
+        killed_at = time.monotonic()
+        cluster.kill_control()
+        status, answer = waiting.result(timeout=DEADLINE + 30)
+    took = time.monotonic() - killed_at
+    print(f"\n[result] control killed under a waiting hook: {status} after {took:.1f}s: "
+          f"{answer.get('message')}")
+    assert status in (503, 504), answer
+    assert took < DEADLINE + 5
+    assert "waited" in answer["message"] and "\n" not in answer["message"]
+    assert "control service" in answer["message"]
+    assert cluster.intact_primaries(dataset_id, original) == ["node1"]
+
+    cluster.start_control()
+    node2.resume_faults()
+    status, answer = adapter.hook(pre_hook(["waited"]))
+    assert status == 200, answer
+    [entry] = cluster.state(dataset_id)
+    assert entry["primary"] == node2.uuid
+    binds = json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
+    assert binds[0] == f"{entry['path']}:/data0"
+    wait_for(lambda: cluster.role(node1, dataset_id) is None, 30, "node1 to clean up")
+    assert manifest(entry["path"]) == original
