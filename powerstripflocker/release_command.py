@@ -59,16 +59,16 @@ def run(options):
         name = validate_name(options.name)
     except InvalidVolumeName as reason:
         raise SystemExit(f"powerstrip-flocker release: {reason}") from None
-    outcome = []
 
     async def main(reactor):
         api = build_api(reactor, options)
         try:
-            outcome.append(await release(api, name))
+            status, line = await release(api, name)
         except (ControlServiceUnreachable, FlockerAPIError) as reason:
-            outcome.append((1, f"cannot release {name!r}: {reason}"))
+            status, line = 1, f"cannot release {name!r}: {reason}"
+        (sys.stdout if status == 0 else sys.stderr).write(line + "\n")
+        if status:
+            raise SystemExit(status)
 
+    # react() ends the process with main's outcome: 0, or the SystemExit status.
     react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-    status, line = outcome[0]
-    (sys.stdout if status == 0 else sys.stderr).write(line + "\n")
-    return status

@@ -291,6 +291,16 @@ def test_mutual_tls(control, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "tls" in result.stdout and body["dataset_id"] in result.stdout
 
+    # The frontends' FlockerClient over the same mutual TLS (release uses it).
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "release", "tls", "--control-url",
+         service.url, "--tls-ca", paths["cluster"][0], "--tls-cert", paths["client"][0],
+         "--tls-key", paths["client"][1]],
+        capture_output=True, timeout=60, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"volume 'tls' (dataset {body['dataset_id']}) holds no lease" in result.stdout
+
 
 def test_status_command_prints_the_table(control):
     service = control().start()
