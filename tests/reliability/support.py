@@ -14,13 +14,7 @@ MiB = 1 << 20
 HOOK_PATH = "/flocker-adapter"
 
 __all__ = ["Adapter", "ReliabilityCluster", "MiB", "fill_sample_tree", "manifest", "http",
-           "wait_for", "pre_hook", "post_raw", "content_manifest"]
-
-
-def content_manifest(root):
-    """{relative path: (type, mode, sha256 or link target)}: what a move must preserve."""
-    return {path: (kind, mode, digest) for path, (kind, mode, _, digest) in
-            manifest(root).items()}
+           "wait_for", "pre_hook", "post_raw"]
 
 
 def pre_hook(names, request="/v1.41/containers/create?name=c"):

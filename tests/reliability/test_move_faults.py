@@ -104,7 +104,7 @@ def test_control_service_killed_mid_push_then_restarted(make_cluster):
 
 def test_control_service_down_while_the_sender_hands_off(make_cluster):
     cluster = make_cluster(node1_faults="pause-before-handoff")
-    node1, node2 = cluster.agents["node1"], cluster.agents["node2"]
+    node1 = cluster.agents["node1"]
     dataset_id, original = start_move(cluster)
     cluster.held(node1, "pause_before_handoff")
     cluster.kill_control()
