@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from common import (btrfs_loop, cannot_run, print_rows, row, running_cluster,
+from common import (RESULTS, btrfs_loop, cannot_run, print_rows, row, running_cluster,
                     write_result)
 
 TARGET = 1.5
@@ -94,8 +94,9 @@ def timed_move(cluster, dataset_id, source, target):
     return elapsed, sent, path
 
 
-def one_backend(backend, megabytes, state_dir, scratch):
-    with running_cluster(backend=backend, state_dir=state_dir) as cluster:
+def one_backend(backend, megabytes, state_dir, scratch, logs):
+    with running_cluster(backend=backend, state_dir=state_dir,
+                         keep_logs=os.path.join(logs, backend)) as cluster:
         dataset_id, path1 = cluster.create_dataset("node1", f"big-{backend}")
         print(f"[{backend}] filling {megabytes} MiB of random data in {path1} ...",
               flush=True)
@@ -133,6 +134,8 @@ def main(argv=None):
     if cannot_run():
         return 2
     figures = {}
+    logs = os.path.join(RESULTS, "logs", os.path.splitext(os.path.basename(
+        options.output or "move_large"))[0])
     for backend in options.backends.split(","):
         if backend == "btrfs":
             # the source, the target, one tar copy and snapshots; sparse, so cheap
@@ -141,13 +144,14 @@ def main(argv=None):
                 scratch = os.path.join(mountpoint, "scratch")
                 os.makedirs(scratch)
                 figures[backend] = one_backend(backend, options.megabytes,
-                                               os.path.join(mountpoint, "state"), scratch)
+                                               os.path.join(mountpoint, "state"), scratch,
+                                               logs)
         else:
             with tempfile.TemporaryDirectory(prefix="psf-bench-move-") as base:
                 scratch = os.path.join(base, "scratch")
                 os.makedirs(scratch)
                 figures[backend] = one_backend(backend, options.megabytes,
-                                               os.path.join(base, "state"), scratch)
+                                               os.path.join(base, "state"), scratch, logs)
     rows = []
     mib = options.megabytes
     for backend, f in figures.items():

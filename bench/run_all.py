@@ -66,7 +66,7 @@ def proxy_rows(result):
     return rows
 
 
-def load_rows(directory):
+def load_rows(directory, statuses, started=None):
     table = []
     for name, *_ in BENCHMARKS:
         path = os.path.join(directory, f"{name}.json")
@@ -77,6 +77,9 @@ def load_rows(directory):
             table.append((name, None, None))
             continue
         rows = proxy_rows(result) if name == "proxy_passthrough" else result["rows"]
+        if started is not None and os.path.getmtime(path) < started:
+            statuses.setdefault(name, "not rerun")
+            statuses[name] += "; figures from an earlier run"
         table.append((name, rows, result.get("machine")))
     return table
 
@@ -114,8 +117,7 @@ def render_markdown(table, statuses, directory, quick):
                          f"{fmt(r['value'], r['unit'])} | {fmt(r['baseline'], r['unit'])} | "
                          f"{ratio} | {r['target'] or ''} | {met} |")
         if status and status != "ok":
-            lines.append(f"| | (this run: {status}; figures above are from an earlier run) "
-                         "| | | | | |")
+            lines.append(f"| | (this run: {status}; see its output) | | | | | |")
     lines += ["", "![ratios to baseline](summary.png)", ""]
     path = os.path.join(directory, "summary.md")
     with open(path, "w") as out:
@@ -172,6 +174,7 @@ def main(argv=None):
     os.makedirs(directory, exist_ok=True)
     wanted = set(options.only.split(",")) if options.only else None
     statuses = {}
+    started_all = time.time()
     if not options.render:
         for name, script, full, quick in BENCHMARKS:
             if wanted and name not in wanted:
@@ -188,7 +191,7 @@ def main(argv=None):
             seconds = time.perf_counter() - started
             statuses[name] = "ok" if code == 0 else f"exit {code}"
             print(f"=== {name}: {statuses[name]} in {seconds:.0f}s", flush=True)
-    table = load_rows(directory)
+    table = load_rows(directory, statuses, None if options.render else started_all)
     print(f"wrote {render_markdown(table, statuses, directory, options.quick)}")
     plot = render_plot(table, directory)
     if plot:
