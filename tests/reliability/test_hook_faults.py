@@ -1,6 +1,9 @@
-"""A hook waiting for a move while the control service is killed -9: the hook is answered
-within the adapter's deadline with one clear message, the data stays intact, and the
-same hook succeeds once the control service is back."""
+"""Faults under a hook that waits, against the real adapter process (no docker).
+
+The control service killed -9 while a hook waits for a move: the hook is answered within
+the adapter's deadline with one clear message, the data stays intact, and the same hook
+succeeds once the control service is back. The adapter killed -9 after its create was
+accepted: a retry finds that dataset and makes no second one."""
 
 import json
 import time
@@ -49,3 +52,29 @@ def test_control_service_killed_while_a_hook_waits_for_a_move(make_cluster):
     assert binds[0] == f"{entry['path']}:/data0"
     wait_for(lambda: cluster.role(node1, dataset_id) is None, 30, "node1 to clean up")
     assert manifest(entry["path"]) == original
+
+
+def test_adapter_killed_after_its_create_was_accepted_then_a_retry_makes_no_second_dataset(
+        make_cluster):
+    cluster = make_cluster()
+    node1 = cluster.agents["node1"]
+    adapter = cluster.add_adapter("adapter1", node1, timeout=DEADLINE)
+    node1.kill()      # the dataset is configured but cannot appear: the hook keeps waiting
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(adapter.hook, pre_hook(["fresh"]), 60)
+        wait_for(lambda: [d for d in cluster.api("GET", "/configuration/datasets")
+                          if d.get("metadata", {}).get("name") == "fresh"], 10,
+                 "the adapter to create the dataset", on_timeout=cluster.logs)
+        adapter.kill()
+        with pytest.raises(OSError):
+            waiting.result(timeout=30)     # the connection dropped: no answer at all
+    node1.start()
+    adapter.start()
+    status, answer = adapter.hook(pre_hook(["fresh"]))
+    assert status == 200, answer
+    [dataset] = [d for d in cluster.api("GET", "/configuration/datasets")
+                 if d.get("metadata", {}).get("name") == "fresh"]
+    [entry] = cluster.state(dataset["dataset_id"])
+    assert entry["primary"] == node1.uuid
+    binds = json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
+    assert binds[0] == f"{entry['path']}:/data0"
