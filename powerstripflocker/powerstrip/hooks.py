@@ -11,7 +11,9 @@ import re
 import treq
 from twisted.internet import defer, error as netError
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import (
+    Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived,
+)
 
 PROTOCOL_VERSION = 1
 DEFAULT_TIMEOUT = 150.0
@@ -118,6 +120,9 @@ class HookCaller:
             if isinstance(e, (netError.ConnectError, netError.DNSLookupError)):
                 raise AdapterError(
                     502, f"adapter {name} ({url}) is unreachable: {_describe(e)}")
+            if isinstance(e, (ResponseFailed, ResponseNeverReceived)):
+                raise AdapterError(502, f"adapter {name} ({url}) closed the connection "
+                                        f"without answering (did it stop?): {_describe(e)}")
             raise AdapterError(502, f"adapter {name} ({url}) failed: {_describe(e)}")
         finally:
             if timer.active():
