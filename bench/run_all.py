@@ -156,7 +156,11 @@ def render_plot(table, directory):
     ax.axvline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("ratio to the baseline measured in the same run (log scale; green = "
                   "target met)")
-    ax.legend(loc="lower right", fontsize=8)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([0.5, 1, 1.5, 2, 3, 4, 6, 10])
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8)
     fig.tight_layout()
     path = os.path.join(directory, "summary.png")
     fig.savefig(path, dpi=110)
