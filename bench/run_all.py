@@ -36,7 +36,7 @@ TITLES = {
     "proxy_passthrough": "0. proxy pass-through",
     "hook_latency": "1. hook latency, volume local",
     "docker_run": "2. docker run, volume local",
-    "move_large": "3. move 1 GiB (tar baseline)",
+    "move_large": "3. move a large dataset (tar baseline)",
     "move_small": "4. move a small volume",
     "concurrency": "5. 200 creates / 50 names, each from both nodes",
     "concurrency_split": "5b. same, each name from one node",
