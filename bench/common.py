@@ -89,6 +89,19 @@ def _raise_on_term(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@contextlib.contextmanager
+def _shielded():
+    """Ignore SIGINT and SIGTERM while cleaning up: a second Ctrl-C or kill must not
+    leave half the cluster, a mount or a loop device behind."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                      signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class Cluster:
     """A started LocalCluster and the questions the benchmarks ask of it."""
 
@@ -190,15 +203,16 @@ def running_cluster(backend="directory", state_dir=None, progress=print, keep_lo
         local.import_images()
         yield Cluster(local)
     finally:
-        progress("  cluster: stopping")
-        try:
-            if keep_logs:
-                shutil.rmtree(keep_logs, ignore_errors=True)
-                shutil.copytree(layout.log_dir, keep_logs)
-        finally:
-            local.stop()
-        if state_dir is None:
-            subprocess.run(["rm", "-rf", base])
+        with _shielded():
+            progress("  cluster: stopping")
+            try:
+                if keep_logs:
+                    shutil.rmtree(keep_logs, ignore_errors=True)
+                    shutil.copytree(layout.log_dir, keep_logs)
+            finally:
+                local.stop()
+                if state_dir is None:
+                    subprocess.run(["rm", "-rf", base])
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -212,6 +226,7 @@ def btrfs_loop(size_gib, progress=print):
     os.makedirs(mountpoint)
     device = None
     mounted = False
+    previous = signal.signal(signal.SIGTERM, _raise_on_term)
     try:
         subprocess.run(["truncate", "-s", f"{size_gib}G", image], check=True)
         device = subprocess.run(["losetup", "--find", "--show", image], check=True,
@@ -222,13 +237,19 @@ def btrfs_loop(size_gib, progress=print):
         progress(f"  btrfs: {size_gib} GiB on {device} at {mountpoint}")
         yield mountpoint
     finally:
-        if mounted:
-            for _ in range(10):
-                if subprocess.run(["umount", mountpoint], capture_output=True).returncode == 0:
-                    break
-                time.sleep(1)
-            else:
-                subprocess.run(["umount", "-l", mountpoint], capture_output=True)
-        if device:
-            subprocess.run(["losetup", "-d", device], capture_output=True)
-        subprocess.run(["rm", "-rf", base])
+        with _shielded():
+            _remove_btrfs_loop(base, mountpoint, device, mounted)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_btrfs_loop(base, mountpoint, device, mounted):
+    if mounted:
+        for _ in range(10):
+            if subprocess.run(["umount", mountpoint], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            subprocess.run(["umount", "-l", mountpoint], capture_output=True)
+    if device:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+    subprocess.run(["rm", "-rf", base])
