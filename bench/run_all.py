@@ -13,6 +13,7 @@ failing does not stop the rest; the summary marks it as failed.
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,6 +169,31 @@ def render_plot(table, directory):
     return path
 
 
+def _raise_on_term(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_child(argv, timeout):
+    """Run one benchmark; on Ctrl-C, SIGTERM or its timeout, ask it to stop (SIGTERM)
+    and wait for its own cleanup instead of killing it (subprocess.run would SIGKILL
+    it and leave its cluster behind)."""
+    child = subprocess.Popen(argv)
+    try:
+        return child.wait(timeout=timeout)
+    except (KeyboardInterrupt, subprocess.TimeoutExpired) as reason:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child.terminate()
+        try:
+            child.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if isinstance(reason, KeyboardInterrupt):
+            raise
+        return "timeout"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -177,6 +203,7 @@ def main(argv=None):
     directory = os.path.join(RESULTS, "quick") if options.quick else RESULTS
     os.makedirs(directory, exist_ok=True)
     wanted = set(options.only.split(",")) if options.only else None
+    signal.signal(signal.SIGTERM, _raise_on_term)
     statuses = {}
     started_all = time.time()
     if not options.render:
@@ -188,10 +215,7 @@ def main(argv=None):
                     "--output", os.path.join(directory, f"{name}.json")]
             print(f"=== {name}: {' '.join(argv[1:])}", flush=True)
             started = time.perf_counter()
-            try:
-                code = subprocess.run(argv, timeout=3600).returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+            code = run_child(argv, timeout=3600)
             seconds = time.perf_counter() - started
             statuses[name] = "ok" if code == 0 else f"exit {code}"
             print(f"=== {name}: {statuses[name]} in {seconds:.0f}s", flush=True)
