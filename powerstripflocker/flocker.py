@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 import treq
 from twisted.internet import error as neterror
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -230,6 +230,9 @@ class FlockerClient:
                 await deferLater(self._reactor, delay, lambda: None)
                 delay *= 4
             except Exception as reason:
+                if _cancelled(reason):
+                    # The caller's deadline cancelled us: let it see a cancellation.
+                    raise CancelledError() from None
                 raise ControlServiceUnreachable(self.base_url, _describe(reason)) from None
         try:
             decoded = json.loads(content) if content else None
@@ -329,6 +332,14 @@ class FlockerClient:
             _, body = await self._request("DELETE", f"/configuration/leases/{dataset_id}")
             return _lease(body)
         return self._deferred(call())
+
+
+def _cancelled(reason):
+    """Whether a failed request failed because it was cancelled (HTTP client failures
+    wrap their causes in .reasons)."""
+    if isinstance(reason, CancelledError):
+        return True
+    return any(wrapped.check(CancelledError) for wrapped in getattr(reason, "reasons", ()))
 
 
 def _describe(reason):

@@ -1,6 +1,7 @@
 """The real `powerstrip-flocker adapter` process, with its control service down."""
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -76,3 +77,28 @@ def test_bad_options_are_refused_before_starting(arguments, message):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_a_control_service_that_never_answers_fails_the_hook_at_its_deadline(tmp_path):
+    """The deadline, not the control service, is what the user hears about."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    port = free_port()
+    process = ManagedProcess.command(
+        ["adapter", "--control-url", f"http://127.0.0.1:{silent.getsockname()[1]}",
+         "--node-uuid", str(uuid.uuid4()), "--listen", f"tcp:{port}:interface=127.0.0.1",
+         "--timeout", "2", "--request-timeout", "30"],
+        tmp_path / "adapter.log",
+    ).start()
+    try:
+        process.wait_for_http(f"http://127.0.0.1:{port}/metrics")
+        hook = {"PowerstripProtocolVersion": 1, "Type": "pre-hook", "ClientRequest": {
+            "Method": "POST", "Request": "/v1.41/containers/create",
+            "Body": json.dumps({"HostConfig": {"Binds": ["/flocker/slow:/data"]}})}}
+        status, reply = post_json(f"http://127.0.0.1:{port}/flocker-adapter", hook)
+    finally:
+        process.stop()
+        silent.close()
+    assert status == 504, reply
+    assert "did not answer within the 2s deadline" in reply["message"]
