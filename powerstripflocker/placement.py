@@ -267,8 +267,14 @@ class Placement:
             self._metrics.failures.labels(kind=kind).inc()
 
     async def _place(self, name, node, deadline_at):
+        # State is read while configuration is, so a volume already here costs one round
+        # trip; the early read counts only if the dataset is neither created nor moved.
+        early_state = Deferred.fromCoroutine(
+            self._call(self._api.list_datasets_state(), name, deadline_at))
+        early_state.addErrback(lambda failure: None)
         dataset = await self._find_or_create(name, node, deadline_at, self._maximum_size)
         if dataset.primary != node.uuid:
+            early_state = None
             await self._refuse_if_leased_elsewhere(name, dataset.dataset_id, node, deadline_at)
             await self._call(
                 self._api.move_dataset(dataset.dataset_id, node.uuid), name, deadline_at
@@ -278,7 +284,8 @@ class Placement:
                      source=dataset.primary, target=node.uuid)
             if self._metrics is not None:
                 self._metrics.moves.inc()
-        path = await self._wait_until_local(name, dataset.dataset_id, node, deadline_at)
+        path = await self._wait_until_local(name, dataset.dataset_id, node, deadline_at,
+                                            early_state)
         return LocalVolume(dataset.dataset_id, path)
 
     async def _find_or_create(self, name, node, deadline_at, maximum_size):
@@ -391,10 +398,13 @@ class Placement:
                     f"it; run the container on one node at a time"
                 )
 
-    async def _wait_until_local(self, name, dataset_id, node, deadline_at):
+    async def _wait_until_local(self, name, dataset_id, node, deadline_at, early_state=None):
         delay = FIRST_POLL
         while True:
-            states = await self._call(self._api.list_datasets_state(), name, deadline_at)
+            states = await early_state if early_state is not None else None
+            early_state = None
+            if states is None:
+                states = await self._call(self._api.list_datasets_state(), name, deadline_at)
             entries = [entry for entry in states if entry.dataset_id == dataset_id]
             if len(entries) == 1 and entries[0].primary == node.uuid and entries[0].path:
                 return entries[0].path

@@ -1,5 +1,6 @@
 import uuid
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -59,6 +60,17 @@ class PlacementTests(SynchronousTestCase):
         self.assertEqual(paths, {"demo": f"/flocker/{existing.dataset_id}"})
         self.assertEqual(calls_named(self.api, "create_dataset"), [])
         self.assertEqual(calls_named(self.api, "move_dataset"), [])
+
+    def test_a_volume_already_here_costs_one_round_trip_to_the_control_service(self):
+        existing = self.dataset_on(self.here, "demo")
+        self.api.latency = 0.01
+        known = Deferred.fromCoroutine(self.placement.this_node())
+        self.clock.advance(0.01)
+        self.successResultOf(known)
+        result = self.placement.ensure_local(["demo"])
+        self.clock.advance(0.01)
+        self.assertEqual(self.successResultOf(result),
+                         {"demo": f"/flocker/{existing.dataset_id}"})
 
     def test_a_volume_elsewhere_is_moved_here(self):
         existing = self.dataset_on(self.there, "demo")
