@@ -10,7 +10,11 @@ def decide(node_uuid, view, local):
     Returns a list of actions, at most one per dataset, in dataset id order.
 
     Rules, per dataset:
-    - configured here, not deleted, not held here, never manifested anywhere -> Create.
+    - never manifested anywhere, not held anywhere: only the node it was created on
+      (its origin) creates it, even if it is already configured elsewhere (it then pushes
+      it there); the configured primary, if another node, waits for that push. Two
+      creates on two nodes would make two primaries. Without an origin (an older
+      control service) the configured primary creates it.
     - configured here, not held here but manifested (it lives or lived elsewhere) -> wait
       for its holder to push it; never create an empty copy.
     - held here as primary, configured on node N with a known agent_url, not leased to
@@ -45,12 +49,17 @@ def _decide_one(me, view, dataset_id, configured, held):
             return Cleanup(dataset_id)
         return Wait(dataset_id, "handed off; waiting for the new primary to report it")
     is_primary_here = held is not None and held.role == PRIMARY
+    never_made = held is None and not configured.manifested and not others
+    creator = configured.origin or configured.primary
+    if never_made and creator == me:
+        return Create(dataset_id, configured.maximum_size)
     if configured.primary == me:
         if is_primary_here:
             return None
-        if configured.manifested or others:
-            return Wait(dataset_id, "manifested elsewhere; waiting for its holder to push it")
-        return Create(dataset_id, configured.maximum_size)
+        if never_made:
+            return Wait(dataset_id, f"not created yet; waiting for {creator}, where it was "
+                                    "created, to make it and push it here")
+        return Wait(dataset_id, "manifested elsewhere; waiting for its holder to push it")
     if not is_primary_here:
         return None
     if leased_here:

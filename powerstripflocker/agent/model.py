@@ -27,6 +27,7 @@ class ConfiguredDataset:
     maximum_size: Optional[int] = None
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     manifested: bool = False
+    origin: Optional[str] = None  # the node it was created on; None from older services
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class ClusterView:
                 maximum_size=item.get("maximum_size"),
                 metadata=item.get("metadata") or {},
                 manifested=bool(item.get("manifested", False)),
+                origin=str(item["origin"]).lower() if item.get("origin") else None,
             )
         leases = {}
         for item in body.get("leases") or []:

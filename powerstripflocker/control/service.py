@@ -211,6 +211,7 @@ class ControlService:
             primary=primary.lower(),
             metadata=dict(metadata or {}),
             maximum_size=maximum_size,
+            origin=primary.lower(),
         )
         self.store.add_dataset(dataset)
         self.log.info(
@@ -378,6 +379,7 @@ class ControlService:
                     "deleted": d.deleted,
                     "maximum_size": d.maximum_size,
                     "manifested": d.manifested,
+                    "origin": d.origin,
                 }
                 for d in self.store.datasets()
             ],

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     metadata TEXT NOT NULL,
     maximum_size INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0,
-    manifested INTEGER NOT NULL DEFAULT 0
+    manifested INTEGER NOT NULL DEFAULT 0,
+    origin TEXT
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_uuid TEXT PRIMARY KEY,
@@ -41,6 +42,8 @@ class Dataset:
     maximum_size: int | None = None
     deleted: bool = False
     manifested: bool = False
+    # The primary the dataset was created with: the only node that may create it.
+    origin: str | None = None
 
     def to_configuration(self):
         """The Flocker v1 configuration object (maximum_size omitted when unset)."""
@@ -78,6 +81,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(datasets)")}
+        if "origin" not in columns:  # a database from before origins were recorded
+            self._db.execute("ALTER TABLE datasets ADD COLUMN origin TEXT")
         self._tag = None
 
     def close(self):
@@ -90,14 +96,15 @@ class Store:
 
     def datasets(self):
         rows = self._db.execute(
-            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested "
-            "FROM datasets ORDER BY seq"
+            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested, "
+            "origin FROM datasets ORDER BY seq"
         ).fetchall()
         return [_dataset(row) for row in rows]
 
     def get_dataset(self, dataset_id):
         row = self._db.execute(
-            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested "
+            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested, "
+            "origin "
             "FROM datasets WHERE dataset_id = ?", (dataset_id,)
         ).fetchone()
         return None if row is None else _dataset(row)
@@ -134,10 +141,10 @@ class Store:
     def add_dataset(self, dataset):
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO datasets (dataset_id, primary_node, metadata, maximum_size, deleted) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO datasets (dataset_id, primary_node, metadata, maximum_size, deleted, "
+                "origin) VALUES (?, ?, ?, ?, ?, ?)",
                 (dataset.dataset_id, dataset.primary, json.dumps(dataset.metadata),
-                 dataset.maximum_size, int(dataset.deleted)),
+                 dataset.maximum_size, int(dataset.deleted), dataset.origin),
             )
 
     def set_primary(self, dataset_id, primary):
@@ -229,7 +236,7 @@ class _Transaction:
 
 
 def _dataset(row):
-    dataset_id, primary, metadata, maximum_size, deleted, manifested = row
+    dataset_id, primary, metadata, maximum_size, deleted, manifested, origin = row
     return Dataset(
         dataset_id=dataset_id,
         primary=primary,
@@ -237,4 +244,5 @@ def _dataset(row):
         maximum_size=maximum_size,
         deleted=bool(deleted),
         manifested=bool(manifested),
+        origin=origin,
     )

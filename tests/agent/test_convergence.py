@@ -18,9 +18,10 @@ def view(datasets=(), leases=(), nodes=()):
                                   "leases": list(leases), "nodes": list(nodes)})
 
 
-def dataset(primary=ME, deleted=False, manifested=False, maximum_size=None, dataset_id=DS):
+def dataset(primary=ME, deleted=False, manifested=False, maximum_size=None, dataset_id=DS,
+            origin=None):
     return {"dataset_id": dataset_id, "primary": primary, "metadata": {}, "deleted": deleted,
-            "maximum_size": maximum_size, "manifested": manifested}
+            "maximum_size": maximum_size, "manifested": manifested, "origin": origin}
 
 
 def node(uuid, datasets=(), agent_url=OTHER_URL):
@@ -53,6 +54,20 @@ def test_manifested_dataset_not_held_here_is_never_created_empty():
 def test_dataset_reported_elsewhere_is_not_created_even_if_not_flagged_manifested():
     actions = decide(ME, view([dataset()], nodes=[node(OTHER, [DS])]), {})
     assert [type(a) for a in actions] == [Wait]
+
+
+def test_only_the_node_a_dataset_was_created_on_creates_it_even_once_moved_away():
+    # Created on ME, moved to OTHER before ME's agent made it: ME creates it (and then
+    # pushes it), OTHER waits, so there are never two primaries.
+    moved_at_once = view([dataset(primary=OTHER, origin=ME)])
+    assert decide(ME, moved_at_once, {}) == [Create(DS, None)]
+    [waiting] = decide(OTHER, moved_at_once, {})
+    assert isinstance(waiting, Wait) and ME in waiting.reason
+
+
+def test_without_an_origin_the_configured_primary_creates_it():
+    assert decide(ME, view([dataset(origin=None)]), {}) == [Create(DS, None)]
+    assert decide(OTHER, view([dataset(origin=None)]), {}) == []
 
 
 def test_dataset_configured_elsewhere_and_not_held_is_ignored():

@@ -197,7 +197,7 @@ class LongPollTests(TestCase):
             "datasets": [{
                 "dataset_id": dataset["dataset_id"], "primary": NODE1,
                 "metadata": {"name": "n"}, "deleted": False, "maximum_size": 67108864,
-                "manifested": True,
+                "manifested": True, "origin": NODE1,
             }],
             "leases": [{"dataset_id": dataset["dataset_id"], "node_uuid": NODE1,
                         "expires": 30.0}],
@@ -208,6 +208,14 @@ class LongPollTests(TestCase):
                 "transfers": [],
             }],
         })
+
+    async def test_the_origin_stays_the_node_a_dataset_was_created_on(self):
+        dataset = await self.h.create()
+        await self.h.request("POST", f"/v1/configuration/datasets/{dataset['dataset_id']}",
+                             {"primary": NODE2})
+        code, view = await Poll(self.h).result()
+        [configured] = view["datasets"]
+        self.assertEqual((configured["primary"], configured["origin"]), (NODE2, NODE1))
 
     async def test_other_generation_answers_at_once(self):
         generation = self.h.service.generation
