@@ -77,6 +77,19 @@ def print_rows(rows):
               f"  {r['target'] or '-':9} {met}")
 
 
+def report_median_ratio(name, figure, times, measured, baseline, target, runs, output=None):
+    """Print and write the median of times[measured] against times[baseline]."""
+    m, b = median(times[measured]), median(times[baseline])
+    ratio = m / b
+    rows = [row(figure, m * 1000, b * 1000, ratio, f"<= {target:g}", ratio <= target, "ms")]
+    print_rows(rows)
+    write_result(name, {
+        "benchmark": name, "runs": runs,
+        "figures": {label: {"median_ms": median(t) * 1000, "min_ms": min(t) * 1000,
+                            "max_ms": max(t) * 1000} for label, t in times.items()},
+        "rows": rows}, output)
+
+
 def cannot_run():
     reason = missing_requirements()
     if reason:

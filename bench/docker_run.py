@@ -13,12 +13,11 @@ Target: median ratio <= 1.3.
 """
 
 import argparse
-import os
 import sys
 import tempfile
 import time
 
-from common import median, cannot_run, print_rows, row, running_cluster, write_result
+from common import cannot_run, report_median_ratio, running_cluster
 
 TARGET = 1.3
 
@@ -58,16 +57,8 @@ def main(argv=None):
             items = list(commands.items())
             for label, command in (items if run % 2 == 0 else items[::-1]):
                 times[label].append(timed(command))
-    f, b = median(times["flocker"]), median(times["baseline"])
-    ratio = f / b
-    rows = [row("docker run, local /flocker volume (median)", f * 1000, b * 1000, ratio,
-                f"<= {TARGET:g}", ratio <= TARGET, "ms")]
-    print_rows(rows)
-    write_result("docker_run", {
-        "benchmark": "docker_run", "runs": options.runs,
-        "figures": {label: {"median_ms": median(t) * 1000, "min_ms": min(t) * 1000,
-                            "max_ms": max(t) * 1000} for label, t in times.items()},
-        "rows": rows}, options.output)
+    report_median_ratio("docker_run", "docker run, local /flocker volume (median)", times,
+                        "flocker", "baseline", TARGET, options.runs, options.output)
     return 0
 
 

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from common import median, cannot_run, print_rows, row, running_cluster, write_result
+from common import cannot_run, report_median_ratio, running_cluster
 
 TARGET = 4.0
 CONTENT = "x" * 4096
@@ -73,16 +73,8 @@ def main(argv=None):
                 times[label].append(timed(command, CONTENT))
         node2 = cluster.node_uuid("node2")
         assert all(cluster.datasets_named(name)[0]["primary"] == node2 for name in names)
-    m, b = median(times["move"]), median(times["baseline"])
-    ratio = m / b
-    rows = [row("docker run moving a small volume (median)", m * 1000, b * 1000, ratio,
-                f"<= {TARGET:g}", ratio <= TARGET, "ms")]
-    print_rows(rows)
-    write_result("move_small", {
-        "benchmark": "move_small", "runs": options.runs,
-        "figures": {label: {"median_ms": median(t) * 1000, "min_ms": min(t) * 1000,
-                            "max_ms": max(t) * 1000} for label, t in times.items()},
-        "rows": rows}, options.output)
+    report_median_ratio("move_small", "docker run moving a small volume (median)", times,
+                        "move", "baseline", TARGET, options.runs, options.output)
     return 0
 
 
