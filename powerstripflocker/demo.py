@@ -72,7 +72,9 @@ def run(options):
                      f" logs are in {layout.log_dir}")
                 return 1
     except ClusterError as error:
-        _say(f"the demo cluster could not start: {error}")
+        cluster.stop(remove_state=False)
+        _say(f"the demo cluster could not start: {error}\nEverything it started is stopped; "
+             f"its logs are in {layout.log_dir} ('demo down' removes them)")
         return 1
     _say("\nThe cluster is up. Use a node's docker from this shell:")
     for node in layout.nodes:
