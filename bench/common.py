@@ -77,6 +77,16 @@ def print_rows(rows):
               f"  {r['target'] or '-':9} {met}")
 
 
+def timed_docker_run(run, expect=None):
+    """Seconds that run() (a docker CLI call) took; it must succeed (and print expect)."""
+    start = time.perf_counter()
+    result = run()
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0 or (expect is not None and result.stdout != expect):
+        raise RuntimeError(f"docker run failed ({result.returncode}): {result.stderr.strip()}")
+    return elapsed
+
+
 def report_median_ratio(name, figure, times, measured, baseline, target, runs, output=None):
     """Print and write the median of times[measured] against times[baseline]."""
     m, b = median(times[measured]), median(times[baseline])

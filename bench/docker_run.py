@@ -15,20 +15,10 @@ Target: median ratio <= 1.3.
 import argparse
 import sys
 import tempfile
-import time
 
-from common import cannot_run, report_median_ratio, running_cluster
+from common import cannot_run, report_median_ratio, running_cluster, timed_docker_run
 
 TARGET = 1.3
-
-
-def timed(run):
-    start = time.perf_counter()
-    result = run()
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"docker run failed: {result.stderr.strip()}")
-    return elapsed
 
 
 def main(argv=None):
@@ -47,8 +37,8 @@ def main(argv=None):
                                                f"{local_dir}:/data", "busybox", "true"),
         }
         for command in commands.values():  # creates the volume; warms both paths
-            timed(command)
-            timed(command)
+            timed_docker_run(command)
+            timed_docker_run(command)
         [dataset] = cluster.datasets_named("runlocal")
         assert dataset["primary"] == cluster.node_uuid("node1")
         print(f"{options.runs} docker runs each, interleaved ...", flush=True)
@@ -56,7 +46,7 @@ def main(argv=None):
         for run in range(options.runs):
             items = list(commands.items())
             for label, command in (items if run % 2 == 0 else items[::-1]):
-                times[label].append(timed(command))
+                times[label].append(timed_docker_run(command))
     report_median_ratio("docker_run", "docker run, local /flocker volume (median)", times,
                         "flocker", "baseline", TARGET, options.runs, options.output)
     return 0

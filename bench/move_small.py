@@ -18,21 +18,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
-from common import cannot_run, report_median_ratio, running_cluster
+from common import cannot_run, report_median_ratio, running_cluster, timed_docker_run
 
 TARGET = 4.0
 CONTENT = "x" * 4096
-
-
-def timed(run, expect):
-    start = time.perf_counter()
-    result = run()
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0 or result.stdout != expect:
-        raise RuntimeError(f"docker run failed ({result.returncode}): {result.stderr.strip()}")
-    return elapsed
 
 
 def main(argv=None):
@@ -62,15 +52,15 @@ def main(argv=None):
             return cluster.direct("node2", "run", "--rm", "-v", f"{local_dir}:/data",
                                   "busybox", "cat", "/data/f")
 
-        timed(move(names[0]), CONTENT)  # warm-up of both paths
-        timed(baseline, CONTENT)
+        timed_docker_run(move(names[0]), CONTENT)  # warm-up of both paths
+        timed_docker_run(baseline, CONTENT)
         print(f"{options.runs} moves vs {options.runs} local runs, interleaved ...",
               flush=True)
         times = {"move": [], "baseline": []}
         for run, name in enumerate(names[1:]):
             items = [("move", move(name)), ("baseline", baseline)]
             for label, command in (items if run % 2 == 0 else items[::-1]):
-                times[label].append(timed(command, CONTENT))
+                times[label].append(timed_docker_run(command, CONTENT))
         node2 = cluster.node_uuid("node2")
         assert all(cluster.datasets_named(name)[0]["primary"] == node2 for name in names)
     report_median_ratio("move_small", "docker run moving a small volume (median)", times,

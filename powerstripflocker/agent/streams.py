@@ -218,7 +218,24 @@ class _NetworkPauser:
         self.transport.resumeProducing()
 
 
-class ProcessSink:
+class _BodySink:
+    """The file methods twisted.web calls on Request.content besides write(); a sink
+    keeps nothing to read back, and counts what it was given in self.bytes."""
+
+    def seek(self, *args):
+        return 0
+
+    def tell(self):
+        return self.bytes
+
+    def read(self, *args):
+        return b""
+
+    def close(self):
+        pass
+
+
+class ProcessSink(_BodySink):
     """File-like sink for an HTTP request body: bytes go to argv's stdin as they arrive.
 
     Used as twisted.web Request.content. `finished` fires with the exit status 0 or fails
@@ -279,18 +296,6 @@ class ProcessSink:
                 if self.on_fault_pause is not None:
                     self.on_fault_pause(self)
 
-    def seek(self, *args):
-        return 0
-
-    def tell(self):
-        return self.bytes
-
-    def read(self, *args):
-        return b""
-
-    def close(self):
-        pass
-
     def release(self):
         """Undo a fault-injection pause (the pause never comes back for this push)."""
         self.pause_after_bytes = None
@@ -317,7 +322,7 @@ class ProcessSink:
             pass
 
 
-class DiscardSink:
+class DiscardSink(_BodySink):
     """A body we refused: read and drop it (counted); past `limit` bytes call on_exceeded
     (the server drops the connection rather than read an endless refused body)."""
 
@@ -332,14 +337,3 @@ class DiscardSink:
             on_exceeded, self.on_exceeded = self.on_exceeded, None
             on_exceeded()
 
-    def seek(self, *args):
-        return 0
-
-    def tell(self):
-        return self.bytes
-
-    def read(self, *args):
-        return b""
-
-    def close(self):
-        pass

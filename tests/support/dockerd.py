@@ -19,22 +19,11 @@ import subprocess
 import tempfile
 import time
 
-from powerstripflocker.localcluster import import_busybox_image, unmount_under
+from powerstripflocker.localcluster import (  # noqa: F401 - missing_requirements is re-exported
+    import_busybox_image, missing_requirements, unmount_under,
+)
 
-BUSYBOX = "/bin/busybox"
 IMAGE = "busybox:latest"
-
-
-def missing_requirements():
-    """Why an end-to-end test cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root to run dockerd"
-    for tool in ("dockerd", "docker", "containerd", "runc"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    if not os.access(BUSYBOX, os.X_OK):
-        return f"{BUSYBOX} (Debian's busybox-static) is not installed"
-    return None
 
 
 class DockerDaemon:
