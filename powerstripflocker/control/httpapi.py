@@ -22,7 +22,7 @@ from werkzeug.routing import RequestRedirect
 from .. import __version__
 from .metrics import ControlMetrics
 from .schema import UUID4_PATTERN, schema_errors
-from .service import APIError
+from .service import DEFAULT_CLAIM_SECONDS, APIError
 
 MAX_BODY = 1024 * 1024
 DEFAULT_POLL_TIMEOUT = 30.0
@@ -206,8 +206,9 @@ class ControlAPI:
     @app.route("/v1/configuration/datasets", methods=["GET"])
     @endpoint
     def list_datasets(self, request):
-        datasets = [d.to_configuration() for d in self.service.datasets()]
-        return 200, datasets, self._tag_headers()
+        name = _query_text(request, b"name")
+        found = self.service.datasets() if name is None else self.service.datasets_named(name)
+        return 200, [d.to_configuration() for d in found], self._tag_headers()
 
     @app.route("/v1/configuration/datasets", methods=["POST"])
     @endpoint
@@ -242,7 +243,11 @@ class ControlAPI:
     @app.route("/v1/state/datasets", methods=["GET"])
     @endpoint
     def state_datasets(self, request):
-        return 200, self.service.state_datasets()
+        entries = self.service.state_datasets()
+        dataset_id = _query_text(request, b"dataset_id")
+        if dataset_id is not None:
+            entries = [e for e in entries if e["dataset_id"] == dataset_id.lower()]
+        return 200, entries
 
     @app.route("/v1/state/nodes", methods=["GET"])
     @endpoint
@@ -272,6 +277,20 @@ class ControlAPI:
     def release_lease(self, request, dataset_id):
         lease = self.service.release_lease(dataset_id)
         return 200, lease.to_json(self.service.clock.seconds()), self._tag_headers()
+
+    # -- claims (beyond Flocker) --------------------------------------------
+
+    @app.route("/v1/configuration/claims", methods=["POST"])
+    @endpoint
+    def claim(self, request):
+        body = read_json(request, "claim")
+        code, answer = self.service.claim(
+            body["name"], body["node_uuid"],
+            expires=body.get("expires", DEFAULT_CLAIM_SECONDS),
+            maximum_size=body.get("maximum_size"),
+            create=body.get("create", True),
+        )
+        return code, answer, self._tag_headers()
 
     # -- agent protocol ----------------------------------------------------
 
@@ -310,6 +329,17 @@ class ControlAPI:
         timeout = min(timeout, MAX_POLL_TIMEOUT)
         await self.service.wait_for_change(generation, timeout)
         return 200, self.service.cluster_view()
+
+
+def _query_text(request, name):
+    """The first value of query parameter name as text, or None when absent."""
+    values = request.args.get(name)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, f"{name.decode()} must be UTF-8 text.")
 
 
 def _query_number(request, name, kind, default):

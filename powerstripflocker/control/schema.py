@@ -67,6 +67,27 @@ LEASE = {
     "additionalProperties": False,
 }
 
+# Volume names as the frontends accept them (powerstripflocker.volumes.validate_name).
+VOLUME_NAME = {
+    "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+}
+
+# Beyond Flocker: POST /v1/configuration/claims.
+CLAIM = {
+    "type": "object",
+    "properties": {
+        "name": VOLUME_NAME,
+        "node_uuid": UUID4,
+        # A claim always lapses by itself: no null, no zero, at most a year.
+        "expires": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                    "maximum": 365 * 24 * 3600},
+        "maximum_size": MAXIMUM_SIZE,
+        "create": {"type": "boolean"},
+    },
+    "required": ["name", "node_uuid"],
+    "additionalProperties": False,
+}
+
 NODE_REPORT = {
     "type": "object",
     "properties": {
@@ -99,6 +120,9 @@ NODE_REPORT = {
                     "peer": UUID4,
                     "bytes_done": {"type": "integer", "minimum": 0},
                     "bytes_total": {"type": ["integer", "null"], "minimum": 0},
+                    "attempts": {"type": "integer", "minimum": 0},
+                    "error": {"type": "string", "maxLength": 1024},
+                    "stalled": {"type": "boolean"},
                 },
                 "required": ["dataset_id", "direction", "peer", "bytes_done"],
                 "additionalProperties": False,
@@ -119,6 +143,7 @@ VALIDATORS = {
     "dataset_create": _validator(DATASET_CREATE),
     "dataset_update": _validator(DATASET_UPDATE),
     "lease": _validator(LEASE),
+    "claim": _validator(CLAIM),
     "node_report": _validator(NODE_REPORT),
 }
 

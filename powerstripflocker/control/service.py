@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from .store import Dataset, Lease
 
 DEFAULT_STATE_EXPIRY = 120.0
+# What a sender or receiver may add to a transfer it reports, kept as reported.
+TRANSFER_OUTCOME_FIELDS = ("attempts", "error", "stalled")
 SWEEP_INTERVAL = 1.0
 
 
@@ -36,11 +38,23 @@ class APIError(Exception):
         return result
 
 
+DEFAULT_CLAIM_SECONDS = 30.0
+
 DATASET_NOT_FOUND = "Dataset not found."
 DATASET_DELETED = "The dataset has been deleted."
 DATASET_ID_IN_USE = "The provided dataset_id is already in use."
-LEASE_HELD = "Lease already held."
 LEASE_NOT_FOUND = "Lease not found."
+
+
+class HeldElsewhere(APIError):
+    """409: another node holds the lease; the body names it and what uses the dataset."""
+
+    def __init__(self, description, holder):
+        super().__init__(409, description)
+        self.holder = holder
+
+    def body(self):
+        return dict(super().body(), holder=dict(self.holder))
 
 
 def normalise_uuid(text):
@@ -203,6 +217,12 @@ class ControlService:
         return self.store.datasets()
 
     def create_dataset(self, primary, dataset_id=None, metadata=None, maximum_size=None):
+        with self.store.transaction():
+            dataset = self._create(primary, dataset_id, metadata, maximum_size)
+        self.changed()
+        return dataset
+
+    def _create(self, primary, dataset_id, metadata, maximum_size):
         dataset_id = (dataset_id or str(uuid.uuid4())).lower()
         if self.store.get_dataset(dataset_id) is not None:
             raise APIError(409, DATASET_ID_IN_USE)
@@ -220,7 +240,6 @@ class ControlService:
             dataset_id=dataset_id, primary=dataset.primary, metadata=dataset.metadata,
             maximum_size=maximum_size,
         )
-        self.changed()
         return dataset
 
     def _existing(self, dataset_id):
@@ -230,30 +249,53 @@ class ControlService:
             raise APIError(404, DATASET_NOT_FOUND)
         return dataset
 
+    def datasets_named(self, name):
+        """Every dataset named name, deleted ones too, in creation order."""
+        return self.store.datasets_named(name)
+
     def update_dataset(self, dataset_id, primary=None):
-        dataset = self._existing(dataset_id)
-        if dataset.deleted:
-            raise APIError(405, DATASET_DELETED)
-        if primary is not None and primary.lower() != dataset.primary:
+        """Move the dataset; refused (409) while another node than the new primary
+        holds its lease, decided in one transaction with the move."""
+        with self.store.transaction():
+            dataset = self._existing(dataset_id)
+            if dataset.deleted:
+                raise APIError(405, DATASET_DELETED)
+            if primary is None or primary.lower() == dataset.primary:
+                return dataset
             primary = primary.lower()
-            self.store.set_primary(dataset.dataset_id, primary)
-            self.log.info(
-                "dataset {dataset_id} moved from {source} to {target}",
-                dataset_id=dataset.dataset_id, source=dataset.primary, target=primary,
-            )
-            self.changed()
-        return self.store.get_dataset(dataset.dataset_id)
+            lease = self._live_lease(dataset.dataset_id)
+            if lease is not None and lease.node_uuid != primary:
+                raise self._held_elsewhere(f"dataset {dataset.dataset_id}", lease)
+            self._move(dataset, primary)
+            moved = self.store.get_dataset(dataset.dataset_id)
+        self.changed()
+        return moved
+
+    def _move(self, dataset, primary):
+        self.store.set_primary(dataset.dataset_id, primary)
+        self.log.info(
+            "dataset {dataset_id} moved from {source} to {target} (generation {generation})",
+            dataset_id=dataset.dataset_id, source=dataset.primary, target=primary,
+            generation=dataset.generation + 1,
+        )
 
     def delete_dataset(self, dataset_id):
-        dataset = self._existing(dataset_id)
-        if not dataset.deleted:
+        """Mark the dataset deleted; refused (409) while any node holds its lease."""
+        with self.store.transaction():
+            dataset = self._existing(dataset_id)
+            if dataset.deleted:
+                return dataset
+            lease = self._live_lease(dataset.dataset_id)
+            if lease is not None:
+                raise self._held_elsewhere(f"dataset {dataset.dataset_id}", lease)
             self.store.mark_deleted(dataset.dataset_id)
-            self.log.info(
-                "dataset {dataset_id} deleted (primary {primary})",
-                dataset_id=dataset.dataset_id, primary=dataset.primary,
-            )
-            self.changed()
-        return self.store.get_dataset(dataset.dataset_id)
+            deleted = self.store.get_dataset(dataset.dataset_id)
+        self.log.info(
+            "dataset {dataset_id} deleted (primary {primary})",
+            dataset_id=dataset.dataset_id, primary=dataset.primary,
+        )
+        self.changed()
+        return deleted
 
     # -- leases -----------------------------------------------------------
 
@@ -261,11 +303,26 @@ class ControlService:
         return self.store.leases()
 
     def acquire_lease(self, dataset_id, node_uuid, expires):
-        """(created, lease): created is False for a renewal by the same node."""
+        """(created, lease): created is False for a renewal by the same node.
+
+        Refused (409) when another node holds the lease, or when the dataset is
+        configured and its primary is not node_uuid; decided in one transaction."""
         dataset_id, node_uuid = dataset_id.lower(), node_uuid.lower()
-        existing = self.store.get_lease(dataset_id)
-        if existing is not None and existing.node_uuid != node_uuid:
-            raise APIError(409, LEASE_HELD)
+        with self.store.transaction():
+            existing = self._live_lease(dataset_id)
+            if existing is not None and existing.node_uuid != node_uuid:
+                raise self._held_elsewhere(f"dataset {dataset_id}", existing)
+            dataset = self.store.get_dataset(dataset_id)
+            if dataset is not None and dataset.primary != node_uuid:
+                raise APIError(409, (
+                    f"dataset {dataset_id}'s primary is node {self._named_node(dataset.primary)}"
+                    f", not {node_uuid}"
+                ))
+            lease = self._grant(dataset_id, node_uuid, expires, existing)
+        self.changed()
+        return existing is None, lease
+
+    def _grant(self, dataset_id, node_uuid, expires, existing):
         expiration = None if expires is None else self.clock.seconds() + expires
         lease = Lease(dataset_id, node_uuid, expiration)
         self.store.put_lease(lease)
@@ -274,8 +331,152 @@ class ControlService:
             dataset_id=dataset_id, node_uuid=node_uuid, expires=expires,
             action="acquired" if existing is None else "renewed",
         )
-        self.changed()
-        return existing is None, lease
+        return lease
+
+    def _live_lease(self, dataset_id):
+        """The dataset's lease unless it has expired (the sweep may not have run yet)."""
+        lease = self.store.get_lease(dataset_id)
+        if lease is not None and lease.expiration is not None and (
+                lease.expiration <= self.clock.seconds()):
+            return None
+        return lease
+
+    def _named_node(self, node_uuid):
+        """'U (HOST)', or just 'U' for a node that has never reported."""
+        report = self.nodes.get(node_uuid)
+        return f"{node_uuid} ({report.host})" if report is not None else node_uuid
+
+    def holder(self, lease):
+        """{"node_uuid", "host", "users"} of a lease's node, from its latest report."""
+        report = self.nodes.get(lease.node_uuid)
+        users = []
+        if report is not None:
+            for entry in report.datasets:
+                if entry["dataset_id"] == lease.dataset_id:
+                    users = list(entry.get("users", []))
+        return {
+            "node_uuid": lease.node_uuid,
+            "host": None if report is None else report.host,
+            "users": users,
+        }
+
+    def _held_elsewhere(self, what, lease, name=None):
+        holder = self.holder(lease)
+        where = holder["host"] or "a node that is not reporting"
+        if holder["users"]:
+            using = ", ".join(f"container {user}" for user in holder["users"])
+            description = (
+                f"{what} is in use on {where} (node {lease.node_uuid}, {using}); "
+                f"stop it there first"
+            )
+        else:
+            release = name or lease.dataset_id
+            description = (
+                f"{what} is in use on {where} (node {lease.node_uuid} holds the lease on "
+                f"dataset {lease.dataset_id}); stop its containers there first, or run "
+                f"'powerstrip-flocker release {release}' if that node is gone"
+            )
+        return HeldElsewhere(description, holder)
+
+    # -- claims -------------------------------------------------------------
+
+    def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS, maximum_size=None,
+              create=True):
+        """(code, answer) for POST /v1/configuration/claims, decided in one transaction:
+        create the name here, move it here, or lease it to node_uuid once it is here."""
+        node_uuid = node_uuid.lower()
+        changed = False
+        with self.store.transaction():
+            candidates = [d for d in self.store.datasets_named(name) if not d.deleted]
+            if not candidates:
+                if not create:
+                    raise APIError(404, f"No dataset is named {name!r}.")
+                dataset = self._create(node_uuid, None, {"name": name}, maximum_size)
+                answer = {"status": "creating", "dataset_id": dataset.dataset_id,
+                          "generation": dataset.generation}
+                code, changed = 202, True
+            else:
+                dataset = min(candidates, key=lambda d: d.dataset_id)
+                lease = self._live_lease(dataset.dataset_id)
+                if lease is not None and lease.node_uuid != node_uuid:
+                    raise self._held_elsewhere(f"volume {name!r}", lease, name)
+                if dataset.primary != node_uuid:
+                    source = dataset.primary
+                    self._move(dataset, node_uuid)
+                    dataset = self.store.get_dataset(dataset.dataset_id)
+                    changed = True
+                    code, answer = 202, self._pending(dataset, source)
+                else:
+                    path = self._reported_path(dataset.dataset_id, node_uuid)
+                    if path is None:
+                        code, answer = 202, self._pending(dataset, self._source_of(dataset))
+                    else:
+                        lease = self._grant(dataset.dataset_id, node_uuid, expires, lease)
+                        changed = True
+                        code, answer = 200, {
+                            "status": "ready", "dataset_id": dataset.dataset_id,
+                            "generation": dataset.generation, "path": path,
+                            "lease": lease.to_json(self.clock.seconds()),
+                        }
+        if changed:
+            self.changed()
+        return code, answer
+
+    def _reported_path(self, dataset_id, node_uuid):
+        """The path node_uuid's fresh report gives the dataset, or None."""
+        report = self.nodes.get(node_uuid)
+        if report is None or self.clock.seconds() - report.received > self.state_expiry:
+            return None
+        for entry in report.datasets:
+            if entry["dataset_id"] == dataset_id and entry["path"]:
+                return entry["path"]
+        return None
+
+    def _source_of(self, dataset):
+        """A node other than the primary whose fresh report holds the dataset, or None."""
+        for report in self.fresh_nodes():
+            if report.uuid != dataset.primary and any(
+                    entry["dataset_id"] == dataset.dataset_id for entry in report.datasets):
+                return report.uuid
+        return None
+
+    def _pending(self, dataset, source):
+        """The 202 answer while the dataset is not yet usable on its primary."""
+        if source is None and not dataset.manifested:
+            return {"status": "creating", "dataset_id": dataset.dataset_id,
+                    "generation": dataset.generation}
+        answer = {
+            "status": "moving", "dataset_id": dataset.dataset_id,
+            "generation": dataset.generation,
+            "progress": {"bytes_done": 0, "bytes_total": None},
+        }
+        if source is not None:
+            report = self.nodes.get(source)
+            answer["from"] = {"node_uuid": source,
+                              "host": None if report is None else report.host}
+        push, receive = self._transfer_towards(dataset)
+        progress = push or receive
+        if progress is not None:
+            answer["progress"] = {"bytes_done": progress["bytes_done"],
+                                  "bytes_total": progress.get("bytes_total")}
+        if push is not None and push.get("stalled"):
+            answer["stalled"] = True
+            answer["error"] = push.get("error") or "the sender gave up without a reason"
+        return answer
+
+    def _transfer_towards(self, dataset):
+        """(push entry of a sender, receive entry of the primary) for the dataset's
+        transfer to its primary, each None when not reported."""
+        push = receive = None
+        for report in self.fresh_nodes():
+            for transfer in report.transfers:
+                if transfer["dataset_id"] != dataset.dataset_id:
+                    continue
+                if transfer["direction"] == "push" and transfer["peer"] == dataset.primary:
+                    push = transfer
+                elif transfer["direction"] == "receive" and report.uuid == dataset.primary:
+                    receive = transfer
+        return push, receive
 
     def release_lease(self, dataset_id):
         normalised = normalise_uuid(dataset_id)
@@ -304,13 +505,13 @@ class ControlService:
             for d in datasets
         ]
         transfers = [
-            {
+            dict({
                 "dataset_id": t["dataset_id"].lower(),
                 "direction": t["direction"],
                 "peer": t["peer"].lower(),
                 "bytes_done": t["bytes_done"],
                 "bytes_total": t.get("bytes_total"),
-            }
+            }, **{key: t[key] for key in TRANSFER_OUTCOME_FIELDS if key in t})
             for t in transfers
         ]
         new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now)
@@ -380,6 +581,7 @@ class ControlService:
                     "maximum_size": d.maximum_size,
                     "manifested": d.manifested,
                     "origin": d.origin,
+                    "generation": d.generation,
                 }
                 for d in self.store.datasets()
             ],

@@ -1,7 +1,9 @@
 """SQLite persistence of the cluster configuration: datasets and leases.
 
 One small transaction per change, WAL journal, synchronous calls (local disk,
-a handful of rows): fast enough to run on the reactor thread.
+a handful of rows): fast enough to run on the reactor thread. A decision that
+reads and then writes (a claim, a lease, a move) runs inside one
+``with store.transaction():``; the changes it makes join that transaction.
 """
 
 import hashlib
@@ -19,7 +21,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     maximum_size INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0,
     manifested INTEGER NOT NULL DEFAULT 0,
-    origin TEXT
+    origin TEXT,
+    generation INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_uuid TEXT PRIMARY KEY,
@@ -44,6 +47,12 @@ class Dataset:
     manifested: bool = False
     # The primary the dataset was created with: the only node that may create it.
     origin: str | None = None
+    # 1 at creation, +1 on every change of primary: agents retire older copies.
+    generation: int = 1
+
+    @property
+    def name(self):
+        return self.metadata.get("name")
 
     def to_configuration(self):
         """The Flocker v1 configuration object (maximum_size omitted when unset)."""
@@ -84,10 +93,22 @@ class Store:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(datasets)")}
         if "origin" not in columns:  # a database from before origins were recorded
             self._db.execute("ALTER TABLE datasets ADD COLUMN origin TEXT")
+        if "generation" not in columns:  # a database from before generations
+            self._db.execute(
+                "ALTER TABLE datasets ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+        # Claims and ?name= look datasets up by name: keep that lookup off a full scan.
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS datasets_by_name "
+            "ON datasets (json_extract(metadata, '$.name'))")
         self._tag = None
+        self._depth = 0
 
     def close(self):
         self._db.close()
+
+    def transaction(self):
+        """A context manager: everything done inside commits together or not at all."""
+        return _Transaction(self, tag_changes=True)
 
     def _transaction(self, tag_changes=True):
         return _Transaction(self, tag_changes)
@@ -96,16 +117,21 @@ class Store:
 
     def datasets(self):
         rows = self._db.execute(
-            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested, "
-            "origin FROM datasets ORDER BY seq"
+            f"SELECT {DATASET_COLUMNS} FROM datasets ORDER BY seq"
+        ).fetchall()
+        return [_dataset(row) for row in rows]
+
+    def datasets_named(self, name):
+        """Every dataset (deleted ones too) whose metadata name is name, oldest first."""
+        rows = self._db.execute(
+            f"SELECT {DATASET_COLUMNS} FROM datasets "
+            "WHERE json_extract(metadata, '$.name') = ? ORDER BY seq", (name,)
         ).fetchall()
         return [_dataset(row) for row in rows]
 
     def get_dataset(self, dataset_id):
         row = self._db.execute(
-            "SELECT dataset_id, primary_node, metadata, maximum_size, deleted, manifested, "
-            "origin "
-            "FROM datasets WHERE dataset_id = ?", (dataset_id,)
+            f"SELECT {DATASET_COLUMNS} FROM datasets WHERE dataset_id = ?", (dataset_id,)
         ).fetchone()
         return None if row is None else _dataset(row)
 
@@ -148,9 +174,11 @@ class Store:
             )
 
     def set_primary(self, dataset_id, primary):
+        """Change the primary and raise the generation (a no-op for the same primary)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE datasets SET primary_node = ? WHERE dataset_id = ?", (primary, dataset_id)
+                "UPDATE datasets SET primary_node = ?, generation = generation + 1 "
+                "WHERE dataset_id = ? AND primary_node != ?", (primary, dataset_id, primary)
             )
 
     def mark_deleted(self, dataset_id):
@@ -222,21 +250,30 @@ class _Transaction:
         self.tag_changes = tag_changes
 
     def __enter__(self):
-        self.store._db.execute("BEGIN IMMEDIATE")
+        if self.store._depth == 0:
+            self.store._db.execute("BEGIN IMMEDIATE")
+        self.store._depth += 1
         return self.store._db
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.store._db.execute("COMMIT")
-        else:
-            self.store._db.execute("ROLLBACK")
+        self.store._depth -= 1
+        if self.store._depth == 0:
+            if exc_type is None:
+                self.store._db.execute("COMMIT")
+            else:
+                self.store._db.execute("ROLLBACK")
         if self.tag_changes:
             self.store._tag = None
         return False
 
 
+DATASET_COLUMNS = (
+    "dataset_id, primary_node, metadata, maximum_size, deleted, manifested, origin, generation"
+)
+
+
 def _dataset(row):
-    dataset_id, primary, metadata, maximum_size, deleted, manifested, origin = row
+    dataset_id, primary, metadata, maximum_size, deleted, manifested, origin, generation = row
     return Dataset(
         dataset_id=dataset_id,
         primary=primary,
@@ -245,4 +282,5 @@ def _dataset(row):
         deleted=bool(deleted),
         manifested=bool(manifested),
         origin=origin,
+        generation=generation,
     )

@@ -197,7 +197,7 @@ class LongPollTests(TestCase):
             "datasets": [{
                 "dataset_id": dataset["dataset_id"], "primary": NODE1,
                 "metadata": {"name": "n"}, "deleted": False, "maximum_size": 67108864,
-                "manifested": True, "origin": NODE1,
+                "manifested": True, "origin": NODE1, "generation": 1,
             }],
             "leases": [{"dataset_id": dataset["dataset_id"], "node_uuid": NODE1,
                         "expires": 30.0}],
@@ -240,7 +240,6 @@ class LongPollTests(TestCase):
             lambda: self.h.request("POST", "/v1/configuration/leases", {
                 "dataset_id": dataset["dataset_id"], "node_uuid": NODE2, "expires": 1}),
             lambda: self.h.report(NODE2, []),
-            lambda: self.h.request("DELETE", f"{DATASETS}/{dataset['dataset_id']}"),
         ]
         for change in changes:
             poll = Poll(self.h, f"?generation={self.h.service.generation}")
@@ -249,6 +248,10 @@ class LongPollTests(TestCase):
             poll.assert_answered()
         poll = Poll(self.h, f"?generation={self.h.service.generation}")
         self.h.clock.advance(1)  # the lease expires on the sweep
+        poll.assert_answered()
+        # Only now may the dataset be deleted: a lease refuses a delete.
+        poll = Poll(self.h, f"?generation={self.h.service.generation}")
+        await self.h.request("DELETE", f"{DATASETS}/{dataset['dataset_id']}")
         poll.assert_answered()
 
     async def test_times_out_with_the_unchanged_view(self):

@@ -94,7 +94,7 @@ def test_configuration_and_leases_survive_a_restart(control):
     service.request("POST", "/v1/configuration/leases",
                     {"dataset_id": kept["dataset_id"], "node_uuid": NODE2, "expires": None})
     service.request("POST", "/v1/configuration/leases",
-                    {"dataset_id": gone["dataset_id"], "node_uuid": NODE1, "expires": 600})
+                    {"dataset_id": gone["dataset_id"], "node_uuid": NODE2, "expires": 600})
     _, before, headers = service.request("GET", "/v1/configuration/datasets")
     _, leases_before, _ = service.request("GET", "/v1/configuration/leases")
     service.stop()

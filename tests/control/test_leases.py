@@ -5,6 +5,7 @@ from twisted.trial.unittest import TestCase
 from .helpers import NODE1, NODE2, harness, new_id
 
 LEASES = "/v1/configuration/leases"
+DATASETS = "/v1/configuration/datasets"
 
 
 class LeaseTests(TestCase):
@@ -24,8 +25,14 @@ class LeaseTests(TestCase):
         response, body = await self.acquire(dataset_id.upper(), NODE1, None)
         self.assertEqual(response.code, 200)
         self.assertEqual(body["expires"], None)
+        await self.h.report(NODE1, [{"dataset_id": dataset_id, "path": "/a",
+                                     "users": ["web"]}], host="10.0.0.1")
         response, body = await self.acquire(dataset_id, NODE2, None)
-        self.assertEqual((response.code, body), (409, {"description": "Lease already held."}))
+        self.assertEqual((response.code, body), (409, {
+            "description": f"dataset {dataset_id} is in use on 10.0.0.1 (node {NODE1}, "
+                           f"container web); stop it there first",
+            "holder": {"node_uuid": NODE1, "host": "10.0.0.1", "users": ["web"]},
+        }))
 
     async def test_lease_needs_no_dataset_or_node(self):
         response, _ = await self.acquire(new_id(), new_id(), 1)
@@ -91,11 +98,76 @@ class LeaseTests(TestCase):
         response, body = await self.h.request("GET", LEASES)
         self.assertEqual([l["dataset_id"] for l in body], [forever])
 
-    async def test_a_move_of_a_leased_dataset_is_accepted(self):
-        """Flocker semantics: the API accepts, agents wait for the lease to go."""
+    async def test_a_lease_is_refused_to_a_node_that_is_not_the_primary(self):
+        dataset = await self.h.create(primary=NODE1)
+        await self.h.report(NODE1, [], host="10.0.0.1")
+        before = self.h.snapshot()
+        response, body = await self.acquire(dataset["dataset_id"], NODE2, 30)
+        self.assertEqual((response.code, body), (409, {
+            "description": f"dataset {dataset['dataset_id']}'s primary is node "
+                           f"{NODE1} (10.0.0.1), not {NODE2}"}))
+        self.assertEqual(self.h.snapshot(), before)
+        response, _ = await self.acquire(dataset["dataset_id"], NODE1, 30)
+        self.assertEqual(response.code, 201)
+
+    async def test_a_lease_on_a_dataset_moved_away_is_refused_to_the_old_primary(self):
+        dataset = await self.h.create(primary=NODE1)
+        await self.h.request("POST", f"{DATASETS}/{dataset['dataset_id']}", {"primary": NODE2})
+        response, body = await self.acquire(dataset["dataset_id"], NODE1, 30)
+        self.assertEqual(response.code, 409)
+        self.assertIn("primary is node " + NODE2, body["description"])
+
+    async def test_a_move_of_a_dataset_leased_elsewhere_is_refused_and_changes_nothing(self):
+        """Departs from Flocker, which accepted the move and let agents wait."""
         dataset = await self.h.create(primary=NODE1)
         await self.acquire(dataset["dataset_id"], NODE1, None)
+        await self.h.report(NODE1, [{"dataset_id": dataset["dataset_id"], "path": "/a",
+                                     "users": ["web", "db"]}], host="10.0.0.1")
+        before = self.h.snapshot()
         response, body = await self.h.request(
-            "POST", f"/v1/configuration/datasets/{dataset['dataset_id']}", {"primary": NODE2})
-        self.assertEqual(response.code, 200)
-        self.assertEqual(body["primary"], NODE2)
+            "POST", f"{DATASETS}/{dataset['dataset_id']}", {"primary": NODE2})
+        self.assertEqual((response.code, body), (409, {
+            "description": f"dataset {dataset['dataset_id']} is in use on 10.0.0.1 "
+                           f"(node {NODE1}, container web, container db); stop it there first",
+            "holder": {"node_uuid": NODE1, "host": "10.0.0.1", "users": ["web", "db"]},
+        }))
+        self.assertEqual(self.h.snapshot(), before)
+
+    async def test_a_move_to_the_lease_holder_is_accepted(self):
+        dataset_id = new_id()
+        await self.acquire(dataset_id, NODE2, None)
+        await self.h.create(primary=NODE1, dataset_id=dataset_id)
+        response, body = await self.h.request(
+            "POST", f"{DATASETS}/{dataset_id}", {"primary": NODE2})
+        self.assertEqual((response.code, body["primary"]), (200, NODE2))
+
+    async def test_a_delete_of_a_leased_dataset_is_refused_even_by_its_holder(self):
+        dataset = await self.h.create(primary=NODE1)
+        await self.acquire(dataset["dataset_id"], NODE1, 10)
+        before = self.h.snapshot()
+        response, body = await self.h.request("DELETE", f"{DATASETS}/{dataset['dataset_id']}")
+        self.assertEqual(response.code, 409)
+        self.assertEqual(body["holder"], {"node_uuid": NODE1, "host": None, "users": []})
+        self.assertIn("is in use on a node that is not reporting", body["description"])
+        self.assertEqual(self.h.snapshot(), before)
+        self.h.clock.advance(10)
+        response, body = await self.h.request("DELETE", f"{DATASETS}/{dataset['dataset_id']}")
+        self.assertEqual((response.code, body["deleted"]), (200, True))
+
+    async def test_an_expired_lease_refuses_nothing_even_before_the_sweep(self):
+        dataset = await self.h.create(primary=NODE1)
+        await self.acquire(dataset["dataset_id"], NODE1, 0.5)
+        self.h.service.stop()  # no sweep: the expiry alone must count
+        self.h.clock.advance(0.6)
+        response, body = await self.h.request(
+            "POST", f"{DATASETS}/{dataset['dataset_id']}", {"primary": NODE2})
+        self.assertEqual((response.code, body["primary"]), (200, NODE2))
+
+    async def test_each_change_of_primary_raises_the_generation(self):
+        dataset = await self.h.create(primary=NODE1)
+        path = f"{DATASETS}/{dataset['dataset_id']}"
+        generations = [self.h.store.get_dataset(dataset["dataset_id"]).generation]
+        for primary in (NODE2, NODE2, NODE1):
+            await self.h.request("POST", path, {"primary": primary})
+            generations.append(self.h.store.get_dataset(dataset["dataset_id"]).generation)
+        self.assertEqual(generations, [1, 2, 2, 3])

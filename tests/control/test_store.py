@@ -40,7 +40,7 @@ class StoreTests(TestCase):
         store.close()
         again = self.open()
         self.assertEqual(again.datasets(), [
-            Dataset(a.dataset_id, NODE2, {"name": "a"}, 67108864, False, True),
+            Dataset(a.dataset_id, NODE2, {"name": "a"}, 67108864, False, True, generation=2),
             Dataset(b.dataset_id, NODE2, {}, None, True, False),
         ])
         self.assertEqual(again.leases(), [Lease(a.dataset_id, NODE2, 1234.5)])
