@@ -9,6 +9,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass, field, replace
+from urllib.parse import quote
 
 import treq
 from twisted.internet import error as neterror
@@ -24,6 +25,9 @@ _UUID4 = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z", re.IGNORECASE
 )
 MINIMUM_SIZE = 64 * 1024 * 1024
+_VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
+LONGEST_CLAIM = 365 * 24 * 3600
+SCHEMA_MISMATCH = "The provided JSON doesn't match the required schema."
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,35 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """The node holding a dataset's lease, and what its latest report says uses it."""
+
+    node_uuid: str
+    host: str | None
+    users: tuple = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The control service's answer to a claim on a name (POST /v1/configuration/claims).
+
+    status is "ready" (path and lease set: usable here, leased to the claimant),
+    "creating" or "moving" (ask again); a move names its source and progress, and
+    stalled/error say that its sender gave up."""
+
+    status: str
+    dataset_id: str
+    generation: int
+    path: str | None = None
+    lease: Lease | None = None
+    source: Node | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    stalled: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Configuration:
     tag: str | None  # X-Configuration-Tag; None when the service does not send one
     datasets: list
@@ -88,7 +121,16 @@ class NotFound(FlockerAPIError):
 
 
 class AlreadyExists(FlockerAPIError):
-    """409: a dataset with that id exists, or another node holds the lease."""
+    """409: a dataset with that id exists, another node holds the lease, or a lease was
+    asked for by a node that is not the dataset's primary."""
+
+
+class HeldElsewhere(AlreadyExists):
+    """409: another node holds the dataset's lease; holder says which and its users."""
+
+    def __init__(self, code, description, holder):
+        super().__init__(code, description)
+        self.holder = holder
 
 
 class DatasetDeleted(FlockerAPIError):
@@ -134,8 +176,19 @@ class IFlockerAPI(Interface):
     def delete_dataset(dataset_id, if_configuration_matches=None):
         """Marks the dataset deleted; fires with its DatasetConfig."""
 
-    def list_datasets_state():
-        """Fires with the list of DatasetState the nodes report."""
+    def datasets_named(name):
+        """Fires with a Configuration: its tag and the DatasetConfigs named name (deleted
+        ones too), without reading the rest of the cluster."""
+
+    def claim(name, node_uuid, expires=30.0, maximum_size=None, create=True):
+        """Asks the control service to make the volume name usable on node_uuid, decided
+        there in one transaction: create it there (when create, else NotFound), move it
+        there, or, once it is there, lease it to node_uuid for expires seconds. Fires with
+        a Claim; fails with HeldElsewhere while another node holds its lease."""
+
+    def list_datasets_state(dataset_id=None):
+        """Fires with the list of DatasetState the nodes report (of one dataset if
+        dataset_id is given)."""
 
     def list_nodes():
         """Fires with the list of Node that have reported state."""
@@ -167,6 +220,28 @@ def _dataset_state(entry):
 
 def _lease(entry):
     return Lease(entry["dataset_id"], entry["node_uuid"], entry.get("expires"))
+
+
+def _claim(entry):
+    source = entry.get("from")
+    progress = entry.get("progress") or {}
+    return Claim(
+        status=entry["status"], dataset_id=entry["dataset_id"],
+        generation=entry["generation"], path=entry.get("path"),
+        lease=_lease(entry["lease"]) if entry.get("lease") else None,
+        source=Node(source["node_uuid"], source.get("host")) if source else None,
+        bytes_done=progress.get("bytes_done", 0), bytes_total=progress.get("bytes_total"),
+        stalled=bool(entry.get("stalled", False)), error=entry.get("error"),
+    )
+
+
+def _holder(entry):
+    """A Holder from a 409 body's "holder", or None when the body names none."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("node_uuid"), str):
+        return None
+    users = entry.get("users")
+    return Holder(entry["node_uuid"], entry.get("host"),
+                  tuple(str(user) for user in users) if isinstance(users, list) else ())
 
 
 def api_base_url(control_url):
@@ -242,6 +317,9 @@ class FlockerClient:
             description = decoded.get("description") if isinstance(decoded, dict) else None
             if not isinstance(description, str):
                 description = content[:200].decode("utf-8", "replace") or response.phrase.decode()
+            holder = _holder(decoded.get("holder")) if isinstance(decoded, dict) else None
+            if response.code == 409 and holder is not None:
+                raise HeldElsewhere(response.code, description, holder)
             error_class = _ERRORS_BY_STATUS.get(response.code, FlockerAPIError)
             raise error_class(response.code, description)
         if decoded is None:
@@ -257,10 +335,26 @@ class FlockerClient:
         return self._deferred(call())
 
     def list_datasets_configuration(self):
+        return self._deferred(self._configuration("/configuration/datasets"))
+
+    def datasets_named(self, name):
+        return self._deferred(
+            self._configuration("/configuration/datasets?name=" + quote(name, safe="")))
+
+    async def _configuration(self, path):
+        response, body = await self._request("GET", path)
+        tag = response.headers.getRawHeaders("X-Configuration-Tag", [None])[0]
+        return Configuration(tag, [_dataset_config(entry) for entry in body])
+
+    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True):
+        body = {"name": name, "node_uuid": node_uuid, "expires": expires, "create": create}
+        if maximum_size is not None:
+            body["maximum_size"] = maximum_size
+
         async def call():
-            response, body = await self._request("GET", "/configuration/datasets")
-            tag = response.headers.getRawHeaders("X-Configuration-Tag", [None])[0]
-            return Configuration(tag, [_dataset_config(entry) for entry in body])
+            _, answer = await self._request(
+                "POST", "/configuration/claims", body, expected=(200, 202))
+            return _claim(answer)
         return self._deferred(call())
 
     def create_dataset(self, primary, metadata=None, maximum_size=None, dataset_id=None,
@@ -299,9 +393,13 @@ class FlockerClient:
             return _dataset_config(deleted)
         return self._deferred(call())
 
-    def list_datasets_state(self):
+    def list_datasets_state(self, dataset_id=None):
+        path = "/state/datasets"
+        if dataset_id is not None:
+            path += "?dataset_id=" + quote(dataset_id, safe="")
+
         async def call():
-            _, body = await self._request("GET", "/state/datasets")
+            _, body = await self._request("GET", path)
             return [_dataset_state(entry) for entry in body]
         return self._deferred(call())
 
@@ -377,7 +475,7 @@ def tls_policy(ca_path, cert_path=None, key_path=None):
 
 def _check_dataset_id(dataset_id):
     if not isinstance(dataset_id, str) or not _UUID4.match(dataset_id):
-        raise BadRequest(400, "The provided JSON doesn't match the required schema.")
+        raise BadRequest(400, SCHEMA_MISMATCH)
     return dataset_id.lower()
 
 
@@ -386,7 +484,19 @@ def _check_maximum_size(maximum_size):
         return
     if (isinstance(maximum_size, bool) or not isinstance(maximum_size, int)
             or maximum_size < MINIMUM_SIZE or maximum_size % 1024):
-        raise BadRequest(400, "The provided JSON doesn't match the required schema.")
+        raise BadRequest(400, SCHEMA_MISMATCH)
+
+
+def _check_claim(name, node_uuid, expires, create):
+    """The control service's claim schema, for the fake."""
+    if not isinstance(name, str) or not _VOLUME_NAME.match(name):
+        raise BadRequest(400, SCHEMA_MISMATCH)
+    _check_dataset_id(node_uuid)
+    if (isinstance(expires, bool) or not isinstance(expires, (int, float))
+            or not 0 < expires <= LONGEST_CLAIM):
+        raise BadRequest(400, SCHEMA_MISMATCH)
+    if not isinstance(create, bool):
+        raise BadRequest(400, SCHEMA_MISMATCH)
 
 
 @implementer(IFlockerAPI)
@@ -409,6 +519,10 @@ class MemoryFlockerAPI:
         self._datasets = {}
         self._leases = {}  # dataset_id -> (node_uuid, expiry time or None)
         self._state = {}  # dataset_id -> node_uuid holding it
+        self._generations = {}  # dataset_id -> generation (+1 on each change of primary)
+        self._manifested = set()  # datasets state has ever shown
+        self._users = {}  # dataset_id -> what its holder reports using it
+        self._transfers = {}  # dataset_id -> Claim fields of the transfer to its primary
         self.calls = []
         self.unreachable = None  # a reason string makes every call fail as unreachable
 
@@ -416,6 +530,21 @@ class MemoryFlockerAPI:
         node = Node(str(uuid.uuid4()), host)
         self.nodes.append(node)
         return node
+
+    def set_users(self, dataset_id, users):
+        """What the lease holder's report says uses the dataset (its containers)."""
+        self._users[dataset_id] = list(users)
+
+    def set_transfer(self, dataset_id, bytes_done, bytes_total=None, stalled=False,
+                     error=None):
+        """Progress of the move towards the dataset's primary, as its sender reports it;
+        stalled and error: the sender gave up. State does not follow while it is set."""
+        self._transfers[dataset_id] = {"bytes_done": bytes_done, "bytes_total": bytes_total,
+                                       "stalled": stalled, "error": error}
+
+    def finish_transfer(self, dataset_id):
+        self._transfers.pop(dataset_id, None)
+        self._changed()
 
     def _call(self, name, *args):
         self.calls.append((name, *args))
@@ -466,8 +595,9 @@ class MemoryFlockerAPI:
                 continue
             if dataset.deleted:
                 self._state.pop(dataset.dataset_id, None)
-            elif dataset.primary in known_nodes:
+            elif dataset.primary in known_nodes and dataset.dataset_id not in self._transfers:
                 self._state[dataset.dataset_id] = dataset.primary
+                self._manifested.add(dataset.dataset_id)
 
     def _outcome(self, name, args, action):
         def carry_out():
@@ -500,11 +630,80 @@ class MemoryFlockerAPI:
             _check_maximum_size(maximum_size)
             if new_id in self._datasets:
                 raise AlreadyExists(409, "The provided dataset_id is already in use.")
-            dataset = DatasetConfig(new_id, primary, dict(metadata or {}), False, maximum_size)
-            self._datasets[new_id] = dataset
-            self._changed()
-            return dataset
+            return self._add(primary, metadata, maximum_size, new_id)
         return self._outcome("create_dataset", (primary, metadata), create)
+
+    def _add(self, primary, metadata, maximum_size, dataset_id):
+        dataset = DatasetConfig(dataset_id, primary, dict(metadata or {}), False, maximum_size)
+        self._datasets[dataset_id] = dataset
+        self._generations[dataset_id] = 1
+        self._changed()
+        return dataset
+
+    def datasets_named(self, name):
+        return self._outcome("datasets_named", (name,), lambda: Configuration(
+            self._tag(), [d for d in self._datasets.values() if d.name == name]))
+
+    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True):
+        def decide():
+            _check_claim(name, node_uuid, expires, create)
+            candidates = [d for d in self._datasets.values() if d.name == name and not d.deleted]
+            if not candidates:
+                if not create:
+                    raise NotFound(404, f"No dataset is named {name!r}.")
+                _check_maximum_size(maximum_size)
+                created = self._add(node_uuid, {"name": name}, maximum_size,
+                                    str(uuid.uuid4()))
+                return Claim("creating", created.dataset_id, 1)
+            dataset = min(candidates, key=lambda d: d.dataset_id)
+            lease = self._leases.get(dataset.dataset_id)
+            if lease is not None and lease[0] != node_uuid:
+                raise self._held_elsewhere(f"volume {name!r}", dataset.dataset_id, name)
+            if dataset.primary != node_uuid:
+                self._set_primary(dataset, node_uuid)
+                return self._pending(dataset.dataset_id, dataset.primary)
+            holder = self._state.get(dataset.dataset_id)
+            if holder != node_uuid:
+                return self._pending(dataset.dataset_id, holder)
+            self._leases[dataset.dataset_id] = (node_uuid, self._clock.seconds() + expires)
+            self._changed()
+            return Claim("ready", dataset.dataset_id, self._generations[dataset.dataset_id],
+                         path=f"/flocker/{dataset.dataset_id}",
+                         lease=self._lease_view(dataset.dataset_id))
+        return self._outcome("claim", (name, node_uuid), decide)
+
+    def _pending(self, dataset_id, source):
+        generation = self._generations[dataset_id]
+        if source is None and dataset_id not in self._manifested:
+            return Claim("creating", dataset_id, generation)
+        transfer = self._transfers.get(dataset_id, {"bytes_done": 0, "bytes_total": None})
+        return Claim("moving", dataset_id, generation,
+                     source=self._node(source) if source else None, **transfer)
+
+    def _node(self, node_uuid):
+        return next((n for n in self.nodes if n.uuid == node_uuid), Node(node_uuid, None))
+
+    def _set_primary(self, dataset, primary):
+        self._datasets[dataset.dataset_id] = replace(dataset, primary=primary)
+        self._generations[dataset.dataset_id] += 1
+        self._changed()
+        return self._datasets[dataset.dataset_id]
+
+    def _held_elsewhere(self, what, dataset_id, name=None):
+        node_uuid = self._leases[dataset_id][0]
+        holder = Holder(node_uuid, self._node(node_uuid).host,
+                        tuple(self._users.get(dataset_id, ())))
+        where = holder.host or "a node that is not reporting"
+        if holder.users:
+            using = ", ".join(f"container {user}" for user in holder.users)
+            description = f"{what} is in use on {where} (node {node_uuid}, {using}); " \
+                          f"stop it there first"
+        else:
+            description = (
+                f"{what} is in use on {where} (node {node_uuid} holds the lease on dataset "
+                f"{dataset_id}); stop its containers there first, or run 'powerstrip-flocker "
+                f"release {name or dataset_id}' if that node is gone")
+        return HeldElsewhere(409, description, holder)
 
     def _existing(self, dataset_id):
         dataset = self._datasets.get(str(dataset_id).lower())
@@ -518,28 +717,37 @@ class MemoryFlockerAPI:
             dataset = self._existing(dataset_id)
             if dataset.deleted:
                 raise DatasetDeleted(405, "The dataset has been deleted.")
-            moved = self._datasets[dataset.dataset_id] = replace(dataset, primary=primary)
-            self._changed()
-            return moved
+            if primary == dataset.primary:
+                return dataset
+            lease = self._leases.get(dataset.dataset_id)
+            if lease is not None and lease[0] != primary:
+                raise self._held_elsewhere(f"dataset {dataset.dataset_id}", dataset.dataset_id)
+            return self._set_primary(dataset, primary)
         return self._outcome("move_dataset", (dataset_id, primary), move)
 
     def delete_dataset(self, dataset_id, if_configuration_matches=None):
         def delete():
             self._check_tag(if_configuration_matches)
             dataset = self._existing(dataset_id)
+            if dataset.deleted:
+                return dataset
+            if dataset.dataset_id in self._leases:
+                raise self._held_elsewhere(f"dataset {dataset.dataset_id}", dataset.dataset_id)
             deleted = self._datasets[dataset.dataset_id] = replace(dataset, deleted=True)
             self._changed()
             return deleted
         return self._outcome("delete_dataset", (dataset_id,), delete)
 
-    def list_datasets_state(self):
+    def list_datasets_state(self, dataset_id=None):
         def state():
             return [
-                DatasetState(dataset_id, node_uuid, f"/flocker/{dataset_id}",
-                             self._datasets[dataset_id].maximum_size)
-                for dataset_id, node_uuid in self._state.items()
+                DatasetState(key, node_uuid, f"/flocker/{key}",
+                             self._datasets[key].maximum_size)
+                for key, node_uuid in self._state.items()
+                if dataset_id is None or key == dataset_id.lower()
             ]
-        return self._outcome("list_datasets_state", (), state)
+        arguments = () if dataset_id is None else (dataset_id,)
+        return self._outcome("list_datasets_state", arguments, state)
 
     def list_nodes(self):
         return self._outcome("list_nodes", (), lambda: list(self.nodes))
@@ -559,7 +767,13 @@ class MemoryFlockerAPI:
             key = _check_dataset_id(dataset_id)
             holder = self._leases.get(key)
             if holder is not None and holder[0] != node_uuid:
-                raise AlreadyExists(409, "Lease already held.")
+                raise self._held_elsewhere(f"dataset {key}", key)
+            dataset = self._datasets.get(key)
+            if dataset is not None and dataset.primary != node_uuid:
+                primary = self._node(dataset.primary)
+                named = f"{primary.uuid} ({primary.host})" if primary.host else primary.uuid
+                raise AlreadyExists(
+                    409, f"dataset {key}'s primary is node {named}, not {node_uuid}")
             expiry = None if expires is None else self._clock.seconds() + expires
             self._leases[key] = (node_uuid, expiry)
             self._changed()

@@ -7,15 +7,22 @@ is awaited in each test and returns an object with:
   async settled(predicate, what)
                waits until predicate(list of DatasetState) is true (the fake converges
                at once; the real cluster is polled with a deadline) and returns the state
+and, where the cluster can pretend to be its agents (the fake, the simulated cluster):
+  async report_users(node, dataset_id, users)
+               node's report says users (container names) use the dataset
+  async report_transfer(sender, receiver, dataset_id, bytes_done, bytes_total, stalled,
+                        error)
+               sender reports pushing the dataset to receiver (and keeps its copy)
 """
 
 import uuid
 
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from powerstripflocker.flocker import (
-    AlreadyExists, BadRequest, ConfigurationChanged, DatasetDeleted, IFlockerAPI, NotFound,
+    AlreadyExists, BadRequest, ConfigurationChanged, DatasetDeleted, HeldElsewhere,
+    IFlockerAPI, NotFound,
 )
 
 GiB = 1024 ** 3
@@ -206,5 +213,196 @@ def make_flocker_api_tests(start_cluster):
                     await cluster.api.create_dataset(primary=node, **arguments)
                 self.assertEqual(raised.exception.code, 400)
             self.assertEqual(await cluster.api.list_datasets_configuration(), before)
+
+        # -- claims and the per-name reads (beyond Flocker) ---------------------
+
+        async def claim_until_ready(self, cluster, name, node, **arguments):
+            """Claim name for node until it is ready; the claims seen before that."""
+            seen = []
+            while True:
+                claim = await cluster.api.claim(name, node.uuid, **arguments)
+                if claim.status == "ready":
+                    return claim, seen
+                seen.append(claim)
+                await cluster.settled(
+                    lambda s: _on(s, claim.dataset_id, node.uuid), f"{name} on {node.host}")
+
+        async def test_claim_of_a_new_name_creates_it_there_then_leases_it_ready(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0]
+            name = f"claimed-{uuid.uuid4().hex[:8]}"
+            first = await cluster.api.claim(name, node.uuid, expires=20, maximum_size=GiB)
+            self.assertEqual((first.status, first.generation, first.path, first.lease),
+                             ("creating", 1, None, None))
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual((dataset.dataset_id, dataset.primary, dataset.maximum_size),
+                             (first.dataset_id, node.uuid, GiB))
+            ready, _ = await self.claim_until_ready(cluster, name, node, expires=20)
+            self.assertEqual((ready.dataset_id, ready.generation), (first.dataset_id, 1))
+            self.assertTrue(ready.path.startswith("/"))
+            self.assertEqual((ready.lease.dataset_id, ready.lease.node_uuid),
+                             (first.dataset_id, node.uuid))
+            self.assertTrue(0 < ready.lease.expires <= 20)
+            [lease] = [l for l in await cluster.api.list_leases()
+                       if l.dataset_id == first.dataset_id]
+            self.assertEqual(lease.node_uuid, node.uuid)
+            again = await cluster.api.claim(name, node.uuid, expires=40)
+            self.assertEqual((again.status, again.path), ("ready", ready.path))
+            self.assertTrue(20 < again.lease.expires <= 40, "the same node renews its claim")
+
+        async def test_claim_of_a_name_on_another_node_moves_it_and_raises_its_generation(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name = f"moved-{uuid.uuid4().hex[:8]}"
+            created, _ = await self.claim_until_ready(cluster, name, first)
+            await cluster.api.release_lease(created.dataset_id)
+            moving = await cluster.api.claim(name, second.uuid)
+            self.assertEqual((moving.status, moving.dataset_id, moving.generation),
+                             ("moving", created.dataset_id, 2))
+            self.assertEqual(moving.source.uuid, first.uuid)
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual(dataset.primary, second.uuid)
+            ready, _ = await self.claim_until_ready(cluster, name, second)
+            self.assertEqual((ready.dataset_id, ready.generation), (created.dataset_id, 2))
+
+        async def test_claim_without_create_of_an_unknown_name_is_not_found(self):
+            cluster = await start_cluster(self)
+            name = f"nothing-{uuid.uuid4().hex[:8]}"
+            with self.assertRaises(NotFound) as raised:
+                await cluster.api.claim(name, cluster.nodes[0].uuid, create=False)
+            self.assertEqual(raised.exception.code, 404)
+            self.assertEqual((await cluster.api.datasets_named(name)).datasets, [])
+
+        async def test_claim_is_refused_while_another_node_holds_the_lease(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name = f"held-{uuid.uuid4().hex[:8]}"
+            held, _ = await self.claim_until_ready(cluster, name, first)
+            self.addCleanup(cluster.api.release_lease, held.dataset_id)
+            with self.assertRaises(HeldElsewhere) as raised:
+                await cluster.api.claim(name, second.uuid)
+            refusal = raised.exception
+            self.assertEqual(refusal.code, 409)
+            self.assertEqual((refusal.holder.node_uuid, refusal.holder.host),
+                             (first.uuid, first.host))
+            self.assertIn(f"volume {name!r} is in use on {first.host} (node {first.uuid}",
+                          refusal.description)
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual(dataset.primary, first.uuid, "a refused claim moves nothing")
+
+        async def test_a_refusal_names_the_containers_the_holder_reports(self):
+            cluster = await start_cluster(self)
+            if not hasattr(cluster, "report_users"):
+                raise SkipTest("this cluster's agents report no containers")
+            first, second = cluster.nodes
+            held, _ = await self.claim_until_ready(cluster, "used", first)
+            await cluster.report_users(first, held.dataset_id, ["web", "db"])
+            with self.assertRaises(HeldElsewhere) as raised:
+                await cluster.api.claim("used", second.uuid)
+            self.assertEqual(raised.exception.holder.users, ("web", "db"))
+            self.assertEqual(
+                raised.exception.description,
+                f"volume 'used' is in use on {first.host} (node {first.uuid}, container web, "
+                f"container db); stop it there first")
+
+        async def test_a_stalled_move_is_shown_in_the_claim_with_its_cause(self):
+            cluster = await start_cluster(self)
+            if not hasattr(cluster, "report_transfer"):
+                raise SkipTest("this cluster's agents cannot be told to stall")
+            first, second = cluster.nodes
+            created = await cluster.api.create_dataset(primary=first.uuid,
+                                                       metadata={"name": "full"})
+            await cluster.settled(lambda s: _on(s, created.dataset_id, first.uuid), "on node 0")
+            moving = await cluster.api.claim("full", second.uuid)
+            self.assertEqual((moving.status, moving.stalled), ("moving", False))
+            await cluster.report_transfer(first, second, created.dataset_id, 1024, 4096)
+            progress = await cluster.api.claim("full", second.uuid)
+            self.assertEqual((progress.bytes_done, progress.bytes_total, progress.stalled),
+                             (1024, 4096, False))
+            await cluster.report_transfer(first, second, created.dataset_id, 2048, 4096,
+                                          stalled=True,
+                                          error="No space left on device on 10.0.0.2")
+            stalled = await cluster.api.claim("full", second.uuid)
+            self.assertEqual(
+                (stalled.status, stalled.stalled, stalled.error, stalled.source,
+                 stalled.bytes_done),
+                ("moving", True, "No space left on device on 10.0.0.2", first, 2048))
+
+        async def test_a_claim_picks_the_smallest_id_among_duplicate_names(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0]
+            name = f"dup-{uuid.uuid4().hex[:8]}"
+            ids = sorted(str(uuid.uuid4()) for _ in range(3))
+            for dataset_id in reversed(ids):
+                await cluster.api.create_dataset(primary=node.uuid, metadata={"name": name},
+                                                 dataset_id=dataset_id)
+            claim = await cluster.api.claim(name, node.uuid)
+            self.assertEqual(claim.dataset_id, ids[0])
+            self.assertEqual(len((await cluster.api.datasets_named(name)).datasets), 3)
+
+        async def test_bad_claims_are_bad_requests_that_change_nothing(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0].uuid
+            before = await cluster.api.list_datasets_configuration()
+            for name, node_uuid, arguments in [
+                ("", node, {}), ("a/b", node, {}), ("..", node, {}), ("-x", node, {}),
+                ("n" * 256, node, {}), ("ok", "not-a-uuid", {}), ("ok", str(uuid.uuid1()), {}),
+                ("ok", node, {"expires": 0}), ("ok", node, {"expires": -1}),
+                ("ok", node, {"maximum_size": 1024}),
+                ("ok", node, {"maximum_size": 64 * 1024 * 1024 + 1}),
+            ]:
+                with self.assertRaises(BadRequest, msg=repr((name, node_uuid, arguments))):
+                    await cluster.api.claim(name, node_uuid, **arguments)
+            self.assertEqual(await cluster.api.list_datasets_configuration(), before)
+
+        async def test_datasets_named_reads_one_name_with_the_configuration_tag(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0].uuid
+            name = f"one-{uuid.uuid4().hex[:8]}"
+            wanted = await cluster.api.create_dataset(primary=node, metadata={"name": name})
+            await cluster.api.create_dataset(primary=node, metadata={"name": name + "x"})
+            gone = await cluster.api.create_dataset(primary=node, metadata={"name": name})
+            gone = await cluster.api.delete_dataset(gone.dataset_id)
+            named = await cluster.api.datasets_named(name)
+            self.assertEqual(sorted(named.datasets, key=lambda d: d.deleted), [wanted, gone])
+            self.assertEqual(named.tag, (await cluster.api.list_datasets_configuration()).tag)
+            self.assertEqual((await cluster.api.datasets_named("no-such-name")).datasets, [])
+
+        async def test_state_of_one_dataset(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0]
+            wanted = await cluster.api.create_dataset(primary=node.uuid)
+            other = await cluster.api.create_dataset(primary=node.uuid)
+            await cluster.settled(lambda s: _on(s, wanted.dataset_id, node.uuid)
+                                  and _on(s, other.dataset_id, node.uuid), "both on node 0")
+            [entry] = await cluster.api.list_datasets_state(wanted.dataset_id)
+            self.assertEqual((entry.dataset_id, entry.primary), (wanted.dataset_id, node.uuid))
+
+        async def test_a_lease_is_refused_to_a_node_that_is_not_the_primary(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            created = await cluster.api.create_dataset(primary=first.uuid)
+            with self.assertRaises(AlreadyExists) as raised:
+                await cluster.api.acquire_lease(created.dataset_id, second.uuid, 60)
+            self.assertEqual(raised.exception.code, 409)
+            self.assertIn(f"primary is node {first.uuid}", raised.exception.description)
+            self.assertNotIn(created.dataset_id,
+                             [l.dataset_id for l in await cluster.api.list_leases()])
+
+        async def test_moves_and_deletes_are_refused_while_leased_to_another_node(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            created = await cluster.api.create_dataset(primary=first.uuid)
+            await cluster.api.acquire_lease(created.dataset_id, first.uuid, 60)
+            self.addCleanup(cluster.api.release_lease, created.dataset_id)
+            with self.assertRaises(HeldElsewhere) as moved:
+                await cluster.api.move_dataset(created.dataset_id, second.uuid)
+            with self.assertRaises(HeldElsewhere) as deleted:
+                await cluster.api.delete_dataset(created.dataset_id)
+            for refusal in (moved.exception, deleted.exception):
+                self.assertEqual((refusal.code, refusal.holder.node_uuid), (409, first.uuid))
+                self.assertIn(f"dataset {created.dataset_id} is in use on", refusal.description)
+            configuration = await cluster.api.list_datasets_configuration()
+            self.assertIn(created, configuration.datasets)
 
     return FlockerAPIContract

@@ -3,7 +3,7 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.flocker import MemoryFlockerAPI
+from powerstripflocker.flocker import HeldElsewhere, MemoryFlockerAPI
 
 from .flocker_contract import make_flocker_api_tests
 
@@ -12,6 +12,13 @@ class MemoryCluster:
     def __init__(self):
         self.api = MemoryFlockerAPI(Clock(), convergence_delay=None)
         self.nodes = [self.api.add_node("10.0.0.1"), self.api.add_node("10.0.0.2")]
+
+    async def report_users(self, node, dataset_id, users):
+        self.api.set_users(dataset_id, users)
+
+    async def report_transfer(self, sender, receiver, dataset_id, bytes_done,
+                              bytes_total=None, stalled=False, error=None):
+        self.api.set_transfer(dataset_id, bytes_done, bytes_total, stalled, error)
 
     async def settled(self, predicate, what):
         self.api.converge()
@@ -39,19 +46,17 @@ class MemoryConvergenceTests(TestCase):
         [state] = self.successResultOf(api.list_datasets_state())
         self.assertEqual((state.dataset_id, state.primary), (created.dataset_id, node.uuid))
 
-    def test_a_leased_dataset_stays_until_its_lease_expires(self):
+    def test_a_move_is_refused_until_the_lease_elsewhere_expires(self):
         clock = Clock()
         api = MemoryFlockerAPI(clock, convergence_delay=0.0)
         first, second = api.add_node("10.0.0.1"), api.add_node("10.0.0.2")
         created = self.successResultOf(api.create_dataset(primary=first.uuid))
         clock.advance(0)
         self.successResultOf(api.acquire_lease(created.dataset_id, first.uuid, 10))
+        self.failureResultOf(api.move_dataset(created.dataset_id, second.uuid), HeldElsewhere)
+        clock.advance(10)
         self.successResultOf(api.move_dataset(created.dataset_id, second.uuid))
-        clock.advance(5)
-        [state] = self.successResultOf(api.list_datasets_state())
-        self.assertEqual(state.primary, first.uuid)
-        clock.advance(5)
-        api.converge()
+        clock.advance(0)
         [state] = self.successResultOf(api.list_datasets_state())
         self.assertEqual(state.primary, second.uuid)
         self.assertEqual(self.successResultOf(api.list_leases()), [])

@@ -17,14 +17,40 @@ class SimulatedCluster:
         self.api = FlockerClient(reactor, BASE, http_client=self.h.treq)
         self.nodes = [Node(uuid=NODE1, host="10.0.0.1"), Node(uuid=NODE2, host="10.0.0.2")]
 
+        self.users = {}  # (node uuid, dataset id) -> users that node reports
+        self.sources = set()  # (node uuid, dataset id) a sender still holds while it pushes
+        self.transfers = {}  # node uuid -> transfers that node reports
+
     async def converge(self):
+        moving = {t["dataset_id"] for ts in self.transfers.values() for t in ts}
         for node in self.nodes:
             datasets = [
-                {"dataset_id": d.dataset_id, "path": f"/flocker/{d.dataset_id}",
-                 "maximum_size": d.maximum_size}
-                for d in self.h.store.datasets() if d.primary == node.uuid and not d.deleted
+                dict({"dataset_id": d.dataset_id, "path": f"/flocker/{d.dataset_id}",
+                      "maximum_size": d.maximum_size},
+                     **({"users": self.users[node.uuid, d.dataset_id]}
+                        if self.users.get((node.uuid, d.dataset_id)) else {}))
+                for d in self.h.store.datasets()
+                if not d.deleted and (
+                    d.primary == node.uuid and d.dataset_id not in moving
+                    or (node.uuid, d.dataset_id) in self.users
+                    or (node.uuid, d.dataset_id) in self.sources)
             ]
-            await self.h.report(node.uuid, datasets, host=node.host)
+            await self.h.report(node.uuid, datasets, self.transfers.get(node.uuid, []),
+                                host=node.host)
+
+    async def report_users(self, node, dataset_id, users):
+        self.users[node.uuid, dataset_id] = list(users)
+        await self.converge()
+
+    async def report_transfer(self, sender, receiver, dataset_id, bytes_done,
+                              bytes_total=None, stalled=False, error=None):
+        transfer = {"dataset_id": dataset_id, "direction": "push", "peer": receiver.uuid,
+                    "bytes_done": bytes_done, "bytes_total": bytes_total}
+        if stalled:
+            transfer.update(stalled=True, error=error, attempts=5)
+        self.transfers[sender.uuid] = [transfer]
+        self.sources.add((sender.uuid, dataset_id))
+        await self.converge()
 
     async def settled(self, predicate, what):
         await self.converge()
