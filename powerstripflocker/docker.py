@@ -1,4 +1,4 @@
-"""The few Docker Engine API calls we need: running containers and the event stream.
+"""The few Docker Engine API calls we need: running containers, the event stream, kill.
 
 IDockerEngine has a treq implementation over the daemon's socket and an in-memory
 fake; one contract suite (tests/docker_contract.py) runs against both.
@@ -62,6 +62,11 @@ class IDockerEngine(Interface):
 
     def stop_watching():
         """End the event streams started by watch_events."""
+
+    def kill(container_id):
+        """Deferred: SIGKILL the container (fencing); a container that is gone or not
+        running is not an error. Fails with DockerUnavailable when the daemon does not
+        answer."""
 
 
 def _container(entry):
@@ -149,6 +154,21 @@ class DockerEngineClient:
             return [_container(entry) for entry in await self._get_json("/containers/json")]
         return Deferred.fromCoroutine(call())
 
+    def kill(self, container_id):
+        async def call():
+            path = f"/containers/{quote(container_id)}/kill?signal=KILL"
+            try:
+                response = await self._http.post(f"http://docker/{API_VERSION}{path}",
+                                                 timeout=self._timeout)
+                body = await response.content()
+            except Exception as reason:
+                raise DockerUnavailable(f"Docker at {self.address}: {reason}") from None
+            # 404: no such container; 409: not running. Either way it does not run.
+            if response.code not in (204, 404, 409):
+                raise DockerUnavailable(f"Docker at {self.address} answered {response.code} "
+                                        f"to POST {path}: {body[:200]!r}")
+        return Deferred.fromCoroutine(call())
+
     def watch_events(self, on_event, since=None):
         query = f"filters={quote(json.dumps({'type': ['container']}))}"
         if since is not None:
@@ -207,6 +227,12 @@ class MemoryDockerEngine:
     def stop(self, container):
         del self._running[container.id]
         self._emit("die", container)
+
+    def kill(self, container_id):
+        container = self._running.get(container_id)
+        if container is not None:
+            self.stop(container)
+        return succeed(None)
 
     def emit_only(self, action, container):
         """An event without the change of state it announces (Docker's list lags)."""

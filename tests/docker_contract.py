@@ -60,4 +60,23 @@ def make_docker_engine_tests(start):
             harness.engine.stop_watching()
             await ended
 
+        async def test_kill_stops_a_running_container_and_ignores_a_gone_one(self):
+            harness = await start(self)
+            container_id = await harness.run("contract-kill", self.mktemp())
+            await harness.engine.kill(container_id)
+            running = []
+
+            async def listed():
+                running[:] = [c.id for c in await harness.engine.running_containers()]
+            await listed()
+            for _ in range(100):
+                if container_id not in running:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
+                await listed()
+            self.assertNotIn(container_id, running)
+            await harness.engine.kill(container_id)
+            await harness.stop(container_id)
+            await harness.engine.kill(container_id)
+
     return DockerEngineContract

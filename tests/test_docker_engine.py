@@ -23,9 +23,9 @@ class MemoryHarness:
         return self.engine.run(name, [Mount("bind", os.path.abspath(source), "/data")]).id
 
     async def stop(self, container_id):
-        [container] = [c for c in await self.engine.running_containers()
-                       if c.id == container_id]
-        self.engine.stop(container)
+        for container in await self.engine.running_containers():
+            if container.id == container_id:
+                self.engine.stop(container)
 
 
 async def start_memory(testcase):

@@ -1,9 +1,15 @@
+"""In-use tracking: the kernel's mount table, Docker, leases and fencing, on a Clock with
+the in-memory control service; tests/test_inuse_mounts.py does it with real mounts."""
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from powerstripflocker.docker import MemoryDockerEngine, Mount
 from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.inuse import LeaseKeeper, UseTracker, dataset_of
+from powerstripflocker.inuse import (
+    Fencer, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
+    parse_mountinfo,
+)
 
 
 class UseTrackerTests(SynchronousTestCase):
@@ -68,6 +74,7 @@ class UseTrackerTests(SynchronousTestCase):
         self.assertEqual(self.leases(), [], "no renewals: the lease expired")
 
     def test_a_lease_held_elsewhere_is_left_alone(self):
+        self.successResultOf(self.api.move_dataset(self.dataset.dataset_id, self.other.uuid))
         self.successResultOf(self.api.acquire_lease(self.dataset.dataset_id, self.other.uuid,
                                                     None))
         self.tracker.start()
@@ -102,3 +109,215 @@ class StaleListTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(api.list_leases()), [])
         docker.emit_only("start", web)  # a restart policy starts it again
         self.assertEqual(len(self.successResultOf(api.list_leases())), 1)
+
+
+MOUNTINFO = (
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    "40 22 0:45 / /srv/btrfs rw,relatime shared:20 - btrfs /dev/loop3 rw,space_cache=v2\n"
+    "41 22 0:45 /agent/datasets/ds1 /mnt/with\\040space rw - btrfs /dev/loop3 rw\n"
+    "42 22 8:1 /var/lib/psf/datasets/ds2//deleted /data rw master:1 - ext4 /dev/sda1 rw\n"
+    "short line\n"
+)
+
+
+def test_mountinfo_lines_give_device_root_and_unescaped_mount_point():
+    entries = parse_mountinfo(MOUNTINFO)
+    assert entries[2] == MountEntry("0:45", "/agent/datasets/ds1", "/mnt/with space")
+    assert entries[3] == MountEntry("8:1", "/var/lib/psf/datasets/ds2", "/data")
+    assert len(entries) == 4
+
+
+def test_a_path_is_located_inside_the_file_system_of_its_longest_mount_point():
+    entries = parse_mountinfo(MOUNTINFO)
+    assert locate("/srv/btrfs/agent/datasets/ds1", entries) == ("0:45", "/agent/datasets/ds1")
+    assert locate("/var/lib/psf/datasets/ds2", entries) == ("8:1", "/var/lib/psf/datasets/ds2")
+    assert locate("/srv/btrfs", entries) == ("0:45", "/")
+
+
+def test_dataset_of_matches_the_path_and_paths_below_it_only_not_siblings():
+    paths = {"/d/1": "one"}
+    assert dataset_of("/d/1/", paths) == "one"
+    assert dataset_of("/d/1x", paths) is None
+
+
+class FakeMounts:
+    """KernelMounts' scan, from a dict the test sets: {dataset path: [MountUse]}."""
+
+    def __init__(self):
+        self.mounted = {}
+        self.killed = []
+
+    def scan(self, paths):
+        return {dataset_id: list(self.mounted[path]) for path, dataset_id in paths.items()
+                if self.mounted.get(path)}
+
+    def users_in_namespace(self, use):
+        return list(use.pids)
+
+    def kill(self, pid, signal):
+        self.killed.append(pid)
+        for path, uses in self.mounted.items():
+            self.mounted[path] = [u for u in uses if pid not in u.pids]
+
+
+def container_namespace(pid=4242):
+    return MountUse(f"mnt:[{pid}]", (pid, pid + 1), ("/data",))
+
+
+class FencingTests(SynchronousTestCase):
+    """Leases kept from the kernel's truth, and fencing when they cannot be renewed."""
+
+    LEASE = 30.0
+
+    def setUp(self):
+        self.clock = Clock()
+        self.api = MemoryFlockerAPI(self.clock, convergence_delay=0)
+        self.node = self.api.add_node("10.0.0.1")
+        self.other = self.api.add_node("10.0.0.2")
+        self.dataset = self.successResultOf(self.api.create_dataset(primary=self.node.uuid))
+        self.dataset_id = self.dataset.dataset_id
+        self.path = f"/var/lib/psf/datasets/{self.dataset_id}"
+        self.mounts = FakeMounts()
+        self.docker = MemoryDockerEngine(self.clock)
+        self.lapses = []
+        self.keeper = LeaseKeeper(self.api, self.node.uuid, self.clock,
+                                  lease_seconds=self.LEASE, on_lapse=self.on_lapse)
+        self.fencer = Fencer(self.clock, self.mounts, self.docker, kill=self.mounts.kill)
+        self.tracker = UseTracker(None, self.keeper, lambda: {self.path: self.dataset_id},
+                                  self.clock, mounts=self.mounts, fencer=self.fencer)
+        self.addCleanup(self.tracker.stop)
+
+    def on_lapse(self, dataset_id, reason):
+        self.lapses.append((self.clock.seconds(), dataset_id, reason))
+        self.tracker.fence(dataset_id, reason)
+
+    def leases(self):
+        return [(lease.dataset_id, lease.node_uuid)
+                for lease in self.successResultOf(self.api.list_leases())]
+
+    def taken_by_the_other_node(self):
+        """The lease lapsed at the control service and the other node took the dataset."""
+        self.successResultOf(self.api.release_lease(self.dataset_id))
+        self.successResultOf(self.api.move_dataset(self.dataset_id, self.other.uuid))
+        self.successResultOf(self.api.acquire_lease(self.dataset_id, self.other.uuid, 60))
+
+    def mount(self, use=None):
+        use = use or container_namespace()
+        self.mounts.mounted.setdefault(self.path, []).append(use)
+        return use
+
+    def test_a_dataset_mounted_before_the_agent_starts_is_leased_at_once(self):
+        self.mount()
+        self.tracker.start()
+        self.assertEqual(self.leases(), [(self.dataset_id, self.node.uuid)])
+        self.assertEqual(self.tracker.users_of(self.dataset_id)[0][:8], "pid 4242")
+        self.assertTrue(self.tracker.in_use(self.dataset_id))
+
+    def test_the_lease_is_released_once_no_namespace_has_it_mounted(self):
+        self.tracker.start()
+        use = self.mount()
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.leases()), 1)
+        self.mounts.mounted[self.path].remove(use)
+        self.clock.advance(0.5)
+        self.assertEqual(self.leases(), [])
+        self.assertEqual(self.tracker.in_use(self.dataset_id), [])
+
+    def test_renewals_every_third_of_the_lease_keep_it(self):
+        self.mount()
+        self.tracker.start()
+        self.clock.pump([1.0] * 120)
+        self.assertEqual(len(self.leases()), 1)
+        self.assertEqual(self.lapses, [])
+        self.assertEqual(self.mounts.killed, [])
+
+    def test_control_unreachable_fences_before_the_lease_could_expire_there(self):
+        self.mount()
+        self.tracker.start()
+        self.clock.advance(1.0)
+        self.api.unreachable = "partitioned"
+        sent = 0.0      # the last renewal that got through: the acquisition at start
+        self.clock.pump([0.25] * 200)
+        [(fenced_at, dataset_id, reason)] = self.lapses
+        self.assertEqual(dataset_id, self.dataset_id)
+        self.assertAlmostEqual(fenced_at, sent + self.LEASE - self.LEASE / 4, delta=0.26)
+        self.assertIn("no renewal", reason)
+        self.assertEqual(self.mounts.killed, [4242, 4243])
+        # the control service would have let it go only at sent + LEASE, later
+        self.assertLess(fenced_at, sent + self.LEASE)
+
+    def test_a_renewal_that_gets_through_before_the_deadline_postpones_fencing(self):
+        self.mount()
+        self.tracker.start()
+        self.api.unreachable = "hiccup"
+        self.clock.pump([0.5] * 30)         # 15 s: renewals failed, deadline at 22.5 s
+        self.api.unreachable = None
+        self.clock.pump([0.5] * 60)
+        self.assertEqual(self.lapses, [])
+        self.assertEqual(len(self.leases()), 1)
+
+    def test_a_renewal_refused_because_another_node_holds_it_fences_at_once(self):
+        self.mount()
+        self.tracker.start()
+        self.taken_by_the_other_node()
+        self.clock.advance(self.LEASE / 3)
+        [(fenced_at, _, reason)] = self.lapses
+        self.assertEqual(fenced_at, self.LEASE / 3)
+        self.assertIn("refused", reason)
+        self.assertEqual(self.mounts.killed, [4242, 4243])
+
+    def test_a_use_whose_first_lease_fails_is_fenced_at_once(self):
+        self.api.unreachable = "down"
+        self.tracker.start()
+        self.mount()
+        self.clock.advance(0.5)
+        self.assertEqual([at for at, _, _ in self.lapses], [0.5])
+        self.assertIn("could not be acquired", self.lapses[0][2])
+        self.assertEqual(self.mounts.killed, [4242, 4243])
+
+    def test_a_user_that_comes_back_after_fencing_is_checked_and_fenced_again(self):
+        self.api.unreachable = "down"
+        self.tracker.start()
+        self.mount()
+        self.clock.advance(0.5)
+        self.mount(container_namespace(5000))        # a restart policy starts it again
+        self.clock.advance(0.5)
+        self.assertEqual(self.mounts.killed, [4242, 4243, 5000, 5001])
+
+    def test_docker_containers_are_killed_through_the_daemon_first(self):
+        self.tracker = UseTracker(self.docker, self.keeper,
+                                  lambda: {self.path: self.dataset_id}, self.clock,
+                                  mounts=self.mounts, fencer=self.fencer)
+        self.tracker.start()
+        web = self.docker.run("web", [Mount("bind", self.path, "/data")])
+        self.assertEqual(self.tracker.users_of(self.dataset_id), [
+            "web, since " + self.tracker.users_of(self.dataset_id)[0].split("since ")[1]])
+        self.taken_by_the_other_node()
+        self.clock.advance(self.LEASE / 3)
+        self.assertEqual(len(self.lapses), 1)
+        self.assertNotIn(web.id, [c.id for c in self.successResultOf(
+            self.docker.running_containers())])
+        self.assertEqual(self.fencer.fenced[-1]["stopped"][0][:14], "container web,")
+
+    def test_the_node_stops_writing_before_another_node_can_get_the_lease(self):
+        """The ordering of margin, expiry and stop: over many partition start times,
+        the users are gone before the control service lets another node lease it."""
+        self.mount()
+        self.tracker.start()
+        for offset in (0.0, 0.3, 3.1, 9.9, 10.0, 17.5):
+            self.clock.advance(offset)
+            self.api.unreachable = "partitioned"
+            cut_at = self.clock.seconds()
+            self.lapses.clear()
+            while not self.lapses:
+                self.clock.advance(0.1)
+                self.assertLess(self.clock.seconds() - cut_at, self.LEASE)
+            fenced_at = self.lapses[0][0]
+            self.api.unreachable = None
+            granted = self.successResultOf(self.api.list_leases())
+            # what the control service still grants this node: never past the fencing
+            [lease] = granted
+            self.assertGreaterEqual(lease.expires, self.LEASE / 4 - 0.11,
+                                    f"partition at {cut_at}: fenced at {fenced_at}")
+            self.mount()
+            self.clock.advance(0.5)
