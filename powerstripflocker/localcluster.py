@@ -1,6 +1,10 @@
 """A whole cluster on one machine: one control service, and per node a dockerd, an
-agent, an adapter and a proxy. Used by `powerstrip-flocker demo` and the end-to-end
-tests, and its command lines are the ones the systemd units run.
+agent, an adapter, a volume plugin and a proxy. Used by `powerstrip-flocker demo` and
+the end-to-end tests, and its command lines are the ones the systemd units run.
+
+Two kinds of hosts: "loopback" (node N is 127.0.0.N; all nodes share one network stack)
+and "netns" (every node is a network namespace of its own on a bridge, see localnet.py,
+so links can be cut and rate-limited and a node can be killed whole).
 
 Every process is started detached with its pid in the cluster's run directory, so
 `demo down` (or a test's teardown) can stop it later, from another process.
@@ -20,6 +24,10 @@ import urllib.request
 from dataclasses import dataclass
 
 import yaml
+
+from .localnet import (
+    HostsNetwork, HostsNetworkControl, NetworkError, cluster_prefix, in_namespace,
+)
 
 POWERSTRIP_FLOCKER = (sys.executable, "-m", "powerstripflocker")
 BUSYBOX = "/bin/busybox"
@@ -52,6 +60,7 @@ class NodeLayout:
     adapter_address: str = ""  # where the adapter listens; the node's address by default
     config_dir: str = ""  # where adapters.yml is written; run_dir by default
     plugins_dir: str = ""  # where the volume plugin's socket goes; run_dir/plugins by default
+    index: int = 0  # N of nodeN
 
     @property
     def docker_socket(self):
@@ -96,6 +105,17 @@ class ClusterLayout:
     nodes: tuple
     control_address: str = "127.0.0.1"
     token_path: str = ""  # the cluster token file; in state_dir by default
+    network: HostsNetwork | None = None  # in "netns" mode: the namespaces and their bridge
+    frontend_timeout: float | None = None  # adapters' and plugins' deadline; theirs if None
+    lease_seconds: float | None = None  # agents' lease expiry; theirs if None
+
+    @property
+    def hosts(self):
+        return "loopback" if self.network is None else "netns"
+
+    @property
+    def network_record(self):
+        return os.path.join(self.run_dir, "network.json")
 
     @property
     def control_url(self):
@@ -110,21 +130,52 @@ class ClusterLayout:
         return os.path.join(self.state_dir, "logs")
 
     def node(self, name):
-        return next(node for node in self.nodes if node.name == name)
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise ClusterError(f"no node {name!r} in this cluster; its nodes are "
+                           f"{', '.join(node.name for node in self.nodes)}")
+
+    def command_in_place(self, node, argv):
+        """argv as it runs on node: inside its network namespace in "netns" mode."""
+        if self.network is None:
+            return list(argv)
+        return in_namespace(self.network, node.index, argv)
+
+
+HOSTS = ("loopback", "netns")
+MAXIMUM_LOOPBACK_NODES = 254
 
 
 def make_layout(state_dir, run_dir, control_port=4523, agent_port=4524, adapter_port=9999,
-                backend="directory", node_count=2):
-    """Node n gets address 127.0.0.n, so every node can use the same port numbers."""
+                backend="directory", node_count=2, hosts="loopback", slot=0, **options):
+    """Node n gets address 127.0.0.n (loopback) or the n-th node address of the slot's
+    subnet (netns), so every node can use the same port numbers."""
+    if hosts not in HOSTS:
+        raise ClusterError(f"hosts must be one of {', '.join(HOSTS)}, not {hosts!r}")
+    network = None
+    if hosts == "netns":
+        network = HostsNetwork(cluster_prefix(run_dir), slot)
+        try:
+            addresses = [network.node_address(index) for index in range(1, node_count + 1)]
+        except NetworkError as error:
+            raise ClusterError(str(error)) from None
+        options.setdefault("control_address", network.bridge_address)
+    elif not 1 <= node_count <= MAXIMUM_LOOPBACK_NODES:
+        raise ClusterError(f"a cluster has 1 to {MAXIMUM_LOOPBACK_NODES} nodes, "
+                           f"not {node_count}")
+    else:
+        addresses = [f"127.0.0.{index}" for index in range(1, node_count + 1)]
     nodes = tuple(
         NodeLayout(
-            name=f"node{index}", address=f"127.0.0.{index}", agent_port=agent_port,
+            name=f"node{index}", address=address, agent_port=agent_port,
             adapter_port=adapter_port, data_dir=os.path.join(state_dir, f"node{index}"),
-            run_dir=os.path.join(run_dir, f"node{index}"),
+            run_dir=os.path.join(run_dir, f"node{index}"), index=index,
         )
-        for index in range(1, node_count + 1)
+        for index, address in enumerate(addresses, start=1)
     )
-    return ClusterLayout(state_dir, run_dir, control_port, backend, nodes)
+    return ClusterLayout(state_dir, run_dir, control_port, backend, nodes, network=network,
+                         **options)
 
 
 def control_command(layout):
@@ -152,18 +203,28 @@ def dockerd_command(node):
 
 
 def agent_command(layout, node):
+    lease = [] if layout.lease_seconds is None else ["--lease-seconds",
+                                                     f"{layout.lease_seconds:g}"]
     return [*POWERSTRIP_FLOCKER, "agent", "--control-url", layout.control_url,
             "--data-root", node.agent_data_root, "--backend", layout.backend,
             "--address", node.address,
             "--listen", f"tcp:{node.agent_port}:interface={node.address}",
-            "--cluster-token-file", layout.token_file, "--docker", node.real_docker_host]
+            "--cluster-token-file", layout.token_file, "--docker", node.real_docker_host,
+            *lease]
+
+
+def _frontend_timeout(layout):
+    if layout.frontend_timeout is None:
+        return []
+    return ["--timeout", f"{layout.frontend_timeout:g}"]
 
 
 def adapter_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "adapter", "--control-url", layout.control_url,
             "--node-address", node.address, "--cluster-token-file", layout.token_file,
             "--listen",
-            f"tcp:{node.adapter_port}:interface={node.adapter_address or node.address}"]
+            f"tcp:{node.adapter_port}:interface={node.adapter_address or node.address}",
+            *_frontend_timeout(layout)]
 
 
 def adapter_container_command(layout, node, image):
@@ -181,7 +242,11 @@ def adapter_container_command(layout, node, image):
 def plugin_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "plugin", "--control-url", layout.control_url,
             "--node-address", node.address, "--cluster-token-file", layout.token_file,
-            "--socket", os.path.join(node.plugin_dir, "flocker.sock")]
+            "--socket", plugin_socket(node), *_frontend_timeout(layout)]
+
+
+def plugin_socket(node):
+    return os.path.join(node.plugin_dir, "flocker.sock")
 
 
 def proxy_command(node):
@@ -223,11 +288,14 @@ def _registered_nodes(control_url):
         return set()
 
 
-def missing_requirements():
+def missing_requirements(hosts="loopback"):
     """Why a local cluster cannot run here, or None."""
     if os.geteuid() != 0:
         return "needs root (dockerd, mounts)"
-    for tool in ("dockerd", "docker", "containerd", "runc", "tar", "unshare"):
+    tools = ("dockerd", "docker", "containerd", "runc", "tar", "unshare")
+    if hosts == "netns":
+        tools += ("ip", "tc", "nsenter", "sysctl")
+    for tool in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     if not os.access(BUSYBOX, os.X_OK):
@@ -306,19 +374,60 @@ def processes_mentioning(paths):
     return found
 
 
+NODE_SERVICES = ("dockerd", "agent", "adapter", "plugin", "proxy")
+
+
+def _descendants(roots):
+    """roots and every process below them (a container's processes sit below its shim)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def processes_in_network_namespace(inode):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 class LocalCluster:
-    """Start, use and stop the processes of a ClusterLayout."""
+    """Start, use, break and stop the processes of a ClusterLayout."""
 
     def __init__(self, layout, progress=None):
         self.layout = layout
         self._progress = progress or (lambda message: None)
+        self._network = (None if layout.network is None else
+                         HostsNetworkControl(layout.network, layout.network_record))
+        self._start_options = {}
 
     def _pid_file(self, service):
         return os.path.join(self.layout.run_dir, "pids", f"{service}.pid")
 
-    def _spawn(self, service, argv, env=None):
+    def _spawn(self, service, argv, node=None, env=None):
         os.makedirs(self.layout.log_dir, exist_ok=True)
         os.makedirs(os.path.dirname(self._pid_file(service)), exist_ok=True)
+        if node is not None:
+            argv = self.layout.command_in_place(node, argv)
         with open(os.path.join(self.layout.log_dir, f"{service}.log"), "ab") as log:
             process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -353,51 +462,81 @@ class LocalCluster:
         adapter_commands maps a node name to another command line for its adapter, and
         prepare_node(node) runs once the node's dockerd answers (the Dockerfile test
         builds or loads the adapter's image there and runs the adapter as a container).
+        A start that fails stops what it started (keeping the logs) and raises.
         """
-        problem = missing_requirements()
+        problem = missing_requirements(self.layout.hosts)
         if problem:
             raise ClusterError(f"cannot start a local cluster: {problem}")
+        self._start_options = {"adapter_commands": adapter_commands or {},
+                               "prepare_node": prepare_node}
         layout = self.layout
-        os.makedirs(layout.state_dir, exist_ok=True)
-        if not os.path.exists(layout.token_file):
-            with open(os.open(layout.token_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
-                f.write(secrets.token_hex(32))
-        self._progress(f"control service on {layout.control_url}")
-        control = self._spawn("control", control_command(layout))
-        self._wait("control", control, lambda: _http_ok(layout.control_url + "/v1/version"))
-        for node in layout.nodes:
-            os.makedirs(node.run_dir, exist_ok=True)
-            os.makedirs(node.data_dir, exist_ok=True)
-            os.makedirs(node.plugin_dir, exist_ok=True)
-            os.makedirs(DOCKER_PLUGIN_DIRECTORY, exist_ok=True)
-            self._progress(f"{node.name}: dockerd on {node.real_docker_host}")
-            daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node))
-            self._wait(f"{node.name}-dockerd", daemon,
-                       lambda node=node: _docker_answers(node.real_docker_host))
-            if prepare_node is not None:
-                prepare_node(node)
-            self._progress(f"{node.name}: agent ({layout.backend}) on "
-                           f"{node.address}:{node.agent_port}")
-            agent = self._spawn(f"{node.name}-agent", agent_command(layout, node))
-            self._wait(f"{node.name}-agent", agent,
-                       lambda node=node: node.address in _registered_nodes(layout.control_url))
-            self._progress(f"{node.name}: adapter on {node.adapter_url}")
-            command = (adapter_commands or {}).get(node.name) or adapter_command(layout, node)
-            adapter = self._spawn(f"{node.name}-adapter", command)
-            self._wait(f"{node.name}-adapter", adapter,
-                       lambda node=node: _http_ok(node.adapter_url + "/healthz"))
-            with open(node.adapters_yml, "w") as config:
-                yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
-                               sort_keys=False)
-            self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
-            plugin = self._spawn(f"{node.name}-plugin", plugin_command(layout, node))
-            self._wait(f"{node.name}-plugin", plugin, lambda node=node: os.path.exists(
-                os.path.join(node.plugin_dir, "flocker.sock")))
-            self._progress(f"{node.name}: proxy on {node.docker_host}")
-            proxy = self._spawn(f"{node.name}-proxy", proxy_command(node))
-            self._wait(f"{node.name}-proxy", proxy,
-                       lambda node=node: _docker_answers(node.docker_host))
+        try:
+            os.makedirs(layout.state_dir, exist_ok=True)
+            if not os.path.exists(layout.token_file):
+                with open(os.open(layout.token_file, os.O_WRONLY | os.O_CREAT, 0o600),
+                          "w") as token:
+                    token.write(secrets.token_hex(32))
+            if self._network is not None:
+                self._network.remove()
+                self._progress(f"network: {len(layout.nodes)} namespaces on bridge "
+                               f"{layout.network.bridge} ({layout.network.subnet})")
+                self._network.create(len(layout.nodes))
+            self._progress(f"control service on {layout.control_url}")
+            control = self._spawn("control", control_command(layout))
+            self._wait("control", control,
+                       lambda: _http_ok(layout.control_url + "/v1/version"))
+            for node in layout.nodes:
+                self._start_node(node)
+        except (ClusterError, NetworkError, OSError, subprocess.SubprocessError) as error:
+            self.stop(remove_state=False)
+            if isinstance(error, ClusterError):
+                raise
+            raise ClusterError(str(error)) from error
+        except BaseException:
+            self.stop(remove_state=False)
+            raise
         return self
+
+    def _start_node(self, node):
+        layout = self.layout
+        for directory in (node.run_dir, node.data_dir, node.plugin_dir, DOCKER_PLUGIN_DIRECTORY):
+            os.makedirs(directory, exist_ok=True)
+        # A node killed whole leaves its sockets and pid files behind: the parts would
+        # refuse to bind, and dockerd to start if another process now has the old pid.
+        for stale in (node.docker_socket, plugin_socket(node),
+                      os.path.join(node.run_dir, "dockerd.pid"),
+                      os.path.join(node.run_dir, "exec", "containerd", "containerd.pid")):
+            if os.path.exists(stale):
+                os.unlink(stale)
+        where = "" if layout.network is None else f" in namespace {layout.network.namespace(node.index)}"
+        self._progress(f"{node.name}: dockerd on {node.real_docker_host}{where}")
+        daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node), node)
+        self._wait(f"{node.name}-dockerd", daemon,
+                   lambda: _docker_answers(node.real_docker_host))
+        prepare_node = self._start_options.get("prepare_node")
+        if prepare_node is not None:
+            prepare_node(node)
+        self._progress(f"{node.name}: agent ({layout.backend}) on "
+                       f"{node.address}:{node.agent_port}")
+        agent = self._spawn(f"{node.name}-agent", agent_command(layout, node), node)
+        self._wait(f"{node.name}-agent", agent,
+                   lambda: node.address in _registered_nodes(layout.control_url))
+        self._progress(f"{node.name}: adapter on {node.adapter_url}")
+        command = (self._start_options.get("adapter_commands", {}).get(node.name)
+                   or adapter_command(layout, node))
+        adapter = self._spawn(f"{node.name}-adapter", command, node)
+        self._wait(f"{node.name}-adapter", adapter,
+                   lambda: _http_ok(node.adapter_url + "/healthz"))
+        with open(node.adapters_yml, "w") as config:
+            yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
+                           sort_keys=False)
+        self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
+        plugin = self._spawn(f"{node.name}-plugin", plugin_command(layout, node), node)
+        self._wait(f"{node.name}-plugin", plugin,
+                   lambda: os.path.exists(plugin_socket(node)))
+        self._progress(f"{node.name}: proxy on {node.docker_host}")
+        proxy = self._spawn(f"{node.name}-proxy", proxy_command(node), node)
+        self._wait(f"{node.name}-proxy", proxy, lambda: _docker_answers(node.docker_host))
 
     def import_images(self):
         for node in self.layout.nodes:
@@ -412,8 +551,87 @@ class LocalCluster:
         pid_dir = os.path.join(self.layout.run_dir, "pids")
         return os.path.isdir(pid_dir) and bool(os.listdir(pid_dir))
 
+    # -- faults -------------------------------------------------------------
+
+    def _network_of(self, node_name, action):
+        node = self.layout.node(node_name)
+        if self._network is None:
+            raise ClusterError(f"{action} needs hosts of their own: start the cluster with "
+                               f"--hosts netns")
+        if not self._network.is_made(node.index):
+            raise ClusterError(f"{node_name} has no network namespace: is the cluster up?")
+        return node
+
+    def partition(self, node_name):
+        """Cut node_name's link: its processes keep running but reach nothing, and
+        nothing reaches them (its unix sockets still answer on this machine)."""
+        node = self._network_of(node_name, "partition")
+        self._network.set_link(node.index, up=False)
+
+    def heal(self, node_name):
+        node = self._network_of(node_name, "heal")
+        self._network.set_link(node.index, up=True)
+
+    def shape(self, node_name, rate):
+        """Rate-limit node_name's link both ways (a tc rate such as 100mbit; None: none)."""
+        node = self._network_of(node_name, "shape")
+        self._network.shape(node.index, rate)
+
+    def node_processes(self, node_name):
+        """Pids of everything running for node_name: its parts (from their pid files),
+        whatever runs in its network namespace, and every process below those (dockerd's
+        containerd, the containerd-shims, the containers)."""
+        node = self.layout.node(node_name)
+        roots = set()
+        for service in NODE_SERVICES:
+            pid = _read_pid(self._pid_file(f"{node.name}-{service}"))
+            if pid is not None and _alive(pid):
+                roots.add(pid)
+        if self._network is not None and self._network.is_made(node.index):
+            roots.update(processes_in_network_namespace(
+                self._network.namespace_inode(node.index)))
+        roots.update(processes_mentioning([node.run_dir + "/", node.data_dir + "/"]))
+        return {pid for pid in _descendants(roots) if pid != os.getpid() and _alive(pid)}
+
+    def kill(self, node_name, timeout=30.0):
+        """kill -9 of every process of node_name at once, as when a machine loses power."""
+        node = self.layout.node(node_name)
+        if not any(_read_pid(self._pid_file(f"{node.name}-{service}")) is not None
+                   for service in NODE_SERVICES):
+            raise ClusterError(f"{node_name} is not running: is the cluster up?")
+        deadline = time.monotonic() + timeout
+        while pids := self.node_processes(node_name):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{node_name}: processes {sorted(pids)} survived kill -9")
+            # Stop them all first, so none reacts to another's death (a dockerd
+            # restarting its containerd) before it dies too.
+            for signal_number in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal_number)
+                    except ProcessLookupError:
+                        pass
+            time.sleep(0.1)
+        for service in NODE_SERVICES:
+            try:
+                os.unlink(self._pid_file(f"{node.name}-{service}"))
+            except FileNotFoundError:
+                pass
+
+    def restart(self, node_name):
+        """Start node_name's processes again on their old data (after kill)."""
+        node = self.layout.node(node_name)
+        if not _http_ok(self.layout.control_url + "/v1/version"):
+            raise ClusterError("the control service does not answer: is the cluster up?")
+        if self.node_processes(node_name):
+            raise ClusterError(f"{node_name} is still running; kill it first")
+        self._start_node(node)
+
+    # -- stop ---------------------------------------------------------------
+
     def stop(self, remove_state=True):
-        """Stop every process, unmount, remove sockets (and the state when asked)."""
+        """Stop every process, unmount, remove sockets and the hosts' network (and the
+        state when asked)."""
         layout = self.layout
         for node in layout.nodes:
             if os.path.exists(node.real_docker_socket) and _docker_answers(node.real_docker_host):
@@ -428,23 +646,28 @@ class LocalCluster:
             (index for index, part in enumerate(order) if name[:-4].endswith(part)), 0))
         for service in services:
             self._terminate(os.path.join(pid_dir, service))
-        leftovers = processes_mentioning([layout.run_dir, layout.state_dir])
-        for pid in leftovers:
+        leftovers = set(processes_mentioning([layout.run_dir, layout.state_dir]))
+        if self._network is not None:
+            for node in layout.nodes:
+                if self._network.is_made(node.index):
+                    leftovers.update(processes_in_network_namespace(
+                        self._network.namespace_inode(node.index)))
+        for pid in _descendants(leftovers) - {os.getpid()}:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         unmount_under(layout.run_dir)
         unmount_under(layout.state_dir)
+        if self._network is not None:
+            self._network.remove()
         shutil.rmtree(layout.run_dir, ignore_errors=True)
         if remove_state:
             shutil.rmtree(layout.state_dir, ignore_errors=True)
 
     def _terminate(self, pid_path, timeout=20.0):
-        try:
-            with open(pid_path) as pid_file:
-                pid = int(pid_file.read().strip())
-        except (OSError, ValueError):
+        pid = _read_pid(pid_path)
+        if pid is None:
             return
         try:
             os.killpg(pid, signal.SIGTERM)
@@ -459,6 +682,14 @@ class LocalCluster:
         except ProcessLookupError:
             pass
         os.unlink(pid_path)
+
+
+def _read_pid(path):
+    try:
+        with open(path) as pid_file:
+            return int(pid_file.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _alive(pid):

@@ -3,7 +3,7 @@
 # package (into .venv, with the extras given in PSF_EXTRAS) that both need (ruby only
 # lets a test check that the Vagrantfiles parse). Run as root on Debian.
 
-apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ruby ca-certificates
+apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ruby ca-certificates iproute2 socat
               python3-venv)
 missing=()
 for package in "${apt_packages[@]}"; do

@@ -8,6 +8,7 @@ import pytest
 from powerstripflocker.localcluster import (
     LocalCluster, adapter_container_command, docker, make_layout, missing_requirements,
 )
+from powerstripflocker.localnet import free_slot
 
 from ..support.images import ADAPTER_IMAGE, build_adapter_image
 from ..support.processes import free_port
@@ -51,10 +52,14 @@ class ClusterUnderTest:
 
 
 def start_cluster(base, **layout_options):
-    problem = missing_requirements()
+    """A LocalCluster (not started yet) on free ports; with hosts="netns", in a free
+    address slot."""
+    problem = missing_requirements(layout_options.get("hosts", "loopback"))
     if problem:
         pytest.skip(f"end-to-end tests need a local cluster: {problem}")
     run_dir = tempfile.mkdtemp(prefix="psf-", dir="/run" if os.path.isdir("/run") else None)
+    if layout_options.get("hosts") == "netns":
+        layout_options.setdefault("slot", free_slot())
     layout = make_layout(str(base), run_dir, control_port=free_port(), agent_port=free_port(),
                          adapter_port=free_port(), **layout_options)
     return LocalCluster(layout)
