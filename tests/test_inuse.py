@@ -1,15 +1,25 @@
 """In-use tracking: the kernel's mount table, Docker, leases and fencing, on a Clock with
-the in-memory control service; tests/test_inuse_mounts.py does it with real mounts."""
+the in-memory control service, and with real mounts in other mount namespaces, real
+processes and a real btrfs (RealMountTests)."""
 
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import pytest
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from powerstripflocker.docker import MemoryDockerEngine, Mount
 from powerstripflocker.flocker import MemoryFlockerAPI
 from powerstripflocker.inuse import (
-    Fencer, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
+    Fencer, KernelMounts, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
     parse_mountinfo,
 )
+
+from .agent.support import LoopBtrfs, btrfs_skip_reason
 
 
 class UseTrackerTests(SynchronousTestCase):
@@ -321,3 +331,133 @@ class FencingTests(SynchronousTestCase):
                                     f"partition at {cut_at}: fenced at {fenced_at}")
             self.mount()
             self.clock.advance(0.5)
+
+
+def _mount_skip_reason():
+    if os.geteuid() != 0:
+        return "needs root to mount in a new mount namespace"
+    if shutil.which("unshare") is None:
+        return "needs unshare (util-linux)"
+    return None
+
+
+class MountedElsewhere:
+    """A process in a mount namespace of its own with source bind-mounted in it, as a
+    container's init would be; cd=True also makes it work inside the mount."""
+
+    def __init__(self, source, cd=False):
+        self.target = tempfile.mkdtemp(prefix="psf-bind-")
+        script = 'mount --bind "$0" "$1" && echo ready && exec sleep 600'
+        if cd:
+            script = 'mount --bind "$0" "$1" && cd "$1" && echo ready && exec sleep 600'
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, source,
+             self.target], stdout=subprocess.PIPE)
+        assert self.process.stdout.readline() == b"ready\n"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+        if os.path.isdir(self.target):
+            os.rmdir(self.target)
+
+
+@pytest.mark.integration
+class RealMountTests(SynchronousTestCase):
+    def setUp(self):
+        reason = _mount_skip_reason()
+        if reason:
+            raise SkipTest(reason)
+        self.root = tempfile.mkdtemp(prefix="psf-inuse-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.dataset_id = str(uuid.uuid4())
+        self.path = os.path.join(self.root, "datasets", self.dataset_id)
+        os.makedirs(os.path.join(self.path, "sub"))
+        os.makedirs(self.path + "-sibling")
+        self.mounts = KernelMounts()
+
+    def elsewhere(self, source, cd=False):
+        mounted = MountedElsewhere(source, cd=cd)
+        self.addCleanup(mounted.stop)
+        return mounted
+
+    def scan(self):
+        return self.mounts.scan({self.path: self.dataset_id}).get(self.dataset_id, [])
+
+    def test_a_bind_in_another_namespace_is_found_with_its_processes(self):
+        self.assertEqual(self.scan(), [])
+        mounted = self.elsewhere(self.path)
+        [use] = self.scan()
+        self.assertIn(mounted.process.pid, use.pids)
+        self.assertEqual(use.mount_points, (mounted.target,))
+        self.assertFalse(use.shared)
+        self.assertIn("(sleep)", use.describe())
+        mounted.stop()
+        self.assertEqual(self.scan(), [])
+
+    def test_a_directory_below_the_dataset_counts_its_parent_and_sibling_do_not(self):
+        self.elsewhere(os.path.join(self.path, "sub"))
+        self.elsewhere(self.path + "-sibling")
+        self.elsewhere(os.path.join(self.root, "datasets"))
+        [use] = self.scan()
+        self.assertEqual(len(use.mount_points), 1)
+
+    def test_a_btrfs_subvolume_bound_elsewhere_is_found_by_its_path_in_the_file_system(self):
+        reason = btrfs_skip_reason()
+        if reason:
+            raise SkipTest(reason)
+        fs = LoopBtrfs(size="256M").create("256M")
+        self.addCleanup(fs.destroy)
+        path = os.path.join(fs.mount_point, "agent", "datasets", self.dataset_id)
+        os.makedirs(os.path.dirname(path))
+        subprocess.run(["btrfs", "subvolume", "create", path], check=True,
+                       capture_output=True)
+        paths = {path: self.dataset_id}
+        self.assertEqual(self.mounts.scan(paths), {}, "the file system's own mount")
+        mounted = self.elsewhere(path)
+        [use] = self.mounts.scan(paths)[self.dataset_id]
+        self.assertIn(mounted.process.pid, use.pids)
+        mounted.stop()
+        self.assertEqual(self.mounts.scan(paths), {})
+
+    def fencing_tracker(self, api_unreachable=True):
+        clock = Clock()
+        api = MemoryFlockerAPI(clock, convergence_delay=0)
+        node = api.add_node("10.0.0.1")
+        api.unreachable = "partitioned" if api_unreachable else None
+        tracker = None
+
+        def fence(dataset_id, reason):
+            tracker.fence(dataset_id, reason)
+
+        keeper = LeaseKeeper(api, node.uuid, clock, lease_seconds=6, on_lapse=fence)
+        tracker = UseTracker(None, keeper, lambda: {self.path: self.dataset_id}, clock,
+                             mounts=self.mounts, fencer=Fencer(clock, self.mounts))
+        self.addCleanup(tracker.stop)
+        return tracker
+
+    def test_fencing_kills_the_processes_of_a_namespace_that_has_it_mounted(self):
+        writer = self.elsewhere(self.path)
+        bystander = subprocess.Popen(["sleep", "600"])
+        self.addCleanup(bystander.wait)
+        self.addCleanup(bystander.kill)
+        self.fencing_tracker().start()      # a restarted agent, dockerd dead, control away
+        self.assertEqual(writer.process.wait(timeout=10), -9)
+        self.assertIsNone(bystander.poll())
+        self.assertEqual(self.scan(), [])
+
+    def test_in_a_shared_namespace_only_the_processes_working_in_the_mount_are_killed(self):
+        target = tempfile.mkdtemp(prefix="psf-bind-")
+        subprocess.run(["mount", "--bind", self.path, target], check=True)
+        self.addCleanup(os.rmdir, target)
+        self.addCleanup(subprocess.run, ["umount", "-l", target], check=False)
+        inside = subprocess.Popen(["sleep", "600"], cwd=target)
+        outside = subprocess.Popen(["sleep", "600"])
+        for process in (inside, outside):
+            self.addCleanup(process.wait)
+            self.addCleanup(process.kill)
+        [use] = self.scan()
+        self.assertTrue(use.shared)
+        self.assertEqual(self.mounts.users_in_namespace(use), [inside.pid])
