@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 from powerstripflocker.localcluster import (  # noqa: E402
     LocalCluster, docker, make_layout, missing_requirements,
 )
+from powerstripflocker.localnet import free_slot  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -100,8 +101,8 @@ def report_median_ratio(name, figure, times, measured, baseline, target, runs, o
         "rows": rows}, output)
 
 
-def cannot_run():
-    reason = missing_requirements()
+def cannot_run(hosts="loopback"):
+    reason = missing_requirements(hosts)
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
         return 2
@@ -211,15 +212,20 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(backend="directory", state_dir=None, progress=print, keep_logs=None):
+def running_cluster(backend="directory", state_dir=None, progress=print, keep_logs=None,
+                    **layout_options):
     """A two-node cluster on free ports; stopped (processes, mounts, state) on the way
     out, also on an exception, Ctrl-C or SIGTERM. keep_logs: a directory the cluster's
-    logs are copied to before they go."""
+    logs are copied to before they go. layout_options go to make_layout (hosts="netns"
+    takes a free address slot)."""
     previous = signal.signal(signal.SIGTERM, _raise_on_term)
     base = state_dir or tempfile.mkdtemp(prefix="psf-bench-")
     run_dir = tempfile.mkdtemp(prefix="psfb-", dir="/run" if os.path.isdir("/run") else None)
+    if layout_options.get("hosts") == "netns":
+        layout_options.setdefault("slot", free_slot())
     layout = make_layout(os.path.join(base, "cluster"), run_dir, control_port=free_port(),
-                         agent_port=free_port(), adapter_port=free_port(), backend=backend)
+                         agent_port=free_port(), adapter_port=free_port(), backend=backend,
+                         **layout_options)
     local = LocalCluster(layout, progress=lambda message: progress(f"  cluster: {message}"))
     try:
         local.start()

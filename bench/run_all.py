@@ -29,6 +29,7 @@ BENCHMARKS = [
     ("docker_run", "docker_run.py", ["--runs", "30"], ["--runs", "8"]),
     ("move_large", "move_large.py", ["--megabytes", "1024"], ["--megabytes", "64"]),
     ("move_small", "move_small.py", ["--runs", "15"], ["--runs", "4"]),
+    ("move_shaped", "move_shaped.py", ["--megabytes", "256"], ["--megabytes", "32"]),
     ("concurrency", "concurrency.py", [], []),
     ("concurrency_split", "concurrency.py", ["--mode", "split"], ["--mode", "split"]),
 ]
@@ -39,6 +40,7 @@ TITLES = {
     "docker_run": "2. docker run, volume local",
     "move_large": "3. move a large dataset (tar baseline)",
     "move_small": "4. move a small volume",
+    "move_shaped": "4b. move over a link shaped to 100 Mbit/s (tar | socat baseline)",
     "concurrency": "5. 200 creates / 50 names, each from both nodes",
     "concurrency_split": "5b. same, each name from one node",
 }
