@@ -133,6 +133,15 @@ class HeldElsewhere(AlreadyExists):
         self.holder = holder
 
 
+class ClaimedElsewhere(AlreadyExists):
+    """409: a claim asked again with a generation found the dataset moved to another node
+    (claimant, a Node) in the meantime."""
+
+    def __init__(self, code, description, claimant):
+        super().__init__(code, description)
+        self.claimant = claimant
+
+
 class DatasetDeleted(FlockerAPIError):
     pass
 
@@ -180,11 +189,14 @@ class IFlockerAPI(Interface):
         """Fires with a Configuration: its tag and the DatasetConfigs named name (deleted
         ones too), without reading the rest of the cluster."""
 
-    def claim(name, node_uuid, expires=30.0, maximum_size=None, create=True):
+    def claim(name, node_uuid, expires=30.0, maximum_size=None, create=True,
+              generation=None):
         """Asks the control service to make the volume name usable on node_uuid, decided
         there in one transaction: create it there (when create, else NotFound), move it
         there, or, once it is there, lease it to node_uuid for expires seconds. Fires with
-        a Claim; fails with HeldElsewhere while another node holds its lease."""
+        a Claim; fails with HeldElsewhere while another node holds its lease. generation:
+        asking again about the Claim of that generation; fails with ClaimedElsewhere if
+        another node has moved the dataset away since."""
 
     def list_datasets_state(dataset_id=None):
         """Fires with the list of DatasetState the nodes report (of one dataset if
@@ -320,6 +332,10 @@ class FlockerClient:
             holder = _holder(decoded.get("holder")) if isinstance(decoded, dict) else None
             if response.code == 409 and holder is not None:
                 raise HeldElsewhere(response.code, description, holder)
+            claimant = decoded.get("claimed_by") if isinstance(decoded, dict) else None
+            if response.code == 409 and isinstance(claimant, dict):
+                raise ClaimedElsewhere(response.code, description, Node(
+                    str(claimant.get("node_uuid")), claimant.get("host")))
             error_class = _ERRORS_BY_STATUS.get(response.code, FlockerAPIError)
             raise error_class(response.code, description)
         if decoded is None:
@@ -346,10 +362,13 @@ class FlockerClient:
         tag = response.headers.getRawHeaders("X-Configuration-Tag", [None])[0]
         return Configuration(tag, [_dataset_config(entry) for entry in body])
 
-    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True):
+    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True,
+              generation=None):
         body = {"name": name, "node_uuid": node_uuid, "expires": expires, "create": create}
         if maximum_size is not None:
             body["maximum_size"] = maximum_size
+        if generation is not None:
+            body["generation"] = generation
 
         async def call():
             _, answer = await self._request(
@@ -644,7 +663,8 @@ class MemoryFlockerAPI:
         return self._outcome("datasets_named", (name,), lambda: Configuration(
             self._tag(), [d for d in self._datasets.values() if d.name == name]))
 
-    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True):
+    def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True,
+              generation=None):
         def decide():
             _check_claim(name, node_uuid, expires, create)
             candidates = [d for d in self._datasets.values() if d.name == name and not d.deleted]
@@ -659,6 +679,14 @@ class MemoryFlockerAPI:
             lease = self._leases.get(dataset.dataset_id)
             if lease is not None and lease[0] != node_uuid:
                 raise self._held_elsewhere(f"volume {name!r}", dataset.dataset_id, name)
+            current = self._generations[dataset.dataset_id]
+            if generation is not None and current != generation and (
+                    dataset.primary != node_uuid):
+                claimant = self._node(dataset.primary)
+                raise ClaimedElsewhere(409, (
+                    f"volume {name!r} was claimed by {claimant.host or 'node ' + claimant.uuid}"
+                    f" (node {claimant.uuid}) while this node waited for it; run the "
+                    f"container on one node at a time"), claimant)
             if dataset.primary != node_uuid:
                 self._set_primary(dataset, node_uuid)
                 return self._pending(dataset.dataset_id, dataset.primary)

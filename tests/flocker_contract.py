@@ -21,7 +21,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
 from powerstripflocker.flocker import (
-    AlreadyExists, BadRequest, ConfigurationChanged, DatasetDeleted, HeldElsewhere,
+    AlreadyExists, BadRequest, ClaimedElsewhere, ConfigurationChanged, DatasetDeleted, HeldElsewhere,
     IFlockerAPI, NotFound,
 )
 
@@ -264,6 +264,24 @@ def make_flocker_api_tests(start_cluster):
             self.assertEqual(dataset.primary, second.uuid)
             ready, _ = await self.claim_until_ready(cluster, name, second)
             self.assertEqual((ready.dataset_id, ready.generation), (created.dataset_id, 2))
+
+        async def test_a_claim_asked_again_never_takes_back_what_another_node_claimed(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name = f"contested-{uuid.uuid4().hex[:8]}"
+            mine = await cluster.api.claim(name, first.uuid)
+            theirs = await cluster.api.claim(name, second.uuid)
+            self.assertEqual((theirs.dataset_id, theirs.generation),
+                             (mine.dataset_id, mine.generation + 1))
+            with self.assertRaises(ClaimedElsewhere) as raised:
+                await cluster.api.claim(name, first.uuid, generation=mine.generation)
+            self.assertEqual((raised.exception.code, raised.exception.claimant.uuid),
+                             (409, second.uuid))
+            self.assertIn(f"volume {name!r} was claimed by", raised.exception.description)
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual(dataset.primary, second.uuid)
+            again = await cluster.api.claim(name, second.uuid, generation=theirs.generation)
+            self.assertEqual(again.generation, theirs.generation)
 
         async def test_claim_without_create_of_an_unknown_name_is_not_found(self):
             cluster = await start_cluster(self)

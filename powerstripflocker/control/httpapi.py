@@ -289,6 +289,7 @@ class ControlAPI:
             expires=body.get("expires", DEFAULT_CLAIM_SECONDS),
             maximum_size=body.get("maximum_size"),
             create=body.get("create", True),
+            generation=body.get("generation"),
         )
         return code, answer, self._tag_headers()
 

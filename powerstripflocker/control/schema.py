@@ -83,6 +83,8 @@ CLAIM = {
                     "maximum": 365 * 24 * 3600},
         "maximum_size": MAXIMUM_SIZE,
         "create": {"type": "boolean"},
+        # Asking again about the claim answered with this generation (see service.claim).
+        "generation": {"type": "integer", "minimum": 1, "maximum": 2 ** 62},
     },
     "required": ["name", "node_uuid"],
     "additionalProperties": False,

@@ -57,6 +57,17 @@ class HeldElsewhere(APIError):
         return dict(super().body(), holder=dict(self.holder))
 
 
+class ClaimedElsewhere(APIError):
+    """409: a claim that waited for generation G found the dataset moved to another node."""
+
+    def __init__(self, description, claimant):
+        super().__init__(409, description)
+        self.claimant = claimant
+
+    def body(self):
+        return dict(super().body(), claimed_by=dict(self.claimant))
+
+
 def normalise_uuid(text):
     """Lower-case canonical form of a UUID string, or None if text is not one."""
     try:
@@ -381,9 +392,14 @@ class ControlService:
     # -- claims -------------------------------------------------------------
 
     def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS, maximum_size=None,
-              create=True):
+              create=True, generation=None):
         """(code, answer) for POST /v1/configuration/claims, decided in one transaction:
-        create the name here, move it here, or lease it to node_uuid once it is here."""
+        create the name here, move it here, or lease it to node_uuid once it is here.
+
+        generation: the claimant is asking again about the claim answered with that
+        generation; if another node has since moved the dataset away, refuse (409)
+        rather than move it back, so two nodes asking at once cannot keep taking it
+        from each other."""
         node_uuid = node_uuid.lower()
         changed = False
         with self.store.transaction():
@@ -400,6 +416,16 @@ class ControlService:
                 lease = self._live_lease(dataset.dataset_id)
                 if lease is not None and lease.node_uuid != node_uuid:
                     raise self._held_elsewhere(f"volume {name!r}", lease, name)
+                if (generation is not None and dataset.generation != generation
+                        and dataset.primary != node_uuid):
+                    report = self.nodes.get(dataset.primary)
+                    host = None if report is None else report.host
+                    raise ClaimedElsewhere(
+                        f"volume {name!r} was claimed by {host or 'node ' + dataset.primary} "
+                        f"(node {dataset.primary}) while this node waited for it; run the "
+                        f"container on one node at a time",
+                        {"node_uuid": dataset.primary, "host": host},
+                    )
                 if dataset.primary != node_uuid:
                     source = dataset.primary
                     self._move(dataset, node_uuid)
