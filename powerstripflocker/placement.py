@@ -12,16 +12,20 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .flocker import ConfigurationChanged, ControlServiceUnreachable, FlockerAPIError
+from .flocker import (
+    ClaimedElsewhere, ConfigurationChanged, ControlServiceUnreachable, FlockerAPIError,
+    HeldElsewhere, NotFound,
+)
 
 log = Logger()
 
 DEFAULT_DEADLINE = 120.0
+# A hook's claim lapses by itself if the container never starts; the node's agent renews
+# it (as its own lease) once a container uses the volume.
+DEFAULT_CLAIM_SECONDS = 30.0
 FIRST_POLL = 0.05
 LONGEST_POLL = 1.0
 CONDITIONAL_CREATE_ATTEMPTS = 20
-IN_USE_GRACE = 3.0
-IN_USE_POLL = 0.25
 
 
 class PlacementError(Exception):
@@ -42,6 +46,12 @@ class VolumeClaimedElsewhere(PlacementError):
     """Another node asked for the volume while this node waited for it."""
 
     kind = "conflict"
+
+
+class VolumeStalled(PlacementError):
+    """The move here stopped: its sender used up its retries."""
+
+    kind = "stalled"
 
 
 class ControlServiceUnavailable(PlacementError):
@@ -100,18 +110,25 @@ def live_datasets_named(datasets, name):
     return [d for d in datasets if not d.deleted and d.name == name]
 
 
-def describe_state(entries, hosts):
-    """Human words for what state said about one dataset."""
-    if not entries:
-        return "not reported by any node"
-    parts = []
-    for entry in entries:
-        if entry.primary is None:
-            parts.append("known but attached nowhere")
-        else:
-            where = hosts.get(entry.primary, entry.primary)
-            parts.append(f"on {where} at {entry.path}" if entry.path else f"on {where}, no path")
-    return "; ".join(parts)
+def volume_view(name, datasets, states, node_uuid):
+    """The VolumeView of name from its datasets and its chosen dataset's state, or None."""
+    return volume_views(datasets, states, node_uuid).get(name)
+
+
+def describe_claim(claim):
+    """Human words for how far a claim that is not ready yet got."""
+    if claim.status == "creating":
+        return "it is still being created: this node's agent has not reported it yet"
+    source = _node_words(claim.source) if claim.source else "its old primary"
+    if claim.bytes_total:
+        copied = f"{claim.bytes_done} of {claim.bytes_total} bytes copied"
+    else:
+        copied = f"{claim.bytes_done} bytes copied so far"
+    return f"it is still moving from {source} ({copied})"
+
+
+def _node_words(node):
+    return node.host or f"node {node.uuid}"
 
 
 class SingleFlight:
@@ -139,10 +156,17 @@ class SingleFlight:
 
 
 class Placement:
-    """ensure_local(names) -> Deferred firing with {name: path on this node}."""
+    """ensure_local(names) -> Deferred firing with {name: path on this node}.
+
+    Each name is claimed from the control service, which decides in one transaction
+    whether to create it here, move it here, or (once it is here) lease it to this node;
+    the claim is asked again, backing off, until it is ready or refused."""
 
     def __init__(self, api, clock, node_uuid=None, node_address=None,
-                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None, usage=None):
+                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None, usage=None,
+                 claim_seconds=DEFAULT_CLAIM_SECONDS):
+        # usage: ignored; a refused claim names the holder's containers itself. Accepted
+        # until frontend_options.build_placement stops passing it.
         if node_uuid is None and node_address is None:
             raise ValueError("give this node's UUID or its address")
         self._api = api
@@ -150,14 +174,12 @@ class Placement:
         self._node_uuid = node_uuid
         self._node_address = node_address
         self.deadline = deadline
+        self.claim_seconds = claim_seconds
         self._maximum_size = maximum_size
         self._metrics = metrics
-        # usage(dataset_id, node_uuid) -> the containers that node says use the dataset
-        self._usage = usage
         self._flights = SingleFlight()
-        # Creates from this process go one at a time: a conditional create fails when any
-        # dataset changed, so concurrent creates of different names here would only keep
-        # invalidating each other's configuration tag (50 at once exhausted the attempts).
+        # The plugin's Create goes one at a time: a conditional create fails when any
+        # dataset changed, so concurrent creates here would only invalidate each other's tag.
         self._creating = DeferredLock()
         self._this_node = None
 
@@ -188,11 +210,26 @@ class Placement:
 
     def create(self, name, maximum_size=None):
         """Make sure a dataset is named name (a new one is created on this node) without
-        waiting for it to exist anywhere; fires with its DatasetConfig."""
+        waiting for it to exist anywhere or moving it; fires with its DatasetConfig."""
         async def create():
             deadline_at = self._clock.seconds() + self.deadline
             node = await self.this_node(deadline_at, name)
-            return await self._find_or_create(name, node, deadline_at, maximum_size)
+            found = await self._named(name, deadline_at)
+            if found is not None:
+                return found
+            acquired = self._creating.acquire()
+            acquired.addTimeout(max(deadline_at - self._clock.seconds(), 0.001), self._clock)
+            try:
+                await acquired
+            except DeferredTimeout:
+                raise PlacementTimeout(
+                    f"volume {name!r}: other volumes being created on this node took the "
+                    f"whole {self.deadline:g}s deadline"
+                ) from None
+            try:
+                return await self._create_one_at_a_time(name, node, deadline_at, maximum_size)
+            finally:
+                self._creating.release()
         return Deferred.fromCoroutine(create())
 
     def views(self, timeout):
@@ -204,6 +241,22 @@ class Placement:
                 self._api.list_datasets_configuration(), "volumes", deadline_at)
             states = await self._call(self._api.list_datasets_state(), "volumes", deadline_at)
             return volume_views(configuration.datasets, states, node.uuid)
+        return Deferred.fromCoroutine(look())
+
+    def view(self, name, timeout):
+        """The VolumeView of one name (None if no live dataset has it), read without
+        looking at the rest of the cluster, within timeout."""
+        async def look():
+            deadline_at = self._clock.seconds() + timeout
+            node = await self.this_node(deadline_at, name)
+            configuration = await self._call(
+                self._api.datasets_named(name), name, deadline_at)
+            chosen = self._chosen(configuration.datasets, name)
+            if chosen is None:
+                return None
+            states = await self._call(
+                self._api.list_datasets_state(chosen.dataset_id), name, deadline_at)
+            return volume_view(name, [chosen], states, node.uuid)
         return Deferred.fromCoroutine(look())
 
     async def this_node(self, deadline_at=None, volumes="this node"):
@@ -267,50 +320,74 @@ class Placement:
             self._metrics.failures.labels(kind=kind).inc()
 
     async def _place(self, name, node, deadline_at):
-        # State is read while configuration is, so a volume already here costs one round
-        # trip; the early read counts only if the dataset is neither created nor moved.
-        early_state = Deferred.fromCoroutine(
-            self._call(self._api.list_datasets_state(), name, deadline_at))
-        early_state.addErrback(lambda failure: None)
-        dataset = await self._find_or_create(name, node, deadline_at, self._maximum_size)
-        if dataset.primary != node.uuid:
-            early_state = None
-            await self._refuse_if_leased_elsewhere(name, dataset.dataset_id, node, deadline_at)
-            await self._call(
-                self._api.move_dataset(dataset.dataset_id, node.uuid), name, deadline_at
-            )
-            log.info("moving volume {volume} (dataset {dataset_id}) from node {source} "
-                     "to this node {target}", volume=name, dataset_id=dataset.dataset_id,
-                     source=dataset.primary, target=node.uuid)
+        delay = FIRST_POLL
+        generation = None  # of the last answer: a later claim must not take it back
+        last = None  # the last answer or refusal, for the deadline's message
+        while True:
+            try:
+                claim = await self._call(
+                    self._api.claim(name, node.uuid, expires=self.claim_seconds,
+                                    maximum_size=self._maximum_size, generation=generation),
+                    name, deadline_at)
+            except HeldElsewhere as refusal:
+                if refusal.holder.users:
+                    raise VolumeInUse(refusal.description) from None
+                # The holder reports no running user: its release is on its way.
+                last = refusal
+            except ClaimedElsewhere as refusal:
+                raise VolumeClaimedElsewhere(refusal.description) from None
+            except NotFound:
+                raise PlacementError(
+                    f"volume {name!r}: the control service has no claims endpoint "
+                    f"(POST /v1/configuration/claims); use powerstrip-flocker's own "
+                    f"control service"
+                ) from None
+            else:
+                if generation is None:
+                    self._note_first_answer(name, node, claim)
+                generation = claim.generation
+                if claim.status == "ready":
+                    return LocalVolume(claim.dataset_id, claim.path)
+                if claim.stalled:
+                    source = _node_words(claim.source) if claim.source else "its old primary"
+                    raise VolumeStalled(
+                        f"volume {name!r}: the move from {source} stalled: {claim.error}")
+                last = claim
+            remaining = deadline_at - self._clock.seconds()
+            if remaining <= 0:
+                raise self._deadline_error(name, node, last)
+            await deferLater(self._clock, min(delay, remaining), lambda: None)
+            delay = min(delay * 2, LONGEST_POLL)
+
+    def _note_first_answer(self, name, node, claim):
+        if claim.status == "creating":
+            log.info("creating volume {volume} as dataset {dataset_id} on this node {node}",
+                     volume=name, dataset_id=claim.dataset_id, node=node.uuid)
+            if self._metrics is not None:
+                self._metrics.creates.inc()
+        elif claim.status == "moving":
+            log.info("moving volume {volume} (dataset {dataset_id}) from {source} to this "
+                     "node {target}", volume=name, dataset_id=claim.dataset_id,
+                     source=_node_words(claim.source) if claim.source else "its old primary",
+                     target=node.uuid)
             if self._metrics is not None:
                 self._metrics.moves.inc()
-        path = await self._wait_until_local(name, dataset.dataset_id, node, deadline_at,
-                                            early_state)
-        return LocalVolume(dataset.dataset_id, path)
 
-    async def _find_or_create(self, name, node, deadline_at, maximum_size):
-        configuration = await self._call(
-            self._api.list_datasets_configuration(), name, deadline_at
+    def _deadline_error(self, name, node, last):
+        if isinstance(last, HeldElsewhere):
+            return VolumeInUse(last.description)
+        here = node.host or "this node"
+        return PlacementTimeout(
+            f"volume {name!r} (dataset {last.dataset_id}) is not on {here} (node "
+            f"{node.uuid}) after {self.deadline:g}s: {describe_claim(last)}"
         )
-        found = self._named(configuration, name)
-        if found is not None:
-            return found
-        acquired = self._creating.acquire()
-        acquired.addTimeout(max(deadline_at - self._clock.seconds(), 0.001), self._clock)
-        try:
-            await acquired
-        except DeferredTimeout:
-            raise PlacementTimeout(
-                f"volume {name!r}: other volumes being created on this node took the whole "
-                f"{self.deadline:g}s deadline"
-            ) from None
-        try:
-            return await self._create_one_at_a_time(name, node, deadline_at, maximum_size)
-        finally:
-            self._creating.release()
 
-    def _named(self, configuration, name):
-        candidates = live_datasets_named(configuration.datasets, name)
+    async def _named(self, name, deadline_at):
+        configuration = await self._call(self._api.datasets_named(name), name, deadline_at)
+        return self._chosen(configuration.datasets, name)
+
+    def _chosen(self, datasets, name):
+        candidates = live_datasets_named(datasets, name)
         if not candidates:
             return None
         chosen = choose_dataset(candidates)
@@ -322,10 +399,8 @@ class Placement:
 
     async def _create_one_at_a_time(self, name, node, deadline_at, maximum_size):
         for _ in range(CONDITIONAL_CREATE_ATTEMPTS):
-            configuration = await self._call(
-                self._api.list_datasets_configuration(), name, deadline_at
-            )
-            found = self._named(configuration, name)
+            configuration = await self._call(self._api.datasets_named(name), name, deadline_at)
+            found = self._chosen(configuration.datasets, name)
             if found is not None:
                 return found
             try:
@@ -348,83 +423,3 @@ class Placement:
             f"volume {name!r}: the cluster configuration changed during each of "
             f"{CONDITIONAL_CREATE_ATTEMPTS} attempts to create it; try again"
         )
-
-    async def _hosts(self, deadline_at):
-        nodes = await self._call(self._api.list_nodes(), "nodes", deadline_at)
-        return {node.uuid: node.host for node in nodes}
-
-    async def _lease_elsewhere(self, name, dataset_id, node, deadline_at):
-        leases = await self._call(self._api.list_leases(), name, deadline_at)
-        for lease in leases:
-            if lease.dataset_id == dataset_id and lease.node_uuid != node.uuid:
-                return lease
-        return None
-
-    async def _refuse_if_leased_elsewhere(self, name, dataset_id, node, deadline_at):
-        lease = await self._lease_elsewhere(name, dataset_id, node, deadline_at)
-        # A container that just stopped there releases its lease within a moment: give
-        # it IN_USE_GRACE seconds before refusing ("docker stop" then "docker run").
-        waited = 0.0
-        while lease is not None and waited < IN_USE_GRACE:
-            await deferLater(self._clock, IN_USE_POLL, lambda: None)
-            waited += IN_USE_POLL
-            lease = await self._lease_elsewhere(name, dataset_id, node, deadline_at)
-        if lease is None:
-            return
-        hosts = await self._hosts(deadline_at)
-        holder = hosts.get(lease.node_uuid, "a node that is not reporting")
-        users = []
-        if self._usage is not None:
-            users = await self._usage(dataset_id, lease.node_uuid)
-        if users:
-            what = ", ".join(f"container {user}" for user in users)
-            raise VolumeInUse(f"volume {name!r} is in use on {holder} (node {lease.node_uuid}, "
-                              f"{what}); stop it there first")
-        raise VolumeInUse(
-            f"volume {name!r} is in use on {holder} (node {lease.node_uuid} holds the lease on "
-            f"dataset {dataset_id}); stop its containers there first, or run "
-            f"'powerstrip-flocker release {name}' if that node is gone"
-        )
-
-    async def _refuse_if_claimed_elsewhere(self, name, dataset_id, node, deadline_at):
-        configuration = await self._call(
-            self._api.list_datasets_configuration(), name, deadline_at)
-        for dataset in configuration.datasets:
-            if dataset.dataset_id == dataset_id and dataset.primary != node.uuid:
-                hosts = await self._hosts(deadline_at)
-                claimant = hosts.get(dataset.primary, f"node {dataset.primary}")
-                raise VolumeClaimedElsewhere(
-                    f"volume {name!r} was claimed by {claimant} while this node waited for "
-                    f"it; run the container on one node at a time"
-                )
-
-    async def _wait_until_local(self, name, dataset_id, node, deadline_at, early_state=None):
-        delay = FIRST_POLL
-        while True:
-            states = await early_state if early_state is not None else None
-            early_state = None
-            if states is None:
-                states = await self._call(self._api.list_datasets_state(), name, deadline_at)
-            entries = [entry for entry in states if entry.dataset_id == dataset_id]
-            if len(entries) == 1 and entries[0].primary == node.uuid and entries[0].path:
-                return entries[0].path
-            if any(entry.primary not in (None, node.uuid) for entry in entries):
-                await self._refuse_if_leased_elsewhere(name, dataset_id, node, deadline_at)
-                await self._refuse_if_claimed_elsewhere(name, dataset_id, node, deadline_at)
-            remaining = deadline_at - self._clock.seconds()
-            if remaining <= 0:
-                hosts = await self._hosts_or_empty(deadline_at)
-                here = node.host or hosts.get(node.uuid) or "this node"
-                raise PlacementTimeout(
-                    f"volume {name!r} (dataset {dataset_id}) is not on {here} (node "
-                    f"{node.uuid}) after {self.deadline:g}s; last state seen: "
-                    f"{describe_state(entries, hosts)}"
-                )
-            await deferLater(self._clock, min(delay, remaining), lambda: None)
-            delay = min(delay * 2, LONGEST_POLL)
-
-    async def _hosts_or_empty(self, deadline_at):
-        try:
-            return await self._hosts(deadline_at + 5)
-        except PlacementError:
-            return {}

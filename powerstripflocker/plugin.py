@@ -186,10 +186,10 @@ class VolumePlugin:
         return self._answer(request, handle)
 
     async def _view(self, name):
-        views = await self._placement.views(QUICK_ANSWER_SECONDS)
-        if name not in views:
+        view = await self._placement.view(name, QUICK_ANSWER_SECONDS)
+        if view is None:
             raise PluginError(f"no such volume: {name}")
-        return views[name]
+        return view
 
     @app.route("/VolumeDriver.Path", methods=["POST"])
     def path(self, request):

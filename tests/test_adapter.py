@@ -159,7 +159,8 @@ class AdapterTests(SynchronousTestCase):
         second = self.here.client.post(HOOK_URL, data=json.dumps(body).encode())
         responses = [self.answer(self.here, first), self.answer(self.here, second)]
         self.assertEqual([r.code for r in responses], [200, 200])
-        self.assertEqual(len([c for c in self.api.calls if c[0] == "create_dataset"]), 1)
+        self.assertEqual(len(self.configured("once")), 1)
+        self.assertEqual(self.here.metrics.creates._value.get(), 1)
 
     def test_two_nodes_asking_for_one_new_name_at_once_leave_one_dataset(self):
         self.api.latency = 0.01
@@ -185,17 +186,64 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual(json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"],
                          {"Binds": [f"{self.state_path(dataset)}:/d"]})
 
-    def test_a_volume_leased_to_another_node_fails_fast_naming_that_node(self):
+    def test_a_volume_used_on_another_node_is_refused_within_half_a_second(self):
         elsewhere = self.successResultOf(self.api.create_dataset(
             primary=self.node2.uuid, metadata={"name": "busy"}))
         self.api.converge()
         self.successResultOf(self.api.acquire_lease(elsewhere.dataset_id, self.node2.uuid, None))
+        self.api.set_users(elsewhere.dataset_id, ["web"])
         started = self.clock.seconds()
         status, reply = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/busy:/d"]}}))
         self.assertEqual(status, 409)
-        self.assertIn("'busy' is in use on 10.0.0.2", reply["message"])
-        self.assertLess(self.clock.seconds() - started, 5.0, "refused well before the deadline")
+        self.assertEqual(reply["message"], f"volume 'busy' is in use on 10.0.0.2 (node "
+                                           f"{self.node2.uuid}, container web); stop it there first")
+        self.assertLess(self.clock.seconds() - started, 0.5)
         self.assertEqual(self.configured("busy")[0].primary, self.node2.uuid)
+
+    def test_docker_stop_there_then_run_here_succeeds_without_a_fixed_delay(self):
+        elsewhere = self.successResultOf(self.api.create_dataset(
+            primary=self.node2.uuid, metadata={"name": "handover"}))
+        self.api.converge()
+        self.successResultOf(self.api.acquire_lease(elsewhere.dataset_id, self.node2.uuid, 30))
+        # The container there has stopped (no users); its agent releases the lease soon.
+        self.clock.callLater(0.3, self.api.release_lease, elsewhere.dataset_id)
+        started = self.clock.seconds()
+        status, reply = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/handover:/d"]}}))
+        self.assertEqual(status, 200, reply)
+        self.assertLess(self.clock.seconds() - started, 2.0)
+        self.assertEqual(self.configured("handover")[0].primary, self.node1.uuid)
+
+    def test_a_stalled_move_is_refused_at_once_with_its_cause(self):
+        elsewhere = self.successResultOf(self.api.create_dataset(
+            primary=self.node2.uuid, metadata={"name": "db"}))
+        self.api.converge()
+        self.api.set_transfer(elsewhere.dataset_id, 0, None, stalled=True,
+                              error="No space left on device on 10.0.0.1")
+        status, reply = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/db:/d"]}}))
+        self.assertEqual(reply["message"], "volume 'db': the move from 10.0.0.2 stalled: "
+                                           "No space left on device on 10.0.0.1")
+        self.assertGreaterEqual(status, 500)
+
+    def test_a_legacy_start_renews_the_claims_of_its_volumes(self):
+        document = pre_hook({"Binds": ["/flocker/kept:/data"]}, "/v1.18/containers/abc/start")
+        self.assertEqual(self.post(document)[0], 200)
+        [dataset] = self.configured("kept")
+        self.clock.advance(20)
+        self.assertEqual(self.post(document)[0], 200)
+        [lease] = self.successResultOf(self.api.list_leases())
+        self.assertEqual(lease.node_uuid, self.node1.uuid)
+        self.assertGreater(lease.expires, 25, "the start claimed the volume again")
+
+    def test_a_hook_in_a_cluster_of_1000_volumes_makes_only_per_name_calls(self):
+        for index in range(1000):
+            self.successResultOf(self.api.create_dataset(
+                primary=self.node2.uuid, metadata={"name": f"other-{index}"}))
+        self.api.converge()
+        self.api.calls.clear()
+        status, _ = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/mine:/d"]}}))
+        self.assertEqual(status, 200)
+        self.assertEqual({call[0] for call in self.api.calls}, {"list_nodes", "claim"})
+        self.assertEqual({call[1] for call in self.api.calls if call[0] == "claim"}, {"mine"})
 
     def test_state_that_never_converges_fails_at_the_deadline(self):
         self.api.convergence_delay = None
@@ -207,7 +255,7 @@ class AdapterTests(SynchronousTestCase):
         self.assertAlmostEqual(self.clock.seconds() - started, 10.0, delta=1.0)
         message = reply["message"]
         for part in ("'stuck'", "10.0.0.1", self.node1.uuid, "after 10s",
-                     "last state seen: not reported by any node"):
+                     "it is still being created"):
             self.assertIn(part, message)
 
     def test_an_unreachable_control_service_is_a_503_with_a_clear_message(self):

@@ -8,9 +8,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from powerstripflocker.flocker import DatasetConfig, MemoryFlockerAPI
 from powerstripflocker.metrics import Metrics
 from powerstripflocker.placement import (
-    ControlServiceUnavailable, NodeUnknown, Placement, PlacementTimeout, VolumeClaimedElsewhere,
-    VolumeInUse,
-    choose_dataset,
+    ControlServiceUnavailable, NodeUnknown, Placement, PlacementError, PlacementTimeout,
+    VolumeClaimedElsewhere, VolumeInUse, VolumeStalled, choose_dataset,
 )
 
 
@@ -37,6 +36,12 @@ class PlacementTests(SynchronousTestCase):
         self.api.converge()
         return created
 
+    def leased_on(self, node, name, users=()):
+        dataset = self.dataset_on(node, name)
+        self.successResultOf(self.api.acquire_lease(dataset.dataset_id, node.uuid, None))
+        self.api.set_users(dataset.dataset_id, users)
+        return dataset
+
     def settle(self, deferred, seconds=5.0):
         """Advance the clock in small steps until deferred fires (or seconds pass)."""
         for _ in range(int(seconds / 0.05)):
@@ -45,21 +50,28 @@ class PlacementTests(SynchronousTestCase):
             self.clock.advance(0.05)
         return deferred
 
-    def test_a_new_name_is_created_here_and_its_path_returned(self):
+    def lease_of(self, dataset):
+        return [(lease.node_uuid, lease.expires)
+                for lease in self.successResultOf(self.api.list_leases())
+                if lease.dataset_id == dataset.dataset_id]
+
+    def test_a_new_name_is_created_here_and_its_path_returned_with_a_claim(self):
         paths = self.successResultOf(self.settle(self.placement.ensure_local(["demo"])))
         [dataset] = self.successResultOf(self.api.list_datasets_configuration()).datasets
         self.assertEqual((dataset.name, dataset.primary), ("demo", self.here.uuid))
         self.assertEqual(paths, {"demo": f"/flocker/{dataset.dataset_id}"})
-        self.assertEqual(len(calls_named(self.api, "create_dataset")), 1)
-        self.assertEqual(self.metrics.creates._value.get(), 1)
-
-    def test_a_volume_already_here_is_neither_created_nor_moved(self):
-        existing = self.dataset_on(self.here, "demo")
-        self.api.calls.clear()
-        paths = self.successResultOf(self.placement.ensure_local(["demo"]))
-        self.assertEqual(paths, {"demo": f"/flocker/{existing.dataset_id}"})
         self.assertEqual(calls_named(self.api, "create_dataset"), [])
-        self.assertEqual(calls_named(self.api, "move_dataset"), [])
+        self.assertEqual(self.metrics.creates._value.get(), 1)
+        [(holder, expires)] = self.lease_of(dataset)
+        self.assertEqual(holder, self.here.uuid)
+        self.assertTrue(29 < expires <= 30, "the claim lapses by itself after 30 s")
+
+    def test_the_claim_expiry_is_an_option(self):
+        placement = self.placement_for(self.here, claim_seconds=5)
+        self.successResultOf(self.settle(placement.ensure_local(["demo"])))
+        [dataset] = self.successResultOf(self.api.list_datasets_configuration()).datasets
+        [(_, expires)] = self.lease_of(dataset)
+        self.assertTrue(4 < expires <= 5)
 
     def test_a_volume_already_here_costs_one_round_trip_to_the_control_service(self):
         existing = self.dataset_on(self.here, "demo")
@@ -67,84 +79,116 @@ class PlacementTests(SynchronousTestCase):
         known = Deferred.fromCoroutine(self.placement.this_node())
         self.clock.advance(0.01)
         self.successResultOf(known)
+        self.api.calls.clear()
         result = self.placement.ensure_local(["demo"])
         self.clock.advance(0.01)
         self.assertEqual(self.successResultOf(result),
                          {"demo": f"/flocker/{existing.dataset_id}"})
+        self.assertEqual([call[0] for call in self.api.calls], ["claim"])
 
     def test_a_volume_elsewhere_is_moved_here(self):
         existing = self.dataset_on(self.there, "demo")
         paths = self.successResultOf(self.settle(self.placement.ensure_local(["demo"])))
         self.assertEqual(paths, {"demo": f"/flocker/{existing.dataset_id}"})
-        self.assertEqual(calls_named(self.api, "move_dataset"),
-                         [("move_dataset", existing.dataset_id, self.here.uuid)])
+        [dataset] = self.successResultOf(self.api.list_datasets_configuration()).datasets
+        self.assertEqual(dataset.primary, self.here.uuid)
         [state] = self.successResultOf(self.api.list_datasets_state())
         self.assertEqual(state.primary, self.here.uuid)
+        self.assertEqual(self.metrics.moves._value.get(), 1)
 
-    def test_a_volume_leased_elsewhere_is_refused_at_once_without_moving(self):
-        existing = self.dataset_on(self.there, "demo")
-        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
+    def test_a_volume_used_elsewhere_is_refused_at_once_naming_node_and_container(self):
+        existing = self.leased_on(self.there, "demo", ["web"])
         result = self.placement.ensure_local(["demo"])
-        self.clock.pump([0.25] * 11)
-        self.assertNoResult(result)
-        self.clock.pump([0.25] * 2)
         failure = self.failureResultOf(result, VolumeInUse)
-        message = str(failure.value)
-        self.assertIn("'demo' is in use on 10.0.0.2", message)
-        self.assertIn("powerstrip-flocker release demo", message)
-        self.assertIn(self.there.uuid, message)
-        self.assertEqual(calls_named(self.api, "move_dataset"), [])
+        self.assertEqual(
+            str(failure.value),
+            f"volume 'demo' is in use on 10.0.0.2 (node {self.there.uuid}, container web); "
+            f"stop it there first")
+        self.assertEqual(calls_named(self.api, "claim"), [("claim", "demo", self.here.uuid)])
+        [dataset] = self.successResultOf(self.api.list_datasets_configuration()).datasets
+        self.assertEqual(dataset.primary, self.there.uuid)
+        self.assertEqual(self.lease_of(existing), [(self.there.uuid, None)])
         self.assertEqual(self.metrics.failures.labels(kind="in_use")._value.get(), 1)
 
-    def test_a_lease_taken_elsewhere_during_the_wait_fails_fast(self):
-        existing = self.dataset_on(self.there, "demo")
-        self.api.convergence_delay = None
+    def test_a_refusal_with_latency_takes_one_round_trip_not_a_grace_period(self):
+        self.leased_on(self.there, "demo", ["web"])
+        self.api.latency = 0.01
         result = self.placement.ensure_local(["demo"])
-        self.assertNoResult(result)
-        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
-        self.clock.pump([0.25] * 20)
+        self.clock.pump([0.01] * 3)
         self.failureResultOf(result, VolumeInUse)
+        self.assertLess(self.clock.seconds(), 0.5)
 
-    def test_a_lease_released_within_the_grace_period_lets_the_move_go_ahead(self):
-        existing = self.dataset_on(self.there, "demo")
-        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
+    def test_a_holder_with_no_running_user_is_waited_for_until_it_releases(self):
+        """docker stop on the holder, then docker run here: no fixed delay."""
+        existing = self.leased_on(self.there, "demo")
         result = self.placement.ensure_local(["demo"])
-        self.clock.advance(1.0)
+        self.clock.pump([0.05] * 4)
+        self.assertNoResult(result)
         self.successResultOf(self.api.release_lease(existing.dataset_id))
         self.settle(result)
         self.assertEqual(self.successResultOf(result),
                          {"demo": f"/flocker/{existing.dataset_id}"})
+        self.assertLess(self.clock.seconds(), 2.0)
 
-    def test_the_in_use_message_names_the_containers_the_holder_reports(self):
-        existing = self.dataset_on(self.there, "demo")
-        self.successResultOf(self.api.acquire_lease(existing.dataset_id, self.there.uuid, None))
-
-        async def usage(dataset_id, node_uuid):
-            return ["web, since 12:03:04"] if (dataset_id, node_uuid) == (
-                existing.dataset_id, self.there.uuid) else []
-        placement = self.placement_for(self.here, usage=usage)
+    def test_a_holder_that_never_releases_is_refused_at_the_deadline(self):
+        self.leased_on(self.there, "demo")
+        placement = self.placement_for(self.here, deadline=10.0)
         result = placement.ensure_local(["demo"])
-        self.clock.pump([0.25] * 13)
-        self.assertEqual(
-            str(self.failureResultOf(result, VolumeInUse).value),
-            f"volume 'demo' is in use on 10.0.0.2 (node {self.there.uuid}, container web, "
-            f"since 12:03:04); stop it there first")
+        self.clock.advance(9.9)
+        self.assertNoResult(result)
+        self.clock.pump([0.1] * 3)
+        message = str(self.failureResultOf(result, VolumeInUse).value)
+        self.assertIn("'demo' is in use on 10.0.0.2", message)
+        self.assertIn("powerstrip-flocker release demo", message)
+        self.assertIn(self.there.uuid, message)
+        self.assertLess(len(calls_named(self.api, "claim")), 20, "claims back off to 1 s")
 
-    def test_state_that_never_converges_fails_at_the_deadline_saying_what_was_seen(self):
+    def test_a_container_starting_elsewhere_during_the_wait_is_refused_at_once(self):
+        existing = self.leased_on(self.there, "demo")
+        result = self.placement.ensure_local(["demo"])
+        self.clock.pump([0.05] * 4)
+        self.assertNoResult(result)
+        self.api.set_users(existing.dataset_id, ["db"])
+        self.clock.pump([0.5] * 2)
+        self.assertIn("container db", str(self.failureResultOf(result, VolumeInUse).value))
+
+    def test_a_stalled_move_fails_at_once_naming_its_cause(self):
+        existing = self.dataset_on(self.there, "db")
+        self.api.set_transfer(existing.dataset_id, 1024, 4096)
+        result = self.placement.ensure_local(["db"])
+        self.clock.pump([0.5] * 4)
+        self.assertNoResult(result)
+        self.api.set_transfer(existing.dataset_id, 2048, 4096, stalled=True,
+                              error="No space left on device on 10.0.0.1")
+        self.clock.pump([1.0] * 2)
+        self.assertEqual(
+            str(self.failureResultOf(result, VolumeStalled).value),
+            "volume 'db': the move from 10.0.0.2 stalled: No space left on device on 10.0.0.1")
+        self.assertEqual(self.metrics.failures.labels(kind="stalled")._value.get(), 1)
+
+    def test_a_move_that_never_finishes_fails_at_the_deadline_saying_how_far_it_got(self):
         existing = self.dataset_on(self.there, "demo")
-        self.api.convergence_delay = None
+        self.api.set_transfer(existing.dataset_id, 1048576, 4194304)
         placement = self.placement_for(self.here, deadline=30.0)
         result = placement.ensure_local(["demo"])
         self.clock.advance(29.9)
         self.assertNoResult(result)
         self.clock.pump([0.1] * 10)
         message = str(self.failureResultOf(result, PlacementTimeout).value)
-        self.assertIn("'demo'", message)
-        self.assertIn(existing.dataset_id, message)
-        self.assertIn(f"not on 10.0.0.1 (node {self.here.uuid}) after 30s", message)
-        self.assertIn(f"last state seen: on 10.0.0.2 at /flocker/{existing.dataset_id}", message)
-        polls = len(calls_named(self.api, "list_datasets_state"))
-        self.assertLess(polls, 40, "polls back off to at most one a second")
+        self.assertEqual(
+            message,
+            f"volume 'demo' (dataset {existing.dataset_id}) is not on 10.0.0.1 (node "
+            f"{self.here.uuid}) after 30s: it is still moving from 10.0.0.2 (1048576 of "
+            f"4194304 bytes copied)")
+        self.assertLess(len(calls_named(self.api, "claim")), 40, "claims back off to 1 s")
+
+    def test_a_create_that_never_happens_fails_at_the_deadline_saying_so(self):
+        self.api.convergence_delay = None
+        placement = self.placement_for(self.here, deadline=10.0)
+        result = placement.ensure_local(["new"])
+        self.clock.pump([0.5] * 21)
+        message = str(self.failureResultOf(result, PlacementTimeout).value)
+        self.assertIn("after 10s: it is still being created", message)
 
     def test_an_unreachable_control_service_fails_with_a_clear_message(self):
         self.api.unreachable = "Connection refused"
@@ -152,7 +196,7 @@ class PlacementTests(SynchronousTestCase):
                                        ControlServiceUnavailable)
         self.assertIn("cannot reach the control service", str(failure.value))
 
-    def test_duplicate_names_resolve_to_the_smallest_dataset_id_on_every_node(self):
+    def test_duplicate_names_resolve_to_the_smallest_dataset_id(self):
         ids = sorted(str(uuid.uuid4()) for _ in range(3))
         for dataset_id in reversed(ids):
             self.successResultOf(self.api.create_dataset(
@@ -167,16 +211,20 @@ class PlacementTests(SynchronousTestCase):
         self.dataset_on(self.there, None)
         paths = self.successResultOf(self.settle(self.placement.ensure_local(["demo"])))
         self.assertNotEqual(paths["demo"], f"/flocker/{old.dataset_id}")
-        self.assertEqual(calls_named(self.api, "move_dataset"), [])
 
-    def test_concurrent_requests_for_a_new_name_make_one_create(self):
+    def test_concurrent_requests_for_a_new_name_share_one_claim(self):
         first = self.placement.ensure_local(["demo"])
         second = self.placement.ensure_local(["demo", "demo"])
         self.settle(first)
         self.assertEqual(self.successResultOf(first), self.successResultOf(second))
-        self.assertEqual(len(calls_named(self.api, "create_dataset")), 1)
+        self.assertEqual(self.metrics.creates._value.get(), 1)
+        self.assertEqual(len(self.successResultOf(self.api.datasets_named("demo")).datasets), 1)
+        placements = [sample.value for sample in
+                      self.metrics.placement_seconds.collect()[0].samples
+                      if sample.name.endswith("_count")]
+        self.assertEqual(placements, [1.0], "the second request joined the first's claim")
 
-    def test_two_nodes_asking_at_the_same_moment_leave_one_dataset(self):
+    def test_two_nodes_asking_at_the_same_moment_leave_one_dataset_and_one_winner(self):
         self.api.latency = 0.01
         here = self.placement.ensure_local(["shared"])
         there = self.placement_for(self.there).ensure_local(["shared"])
@@ -186,8 +234,6 @@ class PlacementTests(SynchronousTestCase):
         named = [d for d in self.successResultOf(self.api.list_datasets_configuration()).datasets
                  if d.name == "shared"]
         self.assertEqual(len(named), 1, "exactly one dataset for the name")
-        self.assertEqual(len(calls_named(self.api, "create_dataset")), 2,
-                         "both tried a conditional create; one was refused with 412")
         outcomes = sorted([here, there], key=lambda d: isinstance(d.result, Failure))
         winner = self.successResultOf(outcomes[0])
         self.assertEqual(winner, {"shared": f"/flocker/{named[0].dataset_id}"})
@@ -198,10 +244,37 @@ class PlacementTests(SynchronousTestCase):
         remote = self.dataset_on(self.there, "remote")
         paths = self.successResultOf(self.settle(self.placement.ensure_local(["new", "remote"])))
         self.assertEqual(paths["remote"], f"/flocker/{remote.dataset_id}")
-        self.assertEqual(len(calls_named(self.api, "create_dataset")), 2)
-        self.assertEqual(len(calls_named(self.api, "move_dataset")), 1)
+        self.assertEqual((self.metrics.creates._value.get(), self.metrics.moves._value.get()),
+                         (1, 1))
         for state in self.successResultOf(self.api.list_datasets_state()):
             self.assertEqual(state.primary, self.here.uuid)
+
+    def test_a_hook_reads_nothing_about_the_other_datasets_of_the_cluster(self):
+        for index in range(1000):
+            self.successResultOf(self.api.create_dataset(
+                primary=self.there.uuid, metadata={"name": f"other-{index}"}))
+        self.api.converge()
+        remote = self.dataset_on(self.there, "remote")
+        self.api.calls.clear()
+        self.successResultOf(self.settle(self.placement.ensure_local(["remote", "new"])))
+        per_name = {"claim", "datasets_named", "list_nodes"}
+        self.assertEqual({call[0] for call in self.api.calls} - per_name, set(),
+                         "no call lists the cluster's configuration, state or leases")
+        self.assertEqual({call[1] for call in calls_named(self.api, "claim")},
+                         {"remote", "new"})
+        self.assertEqual(self.lease_of(remote)[0][0], self.here.uuid)
+
+    def test_a_control_service_without_claims_is_named(self):
+        class WithoutClaims(MemoryFlockerAPI):
+            def claim(self, *args, **kwargs):
+                from twisted.internet.defer import fail
+                from powerstripflocker.flocker import NotFound
+                return fail(NotFound(404, "Not found."))
+        api = WithoutClaims(self.clock)
+        api.nodes = [self.here]
+        failure = self.failureResultOf(self.placement_for(self.here, api=api).ensure_local(
+            ["demo"]), PlacementError)
+        self.assertIn("has no claims endpoint", str(failure.value))
 
     def test_this_node_is_found_by_address(self):
         placement = Placement(self.api, self.clock, node_address="10.0.0.2")
@@ -216,7 +289,32 @@ class PlacementTests(SynchronousTestCase):
         self.clock.pump([0.5] * 21)
         failure = self.failureResultOf(result, NodeUnknown)
         self.assertIn("10.9.9.9", str(failure.value))
-        self.assertEqual(calls_named(self.api, "create_dataset"), [])
+        self.assertEqual(calls_named(self.api, "claim"), [])
+
+    def test_create_makes_a_dataset_here_without_waiting_or_moving(self):
+        remote = self.dataset_on(self.there, "remote")
+        self.api.convergence_delay = None
+        self.assertEqual(self.successResultOf(self.placement.create("remote")), remote)
+        created = self.successResultOf(self.placement.create("fresh", 1024 ** 3))
+        self.assertEqual((created.name, created.primary, created.maximum_size),
+                         ("fresh", self.here.uuid, 1024 ** 3))
+        self.assertEqual(calls_named(self.api, "claim"), [])
+        self.assertNotIn("list_datasets_configuration", {call[0] for call in self.api.calls})
+
+    def test_view_reads_one_name(self):
+        here = self.dataset_on(self.here, "here")
+        self.dataset_on(self.there, "there")
+        self.api.calls.clear()
+        view = self.successResultOf(self.placement.view("here", 5))
+        self.assertEqual((view.dataset, view.local_path),
+                         (here, f"/flocker/{here.dataset_id}"))
+        elsewhere = self.successResultOf(self.placement.view("there", 5))
+        self.assertEqual((elsewhere.local_path, elsewhere.holder), ("", self.there.uuid))
+        self.assertIsNone(self.successResultOf(self.placement.view("none", 5)))
+        self.assertEqual({call[0] for call in self.api.calls},
+                         {"list_nodes", "datasets_named", "list_datasets_state"})
+        self.assertTrue(all(call[1:] for call in calls_named(self.api, "list_datasets_state")),
+                        "state is read for one dataset")
 
 
 def test_choose_dataset_is_independent_of_order():

@@ -41,7 +41,8 @@ class SharedCoreTests(SynchronousTestCase):
             self.successResultOf(mounted))))
         bind = json.loads(hook_reply["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"][0]
         self.assertEqual(bind, mount_reply["Mountpoint"] + ":/data")
-        self.assertEqual([c[0] for c in api.calls].count("create_dataset"), 1)
+        self.assertEqual(len(self.successResultOf(api.datasets_named("shared")).datasets), 1)
+        self.assertEqual(metrics.creates._value.get(), 1)
         placements = [sample.value for sample in metrics.placement_seconds.collect()[0].samples
                       if sample.name.endswith("_count")]
         self.assertEqual(placements, [1.0], "the second frontend joined the first's operation")
