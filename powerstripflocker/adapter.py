@@ -17,8 +17,8 @@ from .placement import (
     VolumeClaimedElsewhere, VolumeInUse,
 )
 from .volumes import (
-    InvalidRequest, find_create_volumes, find_legacy_start_volumes, is_container_create,
-    is_container_start, rewrite, unique_names,
+    InvalidRequest, NotJSON, decode_body, find_create_volumes, find_legacy_start_volumes,
+    is_container_create, is_container_start, rewrite, unique_names,
 )
 
 log = Logger()
@@ -100,11 +100,13 @@ def volume_uses(client_request):
     if not (is_create or is_start) or client_request.body in (None, ""):
         return None
     try:
-        body = json.loads(client_request.body)
-    except ValueError:
+        body = decode_body(client_request.body)
+    except NotJSON:
         if is_start:
             return None
         raise HookError(400, "the container create body is not valid JSON") from None
+    except InvalidRequest as reason:
+        raise HookError(400, str(reason)) from None
     try:
         uses = find_create_volumes(body) if is_create else find_legacy_start_volumes(body)
     except InvalidRequest as reason:

@@ -1,20 +1,73 @@
 """Find and rewrite /flocker/NAME volumes in Docker request bodies.
 
-Pure functions over parsed JSON. Docker names a host path in three places:
-``HostConfig.Binds`` strings (``/host:/ctr[:opts]``), ``HostConfig.Mounts``
-objects of ``Type: bind``, and, for API < 1.24, a top-level ``Binds`` list in
-the body of ``POST /containers/ID/start``. Everything we do not own is left
-byte-for-byte as it came.
+Pure functions over parsed JSON. The rule throughout: read a body exactly as dockerd
+will, and hand dockerd a body in which it can only see what the adapter decided.
+
+Where Docker names a host path: ``HostConfig.Binds`` strings (``/host:/ctr[:mode]``),
+``HostConfig.Mounts`` objects of ``Type: bind``, and, for API < 1.24, the top-level
+``Binds`` (and ``Mounts``) of a ``POST /containers/ID/start`` body, which dockerd decodes
+as a HostConfig. Older dockerds also read a create body's top-level ``Binds`` as
+HostConfig fields when the body has no HostConfig; a /flocker source there is refused.
+
+How dockerd reads the JSON (Go's encoding/json filling Docker's structs):
+
+- Keys match struct fields case-insensitively, by Go's folding: ASCII case, and also
+  U+212A (Kelvin sign) as ``k``, U+017F (long s) as ``s``, U+0131 (dotless i) as ``i``.
+  So ``hostconfig``, ``binds`` and a Mounts entry's ``source``/``type`` count.
+- A repeated key is decoded again into the same field: a scalar is replaced (the last
+  wins), but an object is merged into the first one and an array's elements are decoded
+  into the earlier elements, field by field. "The last one wins" is therefore not what Go
+  does, and imitating the merge exactly is a trap. So an object holding one key twice,
+  anywhere in the body, is refused (no Docker client sends one), and so is an object in
+  which two spellings of a field we read (``Binds`` and ``binds``) both appear. With
+  repeats refused, a parsed body re-serialises to a body dockerd reads the same way, and
+  a rewritten body names each field we own once, under its canonical spelling.
+- Depth is bounded (MAX_JSON_DEPTH) before parsing, so a deeply nested body is a clear
+  refusal rather than a RecursionError.
+
+Sources are cleaned as Go's ``path.Clean`` does, as dockerd does before binding: every
+spelling of /flocker/NAME (``//flocker/x``, ``/./flocker/x``, ``/tmp/../flocker/x``,
+``/flocker/x/``, ``/flocker//x``) is the volume NAME. The /flocker root itself, and a
+``..`` after /flocker, are refused. A one-part bind (``"/flocker/x"``) is an anonymous
+volume at that container path, not a host path, and is left alone.
+
+The rewrite turns each /flocker bind of a create body into a ``HostConfig.Mounts``
+entry of type bind: for Mounts, dockerd refuses a missing source ("bind source path does
+not exist") where for Binds it would create an empty directory in the volume's place.
+Everything we do not own is left as it came.
 """
 
+import json
 import re
+from collections import Counter
 from dataclasses import dataclass
+from itertools import accumulate
 
-FLOCKER_ROOT = "/flocker/"
+FLOCKER_ROOT = "/flocker"
 MAX_NAME_LENGTH = 255
+MAX_JSON_DEPTH = 400
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _CREATE_PATH = re.compile(r"(/v[0-9]+(\.[0-9]+)?)?/containers/create\Z")
 _START_PATH = re.compile(r"(/v[0-9]+(\.[0-9]+)?)?/containers/[^/]+/start\Z")
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
+_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+# Go's encoding/json folds a key rune by rune to the smallest rune of its case orbit;
+# these three are the only non-ASCII runes that fold onto an ASCII letter.
+_GO_KEY_FOLD = str.maketrans({
+    **{chr(code): chr(code + 32) for code in range(ord("A"), ord("Z") + 1)},
+    "\u212a": "k", "\u017f": "s", "\u0131": "i",
+})
+# Each option of a bind's mode and the kind it counts as, as dockerd's Linux parser
+# counts them (at most one option of each kind).
+_MODE_KINDS = {
+    "rw": "access", "ro": "access",
+    "z": "label", "Z": "label",
+    "private": "propagation", "rprivate": "propagation", "shared": "propagation",
+    "rshared": "propagation", "slave": "propagation", "rslave": "propagation",
+    "nocopy": "copy",
+    "consistent": "consistency", "cached": "consistency", "delegated": "consistency",
+}
 
 
 class InvalidRequest(ValueError):
@@ -23,6 +76,10 @@ class InvalidRequest(ValueError):
 
 class InvalidVolumeName(InvalidRequest):
     pass
+
+
+class NotJSON(InvalidRequest):
+    """The body is not JSON at all (as opposed to JSON we refuse)."""
 
 
 def validate_name(name):
@@ -53,41 +110,121 @@ def validate_name(name):
     return name
 
 
+def clean_path(path):
+    """The path as Go's path.Clean makes it, which is how dockerd reads a bind source."""
+    rooted = path.startswith("/")
+    parts = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == ".." and parts and parts[-1] != "..":
+            parts.pop()
+        elif part == ".." and rooted:
+            continue
+        else:
+            parts.append(part)
+    cleaned = "/".join(parts)
+    if rooted:
+        return "/" + cleaned
+    return cleaned or "."
+
+
 def volume_name(host_path):
-    """The volume name if host_path is under /flocker/, else None. Raises on a bad name."""
-    if not isinstance(host_path, str) or not host_path.startswith(FLOCKER_ROOT):
+    """The volume name if dockerd would read host_path as under /flocker, else None.
+
+    Raises InvalidVolumeName for the /flocker root itself, for a '..' after /flocker
+    (a name cannot climb out of the namespace), and for a bad name.
+    """
+    if not isinstance(host_path, str) or not host_path.startswith("/"):
         return None
-    return validate_name(host_path[len(FLOCKER_ROOT):])
+    cleaned = clean_path(host_path)
+    parts = [part for part in host_path.split("/") if part not in ("", ".")]
+    if parts[:1] == ["flocker"] and ".." in parts[1:]:
+        raise InvalidVolumeName(
+            f"invalid volume {host_path!r}: '..' is not a name, and a volume path must "
+            "not climb out of /flocker"
+        )
+    if cleaned == FLOCKER_ROOT:
+        raise InvalidVolumeName(
+            f"invalid volume {host_path!r}: the name is empty; bind a volume as "
+            "/flocker/NAME, never the /flocker root itself"
+        )
+    if not cleaned.startswith(FLOCKER_ROOT + "/"):
+        return None
+    return validate_name(cleaned[len(FLOCKER_ROOT) + 1:])
 
 
-@dataclass(frozen=True)
-class VolumeUse:
-    """One place in a request body that names a /flocker volume."""
-
-    name: str
-    field: str  # "Binds", "Mounts" or "LegacyBinds"
-    index: int
-
-
-def _bind_source(bind):
-    """Split a Binds entry into (host source, rest including the leading ':')."""
-    source, separator, rest = bind.partition(":")
-    return source, separator + rest
+def _check_depth(text):
+    """Refuse JSON text nested deeper than MAX_JSON_DEPTH, without recursing into it."""
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    if brackets and max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_JSON_DEPTH:
+        raise InvalidRequest(
+            f"the Docker request body is nested deeper than {MAX_JSON_DEPTH} levels"
+        )
 
 
-def _list_field(container, key, where):
-    value = container.get(key)
+def _object_with_unique_keys(pairs):
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        [(repeated, _)] = Counter(key for key, _ in pairs).most_common(1)
+        raise InvalidRequest(
+            f"the key {repeated!r} appears twice in one object of the Docker request "
+            "body: dockerd would merge the two, so the body is ambiguous; send it once"
+        )
+    return document
+
+
+def _refuse_constant(name):
+    raise NotJSON(f"{name} is not JSON")
+
+
+def decode_body(text):
+    """Parse a Docker request body, refusing what dockerd could read differently.
+
+    Raises NotJSON if text is not JSON, InvalidRequest if it is JSON we refuse (too
+    deep, a key repeated in one object).
+    """
+    _check_depth(text)
+    try:
+        return json.loads(text, object_pairs_hook=_object_with_unique_keys,
+                          parse_constant=_refuse_constant)
+    except json.JSONDecodeError as reason:
+        raise NotJSON(f"the Docker request body is not JSON: {reason}") from None
+
+
+def _go_key(key):
+    return key.translate(_GO_KEY_FOLD)
+
+
+def _key_of(document, field, where):
+    """The one key of document that dockerd decodes into field, or None if none does."""
+    wanted = _go_key(field)
+    keys = [key for key in document if _go_key(key) == wanted]
+    if len(keys) > 1:
+        raise InvalidRequest(
+            f"{where} has {' and '.join(map(repr, keys))}: dockerd reads each as "
+            f"{field!r}, so the body is ambiguous; send one {field!r}"
+        )
+    return keys[0] if keys else None
+
+
+def _list_field(document, field, where=None):
+    """The list dockerd decodes into field of document (where names it; None: the body)."""
+    shown = f"{where}.{field}" if where else field
+    key = _key_of(document, field, where or "the Docker request body")
+    value = None if key is None else document[key]
     if value is None:
         return []
     if not isinstance(value, list):
-        raise InvalidRequest(f"{where} must be a list, not {type(value).__name__}")
+        raise InvalidRequest(f"{shown} must be a list, not {type(value).__name__}")
     return value
 
 
 def _host_config(body):
     if not isinstance(body, dict):
         raise InvalidRequest("the Docker request body must be a JSON object")
-    host_config = body.get("HostConfig")
+    key = _key_of(body, "HostConfig", "the Docker request body")
+    host_config = None if key is None else body[key]
     if host_config is None:
         return {}
     if not isinstance(host_config, dict):
@@ -95,40 +232,181 @@ def _host_config(body):
     return host_config
 
 
-def find_create_volumes(body):
-    """Every /flocker volume named by a container create body, in body order."""
-    host_config = _host_config(body)
+@dataclass(frozen=True)
+class Bind:
+    """A Binds entry split as dockerd splits it: source, container path and mode."""
+
+    source: str
+    target: str | None  # None for a one-part bind: an anonymous volume at source
+    mode: str
+
+    @classmethod
+    def parse(cls, text):
+        parts = text.split(":")
+        if len(parts) == 1:
+            return cls(text, None, "")
+        return cls(parts[0], parts[1], ":".join(parts[2:]))
+
+    def mode_options(self):
+        """{kind: option} of the mode, refused as dockerd would refuse it."""
+        options = {}
+        for option in self.mode.split(",") if self.mode else []:
+            kind = _MODE_KINDS.get(option)
+            if kind is None or kind in options:
+                raise InvalidRequest(
+                    f"invalid mode {self.mode!r} in a bind of {self.source!r}: use at most "
+                    "one each of ro/rw, z/Z, a propagation (rprivate, rshared, rslave, "
+                    "private, shared, slave) and nocopy"
+                )
+            options[kind] = option
+        return options
+
+
+def _flocker_bind(text, where):
+    """(name, Bind) if the Binds entry text binds a /flocker volume, else None."""
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{where} entries must be strings")
+    bind = Bind.parse(text)
+    if bind.target is None:
+        return None
+    name = volume_name(bind.source)
+    if name is None:
+        return None
+    if text.count(":") > 2:
+        raise InvalidRequest(
+            f"invalid bind {text!r}: use /flocker/NAME:CONTAINER_PATH[:MODE]")
+    _check_target(bind.target, bind.source)
+    bind.mode_options()
+    return name, bind
+
+
+def _check_target(target, source):
+    if not isinstance(target, str) or not target.startswith("/") \
+            or clean_path(target) == "/":
+        raise InvalidRequest(
+            f"invalid container path {target!r} for {source!r}: it must be absolute "
+            "and not '/'"
+        )
+
+
+def _check_expressible_as_mount(bind):
+    """Refuse the modes a Mounts entry cannot carry, rather than silently drop them."""
+    options = bind.mode_options()
+    if "label" in options:
+        raise InvalidRequest(
+            f"the SELinux relabel option {options['label']!r} on {bind.source!r} is not "
+            "supported: a /flocker volume is bound as a Mounts entry (so that Docker fails "
+            "rather than bind an empty directory if the volume is missing), and Docker "
+            "cannot relabel a Mounts bind; label the volume directories instead"
+        )
+    if "copy" in options:
+        raise InvalidRequest(
+            f"'nocopy' on {bind.source!r} is not valid: it applies only to named "
+            "volumes, and Docker refuses it on a bind"
+        )
+
+
+def _flocker_mount(mount, where):
+    """The volume name if the Mounts entry binds a /flocker volume, else None."""
+    if not isinstance(mount, dict):
+        raise InvalidRequest(f"{where} entries must be objects")
+    type_key = _key_of(mount, "Type", f"a {where} entry")
+    source_key = _key_of(mount, "Source", f"a {where} entry")
+    if type_key is None or mount[type_key] != "bind" or source_key is None:
+        return None
+    name = volume_name(mount[source_key])
+    if name is not None:
+        target_key = _key_of(mount, "Target", f"a {where} entry")
+        _check_target(None if target_key is None else mount[target_key],
+                      mount[source_key])
+        _bind_options(mount, where)
+    return name
+
+
+def _bind_options(mount, where):
+    """(key, value) of a Mounts entry's BindOptions object, (None, None) if it has none."""
+    key = _key_of(mount, "BindOptions", f"a {where} entry")
+    options = None if key is None else mount[key]
+    if options is None:
+        return None, None
+    if not isinstance(options, dict):
+        raise InvalidRequest(f"{where} BindOptions must be an object")
+    _key_of(options, "CreateMountpoint", f"a {where} entry's BindOptions")
+    return key, options
+
+
+@dataclass(frozen=True)
+class VolumeUse:
+    """One place in a request body that names a /flocker volume."""
+
+    name: str
+    field: str  # "Binds", "Mounts", "LegacyBinds" or "LegacyMounts"
+    index: int
+
+
+def _bind_uses(binds, field, where, becomes_mount):
     uses = []
-    for index, bind in enumerate(_list_field(host_config, "Binds", "HostConfig.Binds")):
-        if not isinstance(bind, str):
-            raise InvalidRequest("HostConfig.Binds entries must be strings")
-        name = volume_name(_bind_source(bind)[0])
-        if name is not None:
-            uses.append(VolumeUse(name, "Binds", index))
-    for index, mount in enumerate(_list_field(host_config, "Mounts", "HostConfig.Mounts")):
-        if not isinstance(mount, dict):
-            raise InvalidRequest("HostConfig.Mounts entries must be objects")
-        if mount.get("Type") == "bind":
-            name = volume_name(mount.get("Source"))
-            if name is not None:
-                uses.append(VolumeUse(name, "Mounts", index))
+    for index, text in enumerate(binds):
+        found = _flocker_bind(text, where)
+        if found is not None:
+            name, bind = found
+            if becomes_mount:
+                _check_expressible_as_mount(bind)
+            uses.append(VolumeUse(name, field, index))
     return uses
 
 
+def _mount_uses(mounts, field, where):
+    uses = []
+    for index, mount in enumerate(mounts):
+        name = _flocker_mount(mount, where)
+        if name is not None:
+            uses.append(VolumeUse(name, field, index))
+    return uses
+
+
+def _refuse_top_level_flocker_sources(body):
+    """Old dockerds read a create body's top-level Binds and Mounts as HostConfig's
+    (newer ones ignore them): a /flocker source there would reach dockerd unrewritten."""
+    for field in ("Binds", "Mounts"):
+        key = _key_of(body, field, "the create body")
+        entries = body[key] if key is not None else None
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            source = None
+            if isinstance(entry, str) and Bind.parse(entry).target is not None:
+                source = Bind.parse(entry).source
+            elif isinstance(entry, dict):
+                source_key = _key_of(entry, "Source", f"a top-level {field} entry")
+                source = entry[source_key] if source_key is not None else None
+            if isinstance(source, str) and source.startswith("/") \
+                    and (clean_path(source) + "/").startswith(FLOCKER_ROOT + "/"):
+                raise InvalidRequest(
+                    f"{source!r} in the create body's top-level {field!r} is not "
+                    f"supported: put it in HostConfig.{field}"
+                )
+
+
+def find_create_volumes(body):
+    """Every /flocker volume named by a container create body, in body order."""
+    host_config = _host_config(body)
+    _refuse_top_level_flocker_sources(body)
+    return (_bind_uses(_list_field(host_config, "Binds", "HostConfig"), "Binds",
+                       "HostConfig.Binds", becomes_mount=True)
+            + _mount_uses(_list_field(host_config, "Mounts", "HostConfig"), "Mounts",
+                          "HostConfig.Mounts"))
+
+
 def find_legacy_start_volumes(body):
-    """Every /flocker volume in an API < 1.24 start body's top-level Binds."""
+    """Every /flocker volume in an API < 1.24 start body (itself a HostConfig)."""
     if body is None:
         return []
     if not isinstance(body, dict):
         raise InvalidRequest("the Docker request body must be a JSON object")
-    uses = []
-    for index, bind in enumerate(_list_field(body, "Binds", "Binds")):
-        if not isinstance(bind, str):
-            raise InvalidRequest("Binds entries must be strings")
-        name = volume_name(_bind_source(bind)[0])
-        if name is not None:
-            uses.append(VolumeUse(name, "LegacyBinds", index))
-    return uses
+    return (_bind_uses(_list_field(body, "Binds"), "LegacyBinds", "Binds",
+                       becomes_mount=False)
+            + _mount_uses(_list_field(body, "Mounts"), "LegacyMounts", "Mounts"))
 
 
 def unique_names(uses):
@@ -136,35 +414,107 @@ def unique_names(uses):
     return list(dict.fromkeys(use.name for use in uses))
 
 
-def _rewrite_bind(bind, path):
-    return path + _bind_source(bind)[1]
+def _with_field(document, field, value):
+    """A copy of document whose one spelling of field is replaced by field: value.
+
+    The canonical spelling takes the old key's place, so that the rewritten body holds
+    the field exactly once.
+    """
+    old_key = _key_of(document, field, "the body")
+    copy = {}
+    for key, item in document.items():
+        if key == old_key:
+            copy[field] = value
+        else:
+            copy[key] = item
+    if old_key is None:
+        copy[field] = value
+    return copy
+
+
+def _mount_for_bind(bind, path):
+    """The Mounts entry that means what the Binds entry meant, with path as source.
+
+    BindOptions only when the mode names a propagation: without one, dockerd picks the
+    default (rprivate, or rslave under its own root) exactly as it does for Binds.
+    """
+    options = bind.mode_options()
+    mount = {"Type": "bind", "Source": path, "Target": bind.target,
+             "ReadOnly": options.get("access") == "ro"}
+    if "propagation" in options:
+        mount["BindOptions"] = {"Propagation": options["propagation"]}
+    if "consistency" in options:
+        mount["Consistency"] = options["consistency"]
+    return mount
+
+
+def _rewritten_mount(mount, path):
+    """The Mounts entry with path as its source, keys we set spelled canonically.
+
+    CreateMountpoint is dropped: the volume's directory is made by powerstrip-flocker,
+    and a missing one must make Docker fail, never make Docker create it empty.
+    """
+    rewritten = _with_field(_with_field(mount, "Type", "bind"), "Source", path)
+    key, options = _bind_options(mount, "HostConfig.Mounts")
+    if options is not None:
+        create_key = _key_of(options, "CreateMountpoint", "BindOptions")
+        rewritten[key] = {k: v for k, v in options.items() if k != create_key}
+    return rewritten
+
+
+def _rewrite_mounts(mounts, uses, paths):
+    rewritten = list(mounts)
+    for use in uses:
+        rewritten[use.index] = _rewritten_mount(mounts[use.index], paths[use.name])
+    return rewritten
+
+
+def _rewrite_legacy(body, uses, paths):
+    # An API < 1.24 start body keeps its Binds as Binds: HostConfig.Mounts only exists
+    # from API 1.25, so a daemon that still needs this old path may ignore Mounts, and a
+    # volume missing from the container is worse than one Docker could re-create.
+    rewritten = dict(body)
+    bind_uses = [use for use in uses if use.field == "LegacyBinds"]
+    mount_uses = [use for use in uses if use.field == "LegacyMounts"]
+    if bind_uses:
+        binds = list(_list_field(body, "Binds"))
+        for use in bind_uses:
+            bind = Bind.parse(binds[use.index])
+            binds[use.index] = paths[use.name] + binds[use.index][len(bind.source):]
+        rewritten = _with_field(rewritten, "Binds", binds)
+    if mount_uses:
+        mounts = _list_field(body, "Mounts")
+        rewritten = _with_field(rewritten, "Mounts",
+                                _rewrite_mounts(mounts, mount_uses, paths))
+    return rewritten
 
 
 def rewrite(body, uses, paths):
-    """A copy of body with each use's host path replaced by paths[use.name].
+    """A copy of body with each use pointing at paths[use.name] instead of /flocker.
 
-    Only the lists that hold a use are copied; every other value is the same object,
-    so it serialises exactly as before.
+    In a create body each /flocker bind leaves HostConfig.Binds (every other bind stays,
+    in order, as it was) and becomes a HostConfig.Mounts entry of type bind, after the
+    Mounts already there; a /flocker Mounts entry gets its Source replaced in place. The
+    input is not modified; values we do not rewrite are the same objects.
     """
-    rewritten = dict(body)
-    if any(use.field == "LegacyBinds" for use in uses):
-        rewritten["Binds"] = list(body["Binds"])
-    if any(use.field in ("Binds", "Mounts") for use in uses):
-        host_config = rewritten["HostConfig"] = dict(body["HostConfig"])
-        for field in ("Binds", "Mounts"):
-            if any(use.field == field for use in uses):
-                host_config[field] = list(body["HostConfig"][field])
-    for use in uses:
-        path = paths[use.name]
-        if use.field == "LegacyBinds":
-            rewritten["Binds"][use.index] = _rewrite_bind(body["Binds"][use.index], path)
-        elif use.field == "Binds":
-            binds = rewritten["HostConfig"]["Binds"]
-            binds[use.index] = _rewrite_bind(binds[use.index], path)
-        else:
-            mounts = rewritten["HostConfig"]["Mounts"]
-            mounts[use.index] = dict(mounts[use.index], Source=path)
-    return rewritten
+    if any(use.field.startswith("Legacy") for use in uses):
+        return _rewrite_legacy(body, uses, paths)
+    host_config = _host_config(body)
+    binds = _list_field(host_config, "Binds", "HostConfig")
+    mount_uses = [use for use in uses if use.field == "Mounts"]
+    bind_paths = {use.index: paths[use.name] for use in uses if use.field == "Binds"}
+    mounts = _rewrite_mounts(_list_field(host_config, "Mounts", "HostConfig"), mount_uses,
+                             paths)
+    mounts += [_mount_for_bind(Bind.parse(binds[index]), path)
+               for index, path in sorted(bind_paths.items())]
+    rewritten_host_config = host_config
+    if bind_paths:
+        rewritten_host_config = _with_field(
+            rewritten_host_config, "Binds",
+            [bind for index, bind in enumerate(binds) if index not in bind_paths])
+    if bind_paths or mount_uses:
+        rewritten_host_config = _with_field(rewritten_host_config, "Mounts", mounts)
+    return _with_field(body, "HostConfig", rewritten_host_config)
 
 
 def strip_query(request_target):
