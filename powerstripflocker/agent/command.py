@@ -12,11 +12,13 @@ from twisted.internet.error import CannotListenError
 
 from ..docker import DockerEngineClient
 from ..flocker import FlockerClient, tls_policy
-from ..inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper, UseTracker
+from ..inuse import (
+    DEFAULT_LEASE_SECONDS, DEFAULT_POLL_SECONDS, Fencer, KernelMounts, LeaseKeeper, UseTracker,
+)
 from .backends import BACKENDS, BackendError, make_backend
 from .control import ControlClient
 from .faults import Faults
-from .model import PRIMARY
+from .model import REPLICA
 from .peer import PeerClient, PeerServer
 from .service import AgentService
 
@@ -50,12 +52,24 @@ def configure(parser):
                         help=f"file holding the shared cluster token (or set {TOKEN_ENV}); "
                              "without one, nothing is authenticated")
     parser.add_argument("--docker", default=None, metavar="ENDPOINT",
-                        help="this node's dockerd (unix:///path or tcp://host:port): hold a "
-                             "lease on every dataset a running container uses, so no other "
-                             "node moves it away (default: no in-use tracking)")
+                        help="this node's dockerd (unix:///path or tcp://host:port): names "
+                             "the containers using each dataset, counts their starts and "
+                             "stops at once and kills them when fencing (default: in-use "
+                             "tracking from the kernel's mount table only)")
     parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS,
-                        help="expiry of in-use leases, renewed while in use; a dead node's "
-                             "leases lapse after this long (default %(default)g)")
+                        help="expiry of the leases held on datasets in use here, renewed "
+                             "every third of it; a node that cannot renew stops their users "
+                             "a quarter of it before the control service could let another "
+                             "node take them (default %(default)g)")
+    parser.add_argument("--mount-poll-seconds", type=float, default=DEFAULT_POLL_SECONDS,
+                        help="how often the mount table of every mount namespace is read for "
+                             "datasets in use (default %(default)g)")
+    parser.add_argument("--move-attempts", type=int, default=5,
+                        help="attempts of a move before it is reported stalled "
+                             "(default %(default)d)")
+    parser.add_argument("--stall-retry-seconds", type=float, default=300.0,
+                        help="a stalled move is tried again when its configuration changes "
+                             "or after this long (default %(default)g)")
     parser.add_argument("--tls-ca", default=None,
                         help="PEM CA certificate(s) that https:// control and agent URLs "
                              "must be signed by (default: the system's trust store)")
@@ -154,7 +168,8 @@ async def main(reactor, options):
     control = ControlClient(options.control_url, token=token, http=http)
     peers = PeerClient(reactor, me, token=token, http=http)
     agent = AgentService(reactor, backend, control, peers, me, options.address, url,
-                         token=token, faults=faults)
+                         token=token, faults=faults, move_attempts=options.move_attempts,
+                         stall_retry=options.stall_retry_seconds)
     try:
         await agent.start()
         port = await serverFromString(reactor, options.listen).listen(
@@ -165,12 +180,11 @@ async def main(reactor, options):
         raise SystemExit(1)
     log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
              listen=options.listen, url=url)
-    tracker = track_use(reactor, options, agent, backend, me) if options.docker else None
+    tracker = track_use(reactor, options, agent, backend, me)
     stopped = defer.Deferred()
 
     def shutdown():
-        if tracker is not None:
-            tracker.stop()
+        tracker.stop()
         agent.stop()
         return port.stopListening()
 
@@ -179,26 +193,54 @@ async def main(reactor, options):
 
 
 def track_use(reactor, options, agent, backend, me):
-    """Hold leases on the datasets this node's running containers use."""
+    """Hold leases on the datasets in use on this node (mounted in any mount namespace,
+    or used by a container of --docker) and fence those whose lease lapses. Started
+    before the agent's first convergence, so a restarted agent knows at once."""
     policy = tls_policy(options.tls_ca) if options.tls_ca else None
-    api = FlockerClient(reactor, options.control_url, tls_policy=policy)
-    keeper = LeaseKeeper(api, me, reactor, options.lease_seconds)
+    # A renewal that hangs must not hold up the next one for long.
+    api = FlockerClient(reactor, options.control_url, tls_policy=policy,
+                        timeout=min(10.0, options.lease_seconds / 3))
+    engine = DockerEngineClient(reactor, options.docker) if options.docker else None
+    mounts = KernelMounts()
+    tracker = None
+
+    def fence(dataset_id, reason):
+        tracker.fence(dataset_id, reason)
+
+    keeper = LeaseKeeper(api, me, reactor, options.lease_seconds, on_lapse=fence)
+    fencer = Fencer(reactor, mounts, engine,
+                    docker_timeout=min(2.0, keeper.fence_margin / 3))
 
     def local_paths():
+        # Handed-off copies too: one still mounted is written in vain, and is fenced.
         return {d.path: d.dataset_id for d in backend.local_datasets().values()
-                if d.role == PRIMARY}
-    tracker = UseTracker(DockerEngineClient(reactor, options.docker), keeper, local_paths,
-                         reactor, on_change=agent.request_report)
+                if d.role != REPLICA}
+
+    def changed():
+        agent.request_report()
+        agent.converge()
+
+    tracker = UseTracker(engine, keeper, local_paths, reactor, on_change=changed,
+                         mounts=mounts, fencer=fencer, poll_seconds=options.mount_poll_seconds)
     agent.users_of = tracker.users_of
+    agent.in_use = tracker.in_use
+    agent.fencing_events = lambda: fencer.fenced
     tracker.start()
-    log.info("tracking containers of {docker}: leases of {seconds:g}s on datasets in use",
-             docker=options.docker, seconds=options.lease_seconds)
+    log.info("in-use tracking: the mount table every {poll:g}s{docker}; leases of "
+             "{seconds:g}s on datasets in use, fencing {margin:g}s before they could lapse",
+             poll=options.mount_poll_seconds, seconds=options.lease_seconds,
+             margin=keeper.fence_margin,
+             docker=f" and the containers of {options.docker}" if options.docker else "")
     return tracker
 
 
 def run(options):
     if options.lease_seconds <= 0:
         raise SystemExit("powerstrip-flocker agent: --lease-seconds must be positive")
+    if options.mount_poll_seconds <= 0 or options.move_attempts < 1 \
+            or options.stall_retry_seconds <= 0:
+        raise SystemExit("powerstrip-flocker agent: --mount-poll-seconds, --move-attempts "
+                         "and --stall-retry-seconds must be positive")
     if options.docker and not options.docker.startswith(("unix://", "tcp://")):
         raise SystemExit("powerstrip-flocker agent: --docker must be unix:///path or "
                          "tcp://host:port")

@@ -3,10 +3,12 @@
 from .model import HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Wait
 
 
-def decide(node_uuid, view, local):
+def decide(node_uuid, view, local, in_use=None):
     """What this node should do now.
 
-    node_uuid: this node; view: a ClusterView; local: dataset_id -> LocalDataset.
+    node_uuid: this node; view: a ClusterView; local: dataset_id -> LocalDataset;
+    in_use: dataset_id -> descriptions of what uses it on this node (mounted in some
+    mount namespace, or a running container's), for the datasets in use here.
     Returns a list of actions, at most one per dataset, in dataset id order.
 
     Rules, per dataset:
@@ -22,29 +24,56 @@ def decide(node_uuid, view, local):
     - held here as a handed-off copy, and another node reports it -> Cleanup.
     - configured deleted, held here (any role) and not leased to this node -> Destroy.
     - held here but not configured at all -> left alone (still reported if primary).
+    - in use here (the kernel's truth, whatever the leases say) -> never pushed away,
+      cleaned up or destroyed while it is.
+    - held here as primary, configured elsewhere, while a third node reports it as its
+      primary and our copy's generation is older than the configuration's -> superseded:
+      never pushed (nor reported, see superseded()).
     """
     actions = []
+    in_use = in_use or {}
     ids = sorted(set(view.datasets) | set(local))
     for dataset_id in ids:
         action = _decide_one(node_uuid, view, dataset_id, view.datasets.get(dataset_id),
-                             local.get(dataset_id))
+                             local.get(dataset_id), in_use.get(dataset_id))
         if action is not None:
             actions.append(action)
     return actions
 
 
-def _decide_one(me, view, dataset_id, configured, held):
+def superseded(node_uuid, view, held):
+    """Whether our primary copy `held` is older than one another node serves: the
+    configured primary is elsewhere at a newer generation and a node other than us and
+    the configured primary reports the dataset as its primary (the configured primary
+    itself may hold a copy received from us: that is a handoff to finish, not a newer
+    copy)."""
+    configured = view.datasets.get(held.dataset_id)
+    if configured is None or configured.primary == node_uuid or held.role != PRIMARY:
+        return False
+    if held.generation is None or configured.generation is None \
+            or held.generation >= configured.generation:
+        return False
+    return bool(view.holders(held.dataset_id) - {node_uuid, configured.primary})
+
+
+def _decide_one(me, view, dataset_id, configured, held, users):
     leased_here = view.leased_to(dataset_id, me)
     if configured is None:
         return None
+    in_use = f"in use here by {', '.join(users[:3])}" if users else None
     if configured.deleted:
         if held is None:
             return None
         if leased_here and held.role == PRIMARY:
             return Wait(dataset_id, "deleted in the configuration but leased to this node")
+        if in_use:
+            return Wait(dataset_id, f"deleted in the configuration but {in_use}; kept "
+                                    "until nothing uses it")
         return Destroy(dataset_id)
     others = view.holders(dataset_id) - {me}
     if held is not None and held.role == HANDED_OFF:
+        if in_use:
+            return Wait(dataset_id, f"handed off but {in_use}; kept until nothing uses it")
         if others:
             return Cleanup(dataset_id)
         return Wait(dataset_id, "handed off; waiting for the new primary to report it")
@@ -64,6 +93,13 @@ def _decide_one(me, view, dataset_id, configured, held):
         return None
     if leased_here:
         return Wait(dataset_id, f"configured on {configured.primary} but leased to this node")
+    if in_use:
+        return Wait(dataset_id, f"configured on {configured.primary} but {in_use}; not "
+                                "moving it while it is")
+    if superseded(me, view, held):
+        return Wait(dataset_id, f"superseded: our copy is generation {held.generation}, "
+                                f"{', '.join(sorted(others))} serves a newer one; not "
+                                "pushing it")
     target = view.nodes.get(configured.primary)
     if target is None or not target.agent_url:
         return Wait(dataset_id, f"configured on {configured.primary}, whose agent is unknown")

@@ -17,6 +17,9 @@ class LocalDataset:
     maximum_size: Optional[int] = None
     handed_to: Optional[str] = None
     origin: str = "created"           # "created" here or "received" by a push
+    # The dataset's generation (from the control service's view) when this copy was last
+    # its primary: a copy older than another node's is never served or pushed again.
+    generation: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class ConfiguredDataset:
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
     manifested: bool = False
     origin: Optional[str] = None  # the node it was created on; None from older services
+    generation: Optional[int] = None  # +1 on every change of primary; None: older services
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class ClusterView:
                 metadata=item.get("metadata") or {},
                 manifested=bool(item.get("manifested", False)),
                 origin=str(item["origin"]).lower() if item.get("origin") else None,
+                generation=item.get("generation") if isinstance(
+                    item.get("generation"), int) else None,
             )
         leases = {}
         for item in body.get("leases") or []:

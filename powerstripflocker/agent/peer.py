@@ -8,12 +8,16 @@ GET  /agent/v1/metrics                     byte counters, the last transfers, wa
 POST /agent/v1/faults/resume               only with fault injection on: resume held receives
 GET  /agent/v1/datasets/<id>/snapshots     {"dataset_id", "primary": bool, "origin",
                                             "snapshots": [...], "formats": [...],
-                                            "accepting": bool, "reason": str}
-PUT  /agent/v1/datasets/<id>/push?format=tar|btrfs&snapshot=S&parent=P&size=N
+                                            "generation": int|null, "accepting": bool,
+                                            "reason": str}
+PUT  /agent/v1/datasets/<id>/push?format=tar|btrfs&snapshot=S&parent=P&size=N&generation=G
      streamed body (chunked) -> 200 {"dataset_id", "received", "bytes"}
-     401 bad token, 403 not moving here, 409 already primary here, 412 parent snapshot
-     missing, 503 busy, 500 receive failed
-POST /agent/v1/datasets/<id>/acquire       {"received": token, "maximum_size": int|null}
+     401 bad token, 403 not moving here, 409 already primary here or the pushed copy's
+     generation G is older than the one held here, 412 parent snapshot missing, 503 busy,
+     500 receive failed: the description is the cause and this host, e.g.
+     "No space left on device on 198.18.0.3"
+POST /agent/v1/datasets/<id>/acquire       {"received": token, "maximum_size": int|null,
+                                            "generation": int|null}
      -> 200 {"dataset_id", "path"}; idempotent for one token; 403/404/409 as above
 
 The push body goes straight into a subprocess (tar -x / btrfs receive) chunk by chunk:
@@ -34,7 +38,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from .backends import BackendError, Conflict, MissingParent
-from .streams import DiscardSink, ProcessBodyProducer, ProcessSink, Progress
+from .streams import DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause
 
 log = Logger()
 
@@ -139,7 +143,10 @@ class IncomingPush:
             if fmt not in self.agent.backend.formats:
                 raise Refused(400, f"this node's {self.agent.backend.name} backend receives "
                                    f"{', '.join(self.agent.backend.formats)}, not {fmt!r}")
-            await self.agent.check_receive(self.dataset_id)
+            generation = self.params.get("generation")
+            await self.agent.check_receive(
+                self.dataset_id,
+                generation=int(generation) if generation and generation.isdigit() else None)
             if not self.agent.lock(self.dataset_id, "receive"):
                 raise Refused(503, f"dataset {self.dataset_id} is busy on this node")
             self.locked = True
@@ -152,7 +159,9 @@ class IncomingPush:
             except Conflict as e:
                 raise Refused(409, str(e))
             except BackendError as e:
-                raise Refused(500, str(e))
+                raise Refused(500, f"{e} on {self.agent.address}")
+            except OSError as e:
+                raise Refused(500, f"{e.strerror or e} on {self.agent.address}")
         except Refused as e:
             self.refusal = e
         except Exception as e:
@@ -235,7 +244,9 @@ class IncomingPush:
                       dataset_id=self.dataset_id, peer=self.peer_name(), error=e)
             await self._discard()
             self._finish_transfer("failed")
-            self.result.callback((500, {"description": f"receive failed: {e}"}))
+            # The sender reports this text as the move's error: the cause and where.
+            self.result.callback((500, {"description": f"{failure_cause(e)} on "
+                                                       f"{self.agent.address}"}))
             return
         seconds = self.progress.seconds()
         log.info("received {dataset_id} from {peer}: {bytes} bytes in {seconds:.2f}s "
@@ -346,12 +357,15 @@ class PeerResource(_Leaf):
                     body = json.loads(request.content.read(MAX_JSON_BODY) or b"{}")
                     received = str(body["received"])
                     maximum_size = body.get("maximum_size")
+                    generation = body.get("generation")
+                    if generation is not None and not isinstance(generation, int):
+                        raise TypeError("generation")
                 except (ValueError, KeyError, TypeError):
                     return _json(request, 400, {"description": "expected JSON "
                                                 "{\"received\": ..., \"maximum_size\": ...}"})
                 self._later(request, self.agent.acquire_for_peer(
                     dataset_id, received, maximum_size,
-                    peer_uuid(request)))
+                    peer_uuid(request), generation=generation))
                 return server.NOT_DONE_YET
             return _json(request, 405, {"description": "Method not allowed."})
         return _json(request, 404, {"description": "Not found."})
@@ -445,14 +459,14 @@ class PeerClient:
                                        headers=self._headers(), timeout=30)
         return await self._json_response(response)
 
-    async def push(self, agent_url, plan, progress, pause_after_bytes=None,
+    async def push(self, agent_url, plan, progress, generation=None, pause_after_bytes=None,
                    on_fault_pause=None):
         producer = ProcessBodyProducer(self.reactor, plan.argv, progress=progress,
                                        pause_after_bytes=pause_after_bytes,
                                        on_fault_pause=on_fault_pause)
         url = self._url(agent_url, plan.dataset_id, "push", {
             "format": plan.format, "snapshot": plan.snapshot, "parent": plan.parent,
-            "size": plan.size})
+            "size": plan.size, "generation": generation})
         response = await self.http.request(
             "PUT", url, data=producer,
             headers=self._headers({b"Content-Type": [b"application/octet-stream"]}))
@@ -460,9 +474,10 @@ class PeerClient:
         result["bytes_sent"] = producer.bytes
         return result
 
-    async def acquire(self, agent_url, dataset_id, received, maximum_size):
+    async def acquire(self, agent_url, dataset_id, received, maximum_size, generation=None):
         response = await self.http.post(
             self._url(agent_url, dataset_id, "acquire"),
-            data=json.dumps({"received": received, "maximum_size": maximum_size}).encode(),
+            data=json.dumps({"received": received, "maximum_size": maximum_size,
+                             "generation": generation}).encode(),
             headers=self._headers({b"Content-Type": [b"application/json"]}), timeout=120)
         return await self._json_response(response)

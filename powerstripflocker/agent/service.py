@@ -1,22 +1,28 @@
 """The node agent: long-poll the cluster view, converge, report, push data to peers.
 
-Event-driven: a new cluster view (long-poll), a finished action, a received push or a
-backoff timer runs convergence; nothing waits on a fixed sleep. Failed actions are
-retried per dataset with exponential backoff (0.5 s doubling up to max_backoff).
+Event-driven: a new cluster view (long-poll), a finished action, a received push, a
+change of what is in use or a backoff timer runs convergence; nothing waits on a fixed
+sleep. Failed actions are retried per dataset with exponential backoff (0.5 s doubling
+up to max_backoff). A move (push) that fails move_attempts times in a row is stalled:
+reported in the node report's transfers with stalled, attempts and the error, and tried
+again only once its configuration changes or after stall_retry seconds; the source
+stays primary and intact meanwhile.
 """
 
 import uuid
 from collections import deque
+from dataclasses import dataclass
+from typing import Optional
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from .backends import BackendError, Conflict
-from .convergence import decide
+from .convergence import decide, superseded
 from .faults import Faults
 from .model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Wait
 from .peer import PeerError, Refused
-from .streams import Progress
+from .streams import CommandFailed, Progress, failure_cause
 
 log = Logger()
 
@@ -33,6 +39,25 @@ class TransferStalled(Exception):
     pass
 
 
+class InUseHere(Exception):
+    """The kernel shows the dataset in use here: it is not moved or deleted now."""
+
+
+ERROR_LENGTH = 1024      # the node report's limit on a transfer's error text
+
+@dataclass
+class Failure:
+    """The latest failures of one dataset's action, for backoff and the report."""
+    action: object
+    attempts: int
+    retry_at: float
+    error: str
+    stalled: bool = False
+    configuration: object = None        # what the action was decided from
+    bytes_done: int = 0
+    bytes_total: Optional[int] = None
+
+
 class _Held:
     """A push held by fault injection; release() lets it go on."""
 
@@ -47,7 +72,7 @@ class _Held:
 class AgentService:
     def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
                  token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30,
-                 stall_timeout=300.0):
+                 stall_timeout=300.0, move_attempts=5, stall_retry=300.0):
         self.reactor = reactor
         self.backend = backend
         self.control = control
@@ -61,10 +86,12 @@ class AgentService:
         self.max_backoff = max_backoff
         self.poll_timeout = poll_timeout
         self.stall_timeout = stall_timeout
+        self.move_attempts = move_attempts
+        self.stall_retry = stall_retry
         self.view = None
         self.generation = None
         self.busy = {}                # dataset_id -> what is running ("push", "receive"...)
-        self.failures = {}            # dataset_id -> (action, count, retry_at)
+        self.failures = {}            # dataset_id -> Failure
         self.active = []              # Progress of running transfers
         self.history = deque(maxlen=100)
         self.bytes_sent_total = 0
@@ -81,6 +108,12 @@ class AgentService:
         # users_of(dataset_id) -> descriptions of the containers using it here (in-use
         # tracking sets it); reported so another node can say who holds a volume.
         self.users_of = lambda dataset_id: []
+        # in_use(dataset_id, fresh=False) -> descriptions of what uses it here: mounted in
+        # a mount namespace or a running container's ([] when nothing); fresh asks the
+        # kernel now. In-use tracking sets it; nothing in use moves or is deleted.
+        self.in_use = lambda dataset_id, fresh=False: []
+        # fencing_events() -> the latest fencings, for metrics (in-use tracking sets it).
+        self.fencing_events = lambda: []
 
     # lifecycle
 
@@ -149,9 +182,35 @@ class AgentService:
                  **({"users": users[:16]} if (users := self.users_of(d.dataset_id)) else {}))
             for d in sorted(self.backend.local_datasets().values(), key=lambda d: d.dataset_id)
             if d.role == PRIMARY
+            and not (self.view is not None and superseded(self.node_uuid, self.view, d))
         ]
         return {"host": self.address, "agent_url": self.agent_url, "datasets": datasets,
-                "transfers": [p.as_report() for p in self.active if _is_uuid(p.peer)]}
+                "transfers": self._transfers_report()}
+
+    def _transfers_report(self):
+        """Running transfers, and the moves that failed and wait for their next attempt
+        or are stalled, with attempts, the error and stalled."""
+        transfers = []
+        pushing = set()
+        for progress in self.active:
+            if not _is_uuid(progress.peer):
+                continue
+            entry = progress.as_report()
+            failed = self.failures.get(progress.dataset_id)
+            if progress.direction == "push":
+                pushing.add(progress.dataset_id)
+                if failed is not None and isinstance(failed.action, Push):
+                    entry.update(attempts=failed.attempts + 1, error=failed.error,
+                                 stalled=False)
+            transfers.append(entry)
+        for dataset_id, failed in sorted(self.failures.items()):
+            if isinstance(failed.action, Push) and dataset_id not in pushing:
+                transfers.append({
+                    "dataset_id": dataset_id, "direction": "push",
+                    "peer": failed.action.target, "bytes_done": failed.bytes_done,
+                    "bytes_total": failed.bytes_total, "attempts": failed.attempts,
+                    "error": failed.error[:ERROR_LENGTH], "stalled": failed.stalled})
+        return transfers
 
     def request_report(self):
         """Send our report now (coalesced; retried with backoff until it gets through)."""
@@ -185,9 +244,19 @@ class AgentService:
         if self.view is None or not self.running:
             return
         local = self.backend.local_datasets()
+        self._record_generations(local)
+        local = self.backend.local_datasets()
+        in_use = {dataset_id: users for dataset_id in local
+                  if (users := self.in_use(dataset_id))}
         now = self.reactor.seconds()
         waits = {}
-        for action in decide(self.node_uuid, self.view, local):
+        actions = decide(self.node_uuid, self.view, local, in_use)
+        decided = {action.dataset_id: action for action in actions}
+        for dataset_id in list(self.failures):
+            if decided.get(dataset_id) != self.failures[dataset_id].action \
+                    and dataset_id not in self.busy:
+                del self.failures[dataset_id]      # no longer what this node should do
+        for action in actions:
             dataset_id = action.dataset_id
             if isinstance(action, Wait):
                 waits[dataset_id] = action.reason
@@ -198,46 +267,131 @@ class AgentService:
             if dataset_id in self.busy:
                 continue
             failed = self.failures.get(dataset_id)
-            if failed is not None and failed[0] == action and failed[2] > now:
-                continue
+            if failed is not None and failed.retry_at > now:
+                if not failed.stalled or failed.configuration == self._configuration(action):
+                    continue
+                log.info("dataset {dataset_id}: its configuration changed; trying the "
+                         "stalled move again", dataset_id=dataset_id)
+                del self.failures[dataset_id]
             self.lock(dataset_id, type(action).__name__.lower())
             defer.ensureDeferred(self._execute(action))
         self._waits_logged = waits
 
+    def _configuration(self, action):
+        """What a stalled action is tried again on a change of: the dataset's configured
+        entry and the target's agent."""
+        target = getattr(action, "target", None)
+        node = self.view.nodes.get(target) if target else None
+        return (self.view.datasets.get(action.dataset_id),
+                node.agent_url if node is not None else None)
+
+    def _record_generations(self, local):
+        """Keep the view's generation with the copies primary here that the configuration
+        places here (no other node serving one)."""
+        for dataset_id, held in local.items():
+            configured = self.view.datasets.get(dataset_id)
+            if held.role != PRIMARY or configured is None or configured.primary != \
+                    self.node_uuid or configured.generation is None:
+                continue
+            if self.view.holders(dataset_id) - {self.node_uuid}:
+                continue
+            if held.generation is None or held.generation < configured.generation:
+                self.backend.record_generation(dataset_id, configured.generation)
+
+    def _check_not_in_use(self, dataset_id, what):
+        users = self.in_use(dataset_id, fresh=True)
+        if users:
+            raise InUseHere(f"dataset {dataset_id} is in use here by {', '.join(users[:3])}: "
+                            f"not {what} it while it is")
+
     async def _execute(self, action):
         dataset_id = action.dataset_id
+        configuration = self._configuration(action)
         try:
             if isinstance(action, Create):
                 await self.backend.create(dataset_id, action.maximum_size)
+                configured = self.view.datasets.get(dataset_id)
+                self.backend.record_generation(
+                    dataset_id, configured.generation if configured is not None else None)
                 log.info("created dataset {dataset_id} at {path} (maximum_size {size})",
                          dataset_id=dataset_id, path=self.backend.path(dataset_id),
                          size=action.maximum_size)
             elif isinstance(action, Destroy):
+                self._check_not_in_use(dataset_id, "destroying")
                 await self.backend.destroy(dataset_id)
                 log.info("destroyed dataset {dataset_id}", dataset_id=dataset_id)
             elif isinstance(action, Cleanup):
+                self._check_not_in_use(dataset_id, "deleting")
                 await self.backend.cleanup(dataset_id)
                 log.info("deleted the handed-off copy of {dataset_id}: the new primary "
                          "reports it", dataset_id=dataset_id)
             elif isinstance(action, Push):
+                self._check_not_in_use(dataset_id, "moving")
                 await self._push(action)
             self.failures.pop(dataset_id, None)
+        except InUseHere as e:
+            # Not a failure: in-use tracking runs convergence again once nothing uses it.
+            log.warn("{action} not done: {reason}", action=action, reason=e)
         except Exception as e:
-            previous = self.failures.get(dataset_id)
-            count = previous[1] + 1 if previous is not None and previous[0] == action else 1
-            delay = min(0.5 * 2 ** (count - 1), self.max_backoff)
-            self.failures[dataset_id] = (action, count, self.reactor.seconds() + delay, str(e))
-            log.error("{action} failed (attempt {count}): {error}; retrying in {delay:.1f}s",
-                      action=action, count=count, error=e, delay=delay)
-            self.reactor.callLater(delay, self.converge)
+            self._failed(action, e, configuration)
         finally:
             self.unlock(dataset_id)
             self.request_report()
             self.converge()
 
+    def _failed(self, action, error, configuration):
+        dataset_id = action.dataset_id
+        previous = self.failures.get(dataset_id)
+        count = previous.attempts + 1 if previous is not None and previous.action == action \
+            else 1
+        text = self._error_text(action, error)
+        progress = getattr(error, "progress", None)
+        failure = Failure(action, count, 0.0, text, configuration=configuration,
+                          bytes_done=progress.done if progress is not None else 0,
+                          bytes_total=progress.total if progress is not None else None)
+        if isinstance(action, Push) and count >= self.move_attempts:
+            failure.stalled = True
+            failure.retry_at = self.reactor.seconds() + self.stall_retry
+            log.error("moving {dataset_id} to {target} stalled after {count} attempts: "
+                      "{error}; the copy here stays primary; trying again when its "
+                      "configuration changes or in {delay:.0f}s", dataset_id=dataset_id,
+                      target=action.target, count=count, error=text, delay=self.stall_retry)
+            delay = self.stall_retry
+        else:
+            delay = min(0.5 * 2 ** (count - 1), self.max_backoff)
+            failure.retry_at = self.reactor.seconds() + delay
+            log.error("{action} failed (attempt {count}): {error}; retrying in {delay:.1f}s",
+                      action=action, count=count, error=text, delay=delay)
+        self.failures[dataset_id] = failure
+        self.reactor.callLater(delay, self.converge)
+
+    def _error_text(self, action, error):
+        """The cause of a failure and the host it happened on, as the report shows it
+        ("No space left on device on 198.18.0.3")."""
+        if isinstance(error, PeerError):
+            target = self.view.nodes.get(getattr(action, "target", None)) if self.view \
+                else None
+            host = target.host if target is not None and target.host else \
+                getattr(action, "target", "the peer")
+            description = str(error.description)
+            return description if host in description else f"{description} (on {host})"
+        if isinstance(error, (OSError, CommandFailed)):
+            return f"{failure_cause(error)} on {self.address}"
+        if isinstance(error, (ConnectionError, defer.CancelledError)) or \
+                type(error).__module__.startswith("twisted"):
+            return f"cannot reach the agent of {getattr(action, 'target', '?')} at " \
+                   f"{getattr(action, 'agent_url', '?')}: {error or type(error).__name__}"
+        return str(error)
+
     async def _push(self, action):
         dataset_id, target = action.dataset_id, action.target
         info = await self.peers.describe(action.agent_url, dataset_id)
+        held = self.backend.local_datasets().get(dataset_id)
+        ours = held.generation if held is not None else None
+        theirs = info.get("generation")
+        if isinstance(theirs, int) and ours is not None and theirs > ours:
+            raise Conflict(f"node {target} holds generation {theirs} of dataset {dataset_id}, "
+                           f"newer than our copy's {ours}: not pushing or handing off ours")
         plan = None
         if info.get("primary"):
             if info.get("origin") != "received":
@@ -275,9 +429,11 @@ class AgentService:
                         on_fault_pause=lambda producer: self.fault_paused(
                             dataset_id, producer.bytes, producer))
                 pushed = await self._watched(
-                    self.peers.push(action.agent_url, plan, progress, **fault), progress)
+                    self.peers.push(action.agent_url, plan, progress, generation=ours,
+                                    **fault), progress)
                 result = "pushed"
-            except BaseException:
+            except BaseException as error:
+                error.progress = progress
                 await self._abandon(plan)
                 raise
             finally:
@@ -290,10 +446,12 @@ class AgentService:
                      rate_mb=progress.done / max(seconds, 1e-6) / 1e6)
             await self._fault_hold("pause_before_acquire", dataset_id)
             try:
+                # The point of no return: past it the target is primary too.
+                self._check_not_in_use(dataset_id, "handing off")
                 await self.peers.acquire(action.agent_url, dataset_id, pushed["received"],
-                                         plan.maximum_size)
-            except PeerError:
-                # refused: the target does not hold the dataset; drop our unused snapshot
+                                         plan.maximum_size, generation=ours)
+            except (PeerError, InUseHere):
+                # the target does not hold the dataset; drop our unused snapshot
                 await self._abandon(plan)
                 raise
         await self._fault_hold("pause_before_handoff", dataset_id)
@@ -361,8 +519,9 @@ class AgentService:
         return configured is not None and not configured.deleted \
             and configured.primary == self.node_uuid
 
-    async def check_receive(self, dataset_id, acquiring=False):
-        """Raise Refused unless the configuration says dataset_id moves to this node."""
+    async def check_receive(self, dataset_id, acquiring=False, generation=None):
+        """Raise Refused unless the configuration says dataset_id moves to this node and
+        the pushed copy (of generation, when the sender says) is not older than ours."""
         if not self._moving_here(self.view, dataset_id):
             try:
                 view = await self.fresh_view()
@@ -379,6 +538,11 @@ class AgentService:
             if dataset_id in self.busy:
                 raise Refused(503, f"dataset {dataset_id} is busy on node {self.node_uuid} "
                                    f"({self.busy[dataset_id]})")
+        known = self.backend.known_generation(dataset_id)
+        if generation is not None and known is not None and generation < known:
+            raise Refused(409, f"the pushed copy of dataset {dataset_id} is generation "
+                               f"{generation}, older than generation {known} held on "
+                               f"{self.address}")
 
     async def describe_for_peer(self, dataset_id):
         local = self.backend.local_datasets().get(dataset_id)
@@ -393,12 +557,14 @@ class AgentService:
             "origin": local.origin if local is not None else None,
             "snapshots": self.backend.snapshots(dataset_id),
             "formats": list(self.backend.formats),
+            "generation": self.backend.known_generation(dataset_id),
             "accepting": accepting,
             "reason": reason,
         }
 
-    async def acquire_for_peer(self, dataset_id, received, maximum_size, peer):
-        await self.check_receive(dataset_id, acquiring=True)
+    async def acquire_for_peer(self, dataset_id, received, maximum_size, peer,
+                               generation=None):
+        await self.check_receive(dataset_id, acquiring=True, generation=generation)
         if not self.lock(dataset_id, "acquire"):
             raise Refused(503, f"dataset {dataset_id} is busy on node {self.node_uuid}")
         try:
@@ -409,8 +575,14 @@ class AgentService:
             raise Refused(404, str(e))
         finally:
             self.unlock(dataset_id)
-        log.info("acquired {dataset_id} from {peer}: now primary here at {path}",
-                 dataset_id=dataset_id, peer=peer, path=self.backend.path(dataset_id))
+        configured = self.view.datasets.get(dataset_id) if self.view is not None else None
+        known = [g for g in (generation, configured.generation if configured else None)
+                 if g is not None]
+        self.backend.record_generation(dataset_id, max(known) if known else None)
+        log.info("acquired {dataset_id} from {peer}: now primary here at {path} "
+                 "(generation {generation})", dataset_id=dataset_id, peer=peer,
+                 path=self.backend.path(dataset_id),
+                 generation=max(known) if known else None)
         self.request_report()
         self.converge()
         return {"dataset_id": dataset_id, "path": self.backend.path(dataset_id)}
@@ -459,9 +631,11 @@ class AgentService:
             "busy": dict(self.busy),
             "waiting": dict(self._waits_logged),
             "failing": {
-                dataset_id: {"action": type(action).__name__.lower(), "attempts": count,
-                             "error": error}
-                for dataset_id, (action, count, _, error) in self.failures.items()},
+                dataset_id: {"action": type(failed.action).__name__.lower(),
+                             "attempts": failed.attempts, "error": failed.error,
+                             "stalled": failed.stalled}
+                for dataset_id, failed in self.failures.items()},
+            "fenced": list(self.fencing_events()),
             "generation": self.generation,
             "reports_sent": self.reported,
         }

@@ -10,6 +10,7 @@ transport is paused until the subprocess catches up.
 Progress counts bytes and logs "done / total, rate" every few seconds.
 """
 
+import errno
 import os
 
 from twisted.internet import defer
@@ -70,6 +71,26 @@ class CommandFailed(Exception):
         self.stderr = stderr
         text = stderr.decode("utf-8", "replace").strip()[-2000:]
         super().__init__(f"{' '.join(map(str, argv))} failed ({status}): {text}")
+
+
+# errno texts a tool's stderr may carry, most telling first: the cause of a failure.
+CAUSES = [os.strerror(code) for code in (
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EACCES,
+    errno.EPERM, errno.ENOENT)]
+
+
+def failure_cause(error):
+    """The short cause of a failed command or OS call ("No space left on device"),
+    else its text."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    text = error.stderr.decode("utf-8", "replace") if isinstance(error, CommandFailed) \
+        else str(error)
+    for cause in CAUSES:
+        if cause in text:
+            return cause
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else str(error)
 
 
 class _Collect(ProcessProtocol):

@@ -262,28 +262,33 @@ def test_leased_dataset_stays_until_the_lease_is_released_or_expires(make_cluste
     fill_sample_tree(path, random_bytes=MiB, files=2)
     original = manifest(path)
 
-    # leased to node1: the move is accepted and node1 waits
+    # leased to node1: the control service refuses the move, naming the holder
     cluster.api("POST", "/configuration/leases",
                 {"dataset_id": dataset_id, "node_uuid": node1.uuid, "expires": None})
-    cluster.move(dataset_id, node2.uuid)
-    wait_for(lambda: "leased" in node1.metrics()["waiting"].get(dataset_id, ""), 10,
-             "node1 to wait on its lease", on_timeout=cluster.logs)
+    with pytest.raises(HTTPFailure) as refused:
+        cluster.move(dataset_id, node2.uuid)
+    assert refused.value.code == 409 and node1.uuid in refused.value.body
     assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
     assert node1.metrics()["history"] == []
     cluster.api("DELETE", f"/configuration/leases/{dataset_id}")
+    cluster.move(dataset_id, node2.uuid)
     watch_move(cluster, dataset_id, node1, node2, timeout=30)
     assert manifest(node2.path(dataset_id)) == original
 
-    # leased to node2 for 6 s: the move back waits for the expiry
+    # leased to node2 for 6 s: the move back is refused until the lease expires
     leased_at = time.monotonic()
     cluster.api("POST", "/configuration/leases",
                 {"dataset_id": dataset_id, "node_uuid": node2.uuid, "expires": 6})
-    cluster.move(dataset_id, node1.uuid)
-    wait_for(lambda: "leased" in node2.metrics()["waiting"].get(dataset_id, ""), 10,
-             "node2 to wait on its lease", on_timeout=cluster.logs)
-    assert cluster.primary_in_state(dataset_id)["primary"] == node2.uuid
-    watch_move(cluster, dataset_id, node2, node1, timeout=30)
+
+    def moved_back():
+        try:
+            return cluster.move(dataset_id, node1.uuid)
+        except HTTPFailure as failure:
+            assert failure.code == 409, failure
+            return None
+    wait_for(moved_back, 30, "the lease to expire", interval=0.2)
     assert time.monotonic() - leased_at >= 5.5
+    watch_move(cluster, dataset_id, node2, node1, timeout=30)
     assert manifest(node1.path(dataset_id)) == original
 
 
@@ -339,7 +344,7 @@ def test_agents_push_to_each_other_over_tls(make_cluster):
 
 
 @pytest.mark.integration
-def test_deleted_dataset_is_destroyed_unless_leased_here(make_cluster):
+def test_deleted_dataset_is_destroyed_and_one_leased_is_not_deleted(make_cluster):
     cluster = make_cluster("directory")
     node1 = cluster.add_agent("node1", cluster.roots[0])
     kept = cluster.create_dataset(node1.uuid)["dataset_id"]
@@ -348,17 +353,18 @@ def test_deleted_dataset_is_destroyed_unless_leased_here(make_cluster):
         cluster.wait_until_on(dataset_id, node1, timeout=10)
     cluster.api("POST", "/configuration/leases",
                 {"dataset_id": kept, "node_uuid": node1.uuid, "expires": None})
-    cluster.api("DELETE", f"/configuration/datasets/{kept}")
+    with pytest.raises(HTTPFailure) as refused:
+        cluster.api("DELETE", f"/configuration/datasets/{kept}")
+    assert refused.value.code == 409
     cluster.api("DELETE", f"/configuration/datasets/{gone}")
     wait_for(lambda: not cluster.state(gone) and not os.path.exists(node1.path(gone)), 10,
              "the deleted dataset to be destroyed", on_timeout=cluster.logs)
-    wait_for(lambda: "leased" in node1.metrics()["waiting"].get(kept, ""), 10,
-             "node1 to keep the leased one", on_timeout=cluster.logs)
     assert os.path.isdir(node1.path(kept))
     assert cluster.primary_in_state(kept)["primary"] == node1.uuid
     cluster.api("DELETE", f"/configuration/leases/{kept}")
+    cluster.api("DELETE", f"/configuration/datasets/{kept}")
     wait_for(lambda: not cluster.state(kept) and not os.path.exists(node1.path(kept)), 10,
-             "the lease release to let the delete go ahead", on_timeout=cluster.logs)
+             "the delete to go ahead once the lease is released", on_timeout=cluster.logs)
 
 
 @pytest.mark.integration

@@ -1,5 +1,7 @@
 """The agent service's scheduling, on a Clock: event-driven convergence, reports, backoff."""
 
+from dataclasses import replace
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -71,6 +73,15 @@ class StubBackend:
 
     def snapshots(self, dataset_id):
         return []
+
+    def record_generation(self, dataset_id, generation):
+        held = self.held.get(dataset_id)
+        if held is not None and generation is not None:
+            self.held[dataset_id] = replace(held, generation=generation)
+
+    def known_generation(self, dataset_id):
+        held = self.held.get(dataset_id)
+        return held.generation if held is not None else None
 
 
 class FakePeers:
@@ -195,7 +206,7 @@ class AgentServiceTests(SynchronousTestCase):
         self.assertEqual(self.peers.pushes, [])
         self.assertNotIn(("handoff", DS, OTHER), self.backend.calls)
         self.assertEqual(self.backend.held[DS].role, PRIMARY)
-        self.assertIsInstance(self.agent.failures[DS], tuple)
+        self.assertIn("primary it created", self.agent.failures[DS].error)
 
     def test_move_to_a_node_with_another_backend_fails_clearly_without_pushing(self):
         self._held_and_moving({"primary": False, "snapshots": [], "accepting": True,

@@ -93,6 +93,24 @@ class IStorageBackend(Interface):
         """async: a push of plan failed before the target acquired it: drop what
         prepare_send made for it (e.g. its snapshot)."""
 
+    def record_generation(dataset_id, generation):
+        """Keep the dataset's generation with the copy held here (synchronous; nothing
+        is recorded for a dataset not held here)."""
+
+    def known_generation(dataset_id):
+        """The generation recorded with the copy held here (any role), or None."""
+
+
+class GenerationRecords:
+    """record_generation / known_generation over a backend's MetadataStore (self.meta)."""
+
+    def record_generation(self, dataset_id, generation):
+        if generation is not None and self.meta.get(dataset_id) is not None:
+            self.meta.update(dataset_id, generation=generation)
+
+    def known_generation(self, dataset_id):
+        return (self.meta.get(dataset_id) or {}).get("generation")
+
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -173,7 +191,7 @@ def local_from_meta(backend, records):
         datasets[dataset_id] = LocalDataset(
             dataset_id=dataset_id, role=role, path=backend.path(dataset_id),
             maximum_size=record.get("maximum_size"), handed_to=record.get("handed_to"),
-            origin=record.get("origin", "created"),
+            origin=record.get("origin", "created"), generation=record.get("generation"),
         )
     return datasets
 

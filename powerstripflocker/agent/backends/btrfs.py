@@ -30,6 +30,7 @@ from ..streams import CommandFailed, run
 from .base import (
     BackendError,
     Conflict,
+    GenerationRecords,
     IStorageBackend,
     MetadataStore,
     MissingParent,
@@ -66,7 +67,7 @@ def new_snapshot_name():
 
 
 @implementer(IStorageBackend)
-class BtrfsBackend:
+class BtrfsBackend(GenerationRecords):
     name = "btrfs"
     formats = ("btrfs",)
 

@@ -21,6 +21,7 @@ from ..model import HANDED_OFF, PRIMARY
 from .base import (
     BackendError,
     Conflict,
+    GenerationRecords,
     IStorageBackend,
     MetadataStore,
     ReceivePlan,
@@ -39,7 +40,7 @@ TAR_EXTRACT = ["tar", "--extract", "--file=-", "--numeric-owner", "--preserve-pe
 
 
 @implementer(IStorageBackend)
-class DirectoryBackend:
+class DirectoryBackend(GenerationRecords):
     name = "directory"
     formats = ("tar",)
 
