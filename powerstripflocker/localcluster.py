@@ -498,45 +498,55 @@ class LocalCluster:
         return self
 
     def _start_node(self, node):
-        layout = self.layout
         for directory in (node.run_dir, node.data_dir, node.plugin_dir, DOCKER_PLUGIN_DIRECTORY):
             os.makedirs(directory, exist_ok=True)
-        # A node killed whole leaves its sockets and pid files behind: the parts would
-        # refuse to bind, and dockerd to start if another process now has the old pid.
-        for stale in (node.docker_socket, plugin_socket(node),
-                      os.path.join(node.run_dir, "dockerd.pid"),
-                      os.path.join(node.run_dir, "exec", "containerd", "containerd.pid")):
+        # A node killed whole leaves its sockets behind: the parts would refuse to bind.
+        for stale in (node.docker_socket, plugin_socket(node)):
             if os.path.exists(stale):
                 os.unlink(stale)
-        where = "" if layout.network is None else f" in namespace {layout.network.namespace(node.index)}"
-        self._progress(f"{node.name}: dockerd on {node.real_docker_host}{where}")
-        daemon = self._spawn(f"{node.name}-dockerd", dockerd_command(node), node)
-        self._wait(f"{node.name}-dockerd", daemon,
-                   lambda: _docker_answers(node.real_docker_host))
-        prepare_node = self._start_options.get("prepare_node")
-        if prepare_node is not None:
-            prepare_node(node)
-        self._progress(f"{node.name}: agent ({layout.backend}) on "
-                       f"{node.address}:{node.agent_port}")
-        agent = self._spawn(f"{node.name}-agent", agent_command(layout, node), node)
-        self._wait(f"{node.name}-agent", agent,
-                   lambda: node.address in _registered_nodes(layout.control_url))
-        self._progress(f"{node.name}: adapter on {node.adapter_url}")
-        command = (self._start_options.get("adapter_commands", {}).get(node.name)
-                   or adapter_command(layout, node))
-        adapter = self._spawn(f"{node.name}-adapter", command, node)
-        self._wait(f"{node.name}-adapter", adapter,
-                   lambda: _http_ok(node.adapter_url + "/healthz"))
-        with open(node.adapters_yml, "w") as config:
-            yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
-                           sort_keys=False)
-        self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
-        plugin = self._spawn(f"{node.name}-plugin", plugin_command(layout, node), node)
-        self._wait(f"{node.name}-plugin", plugin,
-                   lambda: os.path.exists(plugin_socket(node)))
-        self._progress(f"{node.name}: proxy on {node.docker_host}")
-        proxy = self._spawn(f"{node.name}-proxy", proxy_command(node), node)
-        self._wait(f"{node.name}-proxy", proxy, lambda: _docker_answers(node.docker_host))
+        for part in NODE_SERVICES:
+            self._start_part(node, part)
+            prepare_node = self._start_options.get("prepare_node")
+            if part == "dockerd" and prepare_node is not None:
+                prepare_node(node)
+
+    def _start_part(self, node, part):
+        layout = self.layout
+        if part == "dockerd":
+            # A killed dockerd (or containerd) leaves its pid file: dockerd refuses to
+            # start if another process has that pid by now.
+            for pid_file in (os.path.join(node.run_dir, "dockerd.pid"),
+                             os.path.join(node.run_dir, "exec", "containerd", "containerd.pid")):
+                pid = _read_pid(pid_file)
+                if pid is not None and pid not in processes_mentioning([node.run_dir + "/"]):
+                    os.unlink(pid_file)
+            where = ("" if layout.network is None else
+                     f" in namespace {layout.network.namespace(node.index)}")
+            self._progress(f"{node.name}: dockerd on {node.real_docker_host}{where}")
+            command, ready = dockerd_command(node), lambda: _docker_answers(
+                node.real_docker_host)
+        elif part == "agent":
+            self._progress(f"{node.name}: agent ({layout.backend}) on "
+                           f"{node.address}:{node.agent_port}")
+            command, ready = agent_command(layout, node), lambda: (
+                node.address in _registered_nodes(layout.control_url))
+        elif part == "adapter":
+            self._progress(f"{node.name}: adapter on {node.adapter_url}")
+            command = (self._start_options.get("adapter_commands", {}).get(node.name)
+                       or adapter_command(layout, node))
+            ready = lambda: _http_ok(node.adapter_url + "/healthz")  # noqa: E731
+        elif part == "plugin":
+            self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
+            command, ready = plugin_command(layout, node), lambda: os.path.exists(
+                plugin_socket(node))
+        else:
+            self._progress(f"{node.name}: proxy on {node.docker_host}")
+            with open(node.adapters_yml, "w") as config:
+                yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
+                               sort_keys=False)
+            command, ready = proxy_command(node), lambda: _docker_answers(node.docker_host)
+        service = f"{node.name}-{part}"
+        self._wait(service, self._spawn(service, command, node), ready)
 
     def import_images(self):
         for node in self.layout.nodes:
@@ -617,6 +627,27 @@ class LocalCluster:
                 os.unlink(self._pid_file(f"{node.name}-{service}"))
             except FileNotFoundError:
                 pass
+
+    def kill_part(self, node_name, part):
+        """kill -9 of one part of node_name (dockerd, agent, adapter, plugin or proxy) and
+        nothing else: a dockerd killed so leaves its containerd and containers running."""
+        node = self.layout.node(node_name)
+        if part not in NODE_SERVICES:
+            raise ClusterError(f"a node's parts are {', '.join(NODE_SERVICES)}, not {part!r}")
+        pid_path = self._pid_file(f"{node.name}-{part}")
+        pid = _read_pid(pid_path)
+        if pid is None or not _alive(pid):
+            raise ClusterError(f"{node_name}'s {part} is not running")
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        os.unlink(pid_path)
+
+    def start_part(self, node_name, part):
+        """Start one part of node_name again (after kill_part)."""
+        if part not in NODE_SERVICES:
+            raise ClusterError(f"a node's parts are {', '.join(NODE_SERVICES)}, not {part!r}")
+        self._start_part(self.layout.node(node_name), part)
 
     def restart(self, node_name):
         """Start node_name's processes again on their old data (after kill)."""
