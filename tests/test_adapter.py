@@ -87,8 +87,10 @@ class AdapterTests(SynchronousTestCase):
         demo, logs = self.state_path(*self.configured("demo")), self.state_path(
             *self.configured("logs"))
         expected = json.loads(json.dumps(docker_body))
-        expected["HostConfig"]["Binds"][1] = f"{demo}:/data:ro"
-        expected["HostConfig"]["Mounts"][0]["Source"] = logs
+        expected["HostConfig"]["Binds"] = ["/srv/www:/www", "/etc/localtime:/lt:ro"]
+        expected["HostConfig"]["Mounts"] = [
+            {"Type": "bind", "Source": logs, "Target": "/logs"},
+            {"Type": "bind", "Source": demo, "Target": "/data", "ReadOnly": True}]
         self.assertEqual(json.loads(modified["Body"]), expected)
         self.assertEqual([d.primary for d in self.configured("demo") + self.configured("logs")],
                          [self.node1.uuid] * 2)
@@ -100,20 +102,25 @@ class AdapterTests(SynchronousTestCase):
             st.sampled_from(["/srv/a:/a", "/etc/hosts:/h:ro", "named:/n:z", "/var/x:/x:rw"]),
             st.builds(lambda n, o: f"/flocker/{n}:/mnt/{n}{o}",
                       st.sampled_from(["alpha", "beta", "gamma.1", "d-4"]),
-                      st.sampled_from(["", ":ro", ":z", ":rw,Z"])),
+                      st.sampled_from(["", ":ro", ":rw", ":ro,rshared"])),
         ), max_size=6))
-    def test_any_bind_list_keeps_every_bind_but_flocker_sources(self, binds):
+    def test_any_bind_list_keeps_every_bind_but_flocker_ones_which_become_mounts(self, binds):
         status, reply = self.post(pre_hook({"Image": "i", "HostConfig": {"Binds": binds}}))
         self.assertEqual(status, 200)
-        rewritten = json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
-        self.assertEqual(len(rewritten), len(binds))
-        for before, after in zip(binds, rewritten):
-            source, _, rest = before.partition(":")
-            if source.startswith("/flocker/"):
-                [dataset] = self.configured(source[len("/flocker/"):])
-                self.assertEqual(after, f"{self.state_path(dataset)}:{rest}")
-            else:
-                self.assertEqual(after, before)
+        host_config = json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"]
+        flocker = [bind.split(":") for bind in binds if bind.startswith("/flocker/")]
+        self.assertEqual(host_config["Binds"],
+                         [bind for bind in binds if not bind.startswith("/flocker/")])
+        expected_mounts = []
+        for source, target, *mode in flocker:
+            [dataset] = self.configured(source[len("/flocker/"):])
+            options = mode[0].split(",") if mode else []
+            mount = {"Type": "bind", "Source": self.state_path(dataset), "Target": target,
+                     "ReadOnly": "ro" in options}
+            if "rshared" in options:
+                mount["BindOptions"] = {"Propagation": "rshared"}
+            expected_mounts.append(mount)
+        self.assertEqual(host_config.get("Mounts", []), expected_mounts)
 
     def test_requests_without_flocker_volumes_are_echoed_with_their_own_method_and_path(self):
         for document in [
@@ -150,8 +157,10 @@ class AdapterTests(SynchronousTestCase):
         [dataset] = self.configured("twice")
         path = self.state_path(dataset)
         host_config = json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"]
-        self.assertEqual(host_config["Binds"], [f"{path}:/a", f"{path}:/b:ro"])
-        self.assertEqual(host_config["Mounts"][0]["Source"], path)
+        self.assertEqual(host_config, {"Binds": [], "Mounts": [
+            {"Type": "bind", "Source": path, "Target": "/c"},
+            {"Type": "bind", "Source": path, "Target": "/a", "ReadOnly": False},
+            {"Type": "bind", "Source": path, "Target": "/b", "ReadOnly": True}]})
 
     def test_concurrent_hooks_for_one_new_name_make_one_create(self):
         body = pre_hook({"HostConfig": {"Binds": ["/flocker/once:/data"]}})
@@ -184,7 +193,9 @@ class AdapterTests(SynchronousTestCase):
         self.assertEqual((dataset.dataset_id, dataset.primary),
                          (elsewhere.dataset_id, self.node1.uuid))
         self.assertEqual(json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"],
-                         {"Binds": [f"{self.state_path(dataset)}:/d"]})
+                         {"Binds": [], "Mounts": [{"Type": "bind", "Target": "/d",
+                                                   "Source": self.state_path(dataset),
+                                                   "ReadOnly": False}]})
 
     def test_a_volume_used_on_another_node_is_refused_within_half_a_second(self):
         elsewhere = self.successResultOf(self.api.create_dataset(
@@ -287,10 +298,10 @@ class AdapterTests(SynchronousTestCase):
             (400, pre_hook("{broken"), None, "create body is not valid JSON"),
             (400, pre_hook({"HostConfig": {"Binds": "/flocker/a:/a"}}), None, "must be a list"),
             (400, binds("/flocker/"), None, "the name is empty"),
-            (400, binds("/flocker/."), None, "is not a name"),
+            (400, binds("/flocker/."), None, "never the /flocker root itself"),
             (400, binds("/flocker/.."), None, "is not a name"),
             (400, binds("/flocker/a/b"), None, "no nested volumes"),
-            (400, binds("/flocker/a/"), None, "must not end with '/'"),
+            (400, binds("/flocker/a/.."), None, "must not climb out of /flocker"),
             (400, binds("/flocker/" + "n" * 256), None, "at most 255"),
             (400, binds("/flocker/-x"), None, "starting with a letter or digit"),
             (413, None, b"x" * (4 * 1024 * 1024 + 1), "larger than"),

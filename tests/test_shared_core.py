@@ -39,8 +39,8 @@ class SharedCoreTests(SynchronousTestCase):
             self.successResultOf(hooked))))
         mount_reply = json.loads(self.successResultOf(plugin_client.content(
             self.successResultOf(mounted))))
-        bind = json.loads(hook_reply["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"][0]
-        self.assertEqual(bind, mount_reply["Mountpoint"] + ":/data")
+        [mount] = json.loads(hook_reply["ModifiedClientRequest"]["Body"])["HostConfig"]["Mounts"]
+        self.assertEqual((mount["Source"], mount["Target"]), (mount_reply["Mountpoint"], "/data"))
         self.assertEqual(len(self.successResultOf(api.datasets_named("shared")).datasets), 1)
         self.assertEqual(metrics.creates._value.get(), 1)
         placements = [sample.value for sample in metrics.placement_seconds.collect()[0].samples
