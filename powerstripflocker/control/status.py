@@ -114,6 +114,9 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
                     state_text += f" {100 * done // total}% ({human_size(done)}/{human_size(total)})"
                 else:
                     state_text += f" ({human_size(done)})"
+                if transfer.get("stalled"):
+                    # The sender gave up retrying: say why, or the move looks merely slow.
+                    state_text += f" stalled: {transfer.get('error') or 'no cause reported'}"
         else:
             state_text = "pending"
         lease = lease_of.get(dataset_id)

@@ -63,6 +63,34 @@ class PureTests(TestCase):
         self.assertEqual(plain[D2]["state"], "moving from 10.0.0.1")
         self.assertEqual(plain[D2]["primary"], NODE2[:8])
 
+    def test_a_stalled_move_shows_its_cause(self):
+        configuration = [{"dataset_id": D1, "primary": NODE2, "metadata": {"name": "db"},
+                          "deleted": False}]
+        state = [{"dataset_id": D1, "primary": NODE1, "path": "/srv/d1"}]
+        nodes = [{"host": "198.18.0.2", "uuid": NODE1}, {"host": "198.18.0.3", "uuid": NODE2}]
+        cluster = {"nodes": [{"uuid": NODE1, "host": "198.18.0.2", "transfers": [
+            {"dataset_id": D1, "direction": "push", "peer": NODE2, "bytes_done": 1024,
+             "bytes_total": 4096, "attempts": 5, "stalled": True,
+             "error": "No space left on device on 198.18.0.3"}]}]}
+        [row] = build_rows(configuration, state, nodes, [], cluster)
+        self.assertEqual(row["state"], "moving from 198.18.0.2 25% (1KiB/4KiB) stalled: "
+                                       "No space left on device on 198.18.0.3")
+
+    async def test_a_stalled_move_reported_by_an_agent_reaches_the_table(self):
+        h = harness(self, token="tok")
+        d = await h.create(primary=NODE1, metadata={"name": "db"})
+        await h.report(NODE1, [{"dataset_id": d["dataset_id"], "path": "/srv/db"}],
+                       host="198.18.0.2")
+        await h.request("POST", f"/v1/configuration/datasets/{d['dataset_id']}",
+                        {"primary": NODE2})
+        await h.report(NODE1, [{"dataset_id": d["dataset_id"], "path": "/srv/db"}], [
+            {"dataset_id": d["dataset_id"], "direction": "push", "peer": NODE2,
+             "bytes_done": 0, "bytes_total": None, "attempts": 5, "stalled": True,
+             "error": "No space left on device on 198.18.0.3"}], host="198.18.0.2")
+        [row] = build_rows(*await fetch(h.treq, BASE, token="tok"))
+        self.assertEqual(row["state"], "moving from 198.18.0.2 (0B) stalled: "
+                                       "No space left on device on 198.18.0.3")
+
     def test_table_is_aligned(self):
         rows = [{"name": "a", "dataset": "x" * 36, "primary": "p", "state": "pending",
                  "path": "-", "size": "-", "lease": "-"},
