@@ -375,12 +375,12 @@ class AgentService:
                 getattr(action, "target", "the peer")
             description = str(error.description)
             return description if host in description else f"{description} (on {host})"
-        if isinstance(error, (OSError, CommandFailed)):
-            return f"{failure_cause(error)} on {self.address}"
         if isinstance(error, (ConnectionError, defer.CancelledError)) or \
                 type(error).__module__.startswith("twisted"):
             return f"cannot reach the agent of {getattr(action, 'target', '?')} at " \
                    f"{getattr(action, 'agent_url', '?')}: {error or type(error).__name__}"
+        if isinstance(error, (OSError, CommandFailed)):
+            return f"{failure_cause(error)} on {self.address}"
         return str(error)
 
     async def _push(self, action):

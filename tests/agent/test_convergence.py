@@ -175,3 +175,47 @@ def test_view_ids_are_compared_case_insensitively():
     actions = decide(ME, view([dataset(primary=OTHER.upper(), dataset_id=DS.upper(),
                                        manifested=True)], nodes=[node(OTHER.upper())]), held())
     assert actions == [Push(DS, OTHER, OTHER_URL)]
+
+
+IN_USE = {DS: ["web, since 12:00:00"]}
+
+
+def test_dataset_in_use_here_is_never_pushed_away_whatever_the_leases_say():
+    [action] = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                               nodes=[node(OTHER)]), held(), IN_USE)
+    assert isinstance(action, Wait) and "in use here by web" in action.reason
+
+
+def test_deleted_dataset_in_use_here_is_kept():
+    [action] = decide(ME, view([dataset(deleted=True, manifested=True)]), held(), IN_USE)
+    assert isinstance(action, Wait) and "in use" in action.reason
+
+
+def test_handed_off_copy_still_mounted_here_is_not_deleted():
+    [action] = decide(ME, view([dataset(primary=OTHER, manifested=True)],
+                               nodes=[node(OTHER, [DS])]), held(HANDED_OFF), IN_USE)
+    assert isinstance(action, Wait) and "in use" in action.reason
+
+
+def generation_view(generation, reporting_node):
+    entry = dict(dataset(primary=THIRD, manifested=True), generation=generation)
+    return view([entry], nodes=[node(OTHER, [DS] if reporting_node == OTHER else []),
+                                node(THIRD, [DS] if reporting_node == THIRD else [])])
+
+
+def held_at(generation):
+    return {DS: LocalDataset(DS, PRIMARY, f"/data/datasets/{DS}", generation=generation)}
+
+
+def test_an_older_copy_while_another_node_serves_the_dataset_is_not_pushed():
+    [action] = decide(ME, generation_view(6, OTHER), held_at(4))
+    assert isinstance(action, Wait) and "superseded" in action.reason
+
+
+def test_the_only_copy_is_pushed_however_many_times_the_primary_changed():
+    assert decide(ME, generation_view(9, None), held_at(1)) == [Push(DS, THIRD, OTHER_URL)]
+
+
+def test_a_copy_the_configured_primary_received_from_us_is_a_handoff_to_finish():
+    # pushed and acquired there, our handoff interrupted: Push finds it and hands off
+    assert decide(ME, generation_view(5, THIRD), held_at(4)) == [Push(DS, THIRD, OTHER_URL)]

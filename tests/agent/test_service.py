@@ -6,9 +6,10 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from powerstripflocker.agent.backends import SendPlan
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
-from powerstripflocker.agent.peer import Refused
+from powerstripflocker.agent.peer import PeerError, Refused
 from powerstripflocker.agent.service import AgentService
 
 ME = "11111111-1111-4111-8111-111111111111"
@@ -83,18 +84,34 @@ class StubBackend:
         held = self.held.get(dataset_id)
         return held.generation if held is not None else None
 
+    async def prepare_send(self, dataset_id, peer_snapshots):
+        self.calls.append(("prepare_send", dataset_id))
+        return SendPlan(dataset_id, "tar", ["true"], size=1000)
+
+    async def abandon_send(self, plan):
+        self.calls.append(("abandon_send", plan.dataset_id))
+
 
 class FakePeers:
     def __init__(self, description):
         self.description = description
         self.pushes = []
+        self.acquires = []
+        self.push_error = None
 
     async def describe(self, agent_url, dataset_id):
         return self.description
 
-    async def push(self, agent_url, plan, progress, **fault):
-        self.pushes.append(plan)
+    async def push(self, agent_url, plan, progress, generation=None, **fault):
+        self.pushes.append((plan, generation))
+        if self.push_error is not None:
+            progress.add(300)
+            raise self.push_error
         return {"received": "r"}
+
+    async def acquire(self, agent_url, dataset_id, received, maximum_size, generation=None):
+        self.acquires.append((dataset_id, received, generation))
+        return {"dataset_id": dataset_id, "path": "/there"}
 
 
 def view(generation, datasets=(), nodes=(), leases=()):
@@ -102,9 +119,9 @@ def view(generation, datasets=(), nodes=(), leases=()):
             "nodes": list(nodes)}
 
 
-def dataset(primary=ME, manifested=False):
+def dataset(primary=ME, manifested=False, generation=None, maximum_size=None):
     return {"dataset_id": DS, "primary": primary, "metadata": {}, "deleted": False,
-            "maximum_size": None, "manifested": manifested}
+            "maximum_size": maximum_size, "manifested": manifested, "generation": generation}
 
 
 class AgentServiceTests(SynchronousTestCase):
@@ -242,6 +259,149 @@ class AgentServiceTests(SynchronousTestCase):
         failure = self.failureResultOf(defer.ensureDeferred(self.agent.check_receive(DS)),
                                        Refused)
         self.assertEqual(failure.value.code, 503)
+
+
+class MoveTests(SynchronousTestCase):
+    """Moves that cannot finish, datasets in use here, generations."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.control = FakeControl()
+        self.backend = StubBackend()
+        self.peers = FakePeers({"primary": False, "snapshots": [], "accepting": True})
+        self.agent = AgentService(self.clock, self.backend, self.control, self.peers, ME,
+                                  "10.0.0.1", "http://10.0.0.1:4524", faults=Faults())
+        self.successResultOf(defer.ensureDeferred(self.agent.start()))
+        self.addCleanup(self.agent.stop)
+        self.backend.held[DS] = LocalDataset(DS, PRIMARY, self.backend.path(DS),
+                                             generation=1)
+
+    def deliver(self, body):
+        self.control.polls[-1][1].callback(body)
+
+    def move_to_other(self, generation=2, maximum_size=None, reporting=()):
+        self.deliver(view(generation, [dataset(primary=OTHER, manifested=True,
+                                               generation=generation,
+                                               maximum_size=maximum_size)], nodes=[{
+            "uuid": OTHER, "host": "10.0.0.2", "agent_url": "http://10.0.0.2:4524",
+            "datasets": [{"dataset_id": d, "path": "/x"} for d in reporting],
+            "transfers": []}]))
+
+    def pushed_transfers(self):
+        return [t for t in self.control.reports[-1]["transfers"] if t["direction"] == "push"]
+
+    def test_a_move_that_keeps_failing_is_stalled_after_five_attempts_with_its_cause(self):
+        self.peers.push_error = PeerError(500, "No space left on device on 10.0.0.2")
+        self.move_to_other()
+        self.assertEqual(len(self.peers.pushes), 1)
+        [transfer] = self.pushed_transfers()
+        self.assertEqual((transfer["attempts"], transfer["stalled"], transfer["error"],
+                          transfer["peer"], transfer["bytes_done"]),
+                         (1, False, "No space left on device on 10.0.0.2", OTHER, 300))
+        for delay in (0.5, 1.0, 2.0, 4.0):
+            self.clock.advance(delay)
+        self.assertEqual(len(self.peers.pushes), 5)
+        [transfer] = self.pushed_transfers()
+        self.assertEqual((transfer["attempts"], transfer["stalled"]), (5, True))
+        self.assertEqual(self.agent.metrics()["failing"][DS]["stalled"], True)
+        self.clock.pump([10.0] * 20)          # nothing more for a while
+        self.assertEqual(len(self.peers.pushes), 5)
+        self.assertEqual(self.backend.held[DS].role, PRIMARY)
+        self.assertNotIn(("handoff", DS, OTHER), self.backend.calls)
+        self.assertEqual(self.backend.calls.count(("abandon_send", DS)), 5)
+
+    def test_a_stalled_move_is_tried_again_when_its_configuration_changes(self):
+        self.peers.push_error = PeerError(500, "No space left on device on 10.0.0.2")
+        self.move_to_other()
+        for delay in (0.5, 1.0, 2.0, 4.0):
+            self.clock.advance(delay)
+        self.move_to_other(generation=2)              # the same configuration again
+        self.assertEqual(len(self.peers.pushes), 5)
+        self.peers.push_error = None
+        self.move_to_other(generation=2, maximum_size=1 << 30)
+        self.assertEqual(len(self.peers.pushes), 6)
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
+        self.assertEqual(self.pushed_transfers(), [])
+
+    def test_a_stalled_move_is_tried_again_after_the_long_backoff(self):
+        self.peers.push_error = PeerError(500, "No space left on device on 10.0.0.2")
+        self.move_to_other()
+        for delay in (0.5, 1.0, 2.0, 4.0):
+            self.clock.advance(delay)
+        self.peers.push_error = None
+        self.clock.advance(self.agent.stall_retry)
+        self.assertEqual(len(self.peers.pushes), 6)
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
+
+    def test_an_unreachable_receiver_is_named_in_the_error(self):
+        self.peers.push_error = ConnectionRefusedError("Connection refused")
+        self.move_to_other()
+        [transfer] = self.pushed_transfers()
+        self.assertIn("http://10.0.0.2:4524", transfer["error"])
+
+    def test_a_dataset_in_use_here_is_not_pushed_until_nothing_uses_it(self):
+        users = ["web, since 12:00:00"]
+        self.agent.in_use = lambda dataset_id, fresh=False: users
+        self.move_to_other()
+        self.assertEqual(self.peers.pushes, [])
+        self.assertIn("in use here by web", self.agent.metrics()["waiting"][DS])
+        users.clear()
+        self.agent.converge()
+        self.assertEqual(len(self.peers.pushes), 1)
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
+
+    def test_a_use_starting_during_the_push_stops_the_handoff_before_the_acquire(self):
+        asked = []
+
+        def in_use(dataset_id, fresh=False):
+            asked.append(fresh)
+            return ["pid 77 (sh)"] if asked.count(True) >= 2 else []
+        self.agent.in_use = in_use
+        self.move_to_other()
+        self.assertEqual(len(self.peers.pushes), 1)
+        self.assertEqual(self.peers.acquires, [])
+        self.assertNotIn(("handoff", DS, OTHER), self.backend.calls)
+        self.assertEqual(self.backend.held[DS].role, PRIMARY)
+        self.assertNotIn(DS, self.agent.failures, "not a failure: it waits")
+
+    def test_pushes_and_acquires_carry_our_generation(self):
+        self.move_to_other(generation=2)
+        [(_, generation)] = self.peers.pushes
+        self.assertEqual(generation, 1)
+        self.assertEqual(self.peers.acquires, [(DS, "r", 1)])
+
+    def test_a_receiver_holding_a_newer_generation_gets_nothing_from_us(self):
+        self.peers.description = {"primary": False, "snapshots": [], "accepting": True,
+                                  "generation": 3}
+        self.move_to_other(generation=4)
+        self.assertEqual(self.peers.pushes, [])
+        self.assertIn("newer than our copy", self.agent.failures[DS].error)
+
+    def test_a_superseded_copy_is_neither_reported_nor_pushed(self):
+        third = "33333333-3333-4333-8333-333333333333"
+        self.deliver(view(5, [dataset(primary=third, manifested=True, generation=5)], nodes=[
+            {"uuid": OTHER, "host": "10.0.0.2", "agent_url": "http://10.0.0.2:4524",
+             "datasets": [{"dataset_id": DS, "path": "/x"}], "transfers": []},
+            {"uuid": third, "host": "10.0.0.3", "agent_url": "http://10.0.0.3:4524",
+             "datasets": [], "transfers": []}]))
+        self.assertEqual(self.peers.pushes, [])
+        self.assertIn("superseded", self.agent.metrics()["waiting"][DS])
+        self.agent.request_report()
+        self.assertEqual(self.control.reports[-1]["datasets"], [])
+
+    def test_the_views_generation_is_kept_with_a_copy_primary_here(self):
+        self.deliver(view(7, [dataset(primary=ME, manifested=True, generation=7)]))
+        self.assertEqual(self.backend.known_generation(DS), 7)
+
+    def test_a_push_older_than_the_copy_held_here_is_refused(self):
+        self.backend.held[DS] = LocalDataset(DS, HANDED_OFF, self.backend.path(DS),
+                                             generation=4)
+        self.deliver(view(6, [dataset(primary=ME, manifested=True, generation=6)]))
+        failure = self.failureResultOf(defer.ensureDeferred(
+            self.agent.check_receive(DS, generation=3)), Refused)
+        self.assertEqual(failure.value.code, 409)
+        self.assertIn("older than generation 4 held on 10.0.0.1", failure.value.description)
+        self.successResultOf(defer.ensureDeferred(self.agent.check_receive(DS, generation=4)))
 
 
 class FaultsTests(SynchronousTestCase):
