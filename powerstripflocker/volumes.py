@@ -34,7 +34,12 @@ volume at that container path, not a host path, and is left alone.
 The rewrite turns each /flocker bind of a create body into a ``HostConfig.Mounts``
 entry of type bind: for Mounts, dockerd refuses a missing source ("bind source path does
 not exist") where for Binds it would create an empty directory in the volume's place.
-Everything we do not own is left as it came.
+The entry keeps the bind's meaning: the container path as given, ro/rw as ReadOnly, a
+propagation option as BindOptions.Propagation (none given: none set, so dockerd picks its
+default as it does for Binds), consistency as Consistency. SELinux ``z``/``Z`` cannot be
+expressed (dockerd never relabels a Mounts bind) and ``nocopy`` is refused by dockerd on
+any bind, so both are refused here with a message saying why. Mounts needs dockerd 1.13
+(API 1.25) or later. Everything we do not own is left as it came.
 """
 
 import json
@@ -154,8 +159,14 @@ def volume_name(host_path):
     return validate_name(cleaned[len(FLOCKER_ROOT) + 1:])
 
 
-def _check_depth(text):
-    """Refuse JSON text nested deeper than MAX_JSON_DEPTH, without recursing into it."""
+def check_json_depth(text):
+    """Refuse JSON text (str or UTF-8 bytes) nested deeper than MAX_JSON_DEPTH.
+
+    Linear and without recursion, so it can run before a recursive parser does.
+    """
+    if isinstance(text, bytes):
+        # Quotes, backslashes and brackets are ASCII: undecodable bytes cannot hide one.
+        text = text.decode("utf-8", "replace")
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
     if brackets and max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_JSON_DEPTH:
         raise InvalidRequest(
@@ -184,7 +195,7 @@ def decode_body(text):
     Raises NotJSON if text is not JSON, InvalidRequest if it is JSON we refuse (too
     deep, a key repeated in one object).
     """
-    _check_depth(text)
+    check_json_depth(text)
     try:
         return json.loads(text, object_pairs_hook=_object_with_unique_keys,
                           parse_constant=_refuse_constant)

@@ -3,9 +3,10 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
+from powerstripflocker.adapter import ClientRequest, HookError, volume_uses
 from powerstripflocker.volumes import (
-    MAX_JSON_DEPTH, InvalidRequest, InvalidVolumeName, NotJSON, VolumeUse, clean_path,
-    decode_body, find_create_volumes, find_legacy_start_volumes, is_container_create,
+    MAX_JSON_DEPTH, InvalidRequest, InvalidVolumeName, NotJSON, VolumeUse, check_json_depth,
+    clean_path, decode_body, find_create_volumes, find_legacy_start_volumes, is_container_create,
     is_container_start, rewrite, unique_names, validate_name, volume_name,
 )
 
@@ -354,6 +355,36 @@ def test_decode_body_bounds_the_depth_without_recursing():
         assert not isinstance(refused.value, NotJSON)
     brackets_in_strings = json.dumps({"Cmd": ["[" * 1000, '\\"{' * 1000]})
     assert decode_body(brackets_in_strings) == json.loads(brackets_in_strings)
+
+
+def test_depth_is_checked_on_bytes_too():
+    check_json_depth('{"a": ["\u00e9[[[", "\\"["]}'.encode() + b"\xff")
+    with pytest.raises(InvalidRequest, match="nested deeper"):
+        check_json_depth(b"\xff" + b"[" * (MAX_JSON_DEPTH + 1))
+
+
+@pytest.mark.parametrize("request_target, body, message", [
+    ("/v1.41/containers/create", '{"HostConfig": {}, "HostConfig": {"Binds": ["/flocker/x:/d"]}}',
+     "appears twice"),
+    ("/v1.41/containers/create", '{"HostConfig": {"Binds": [], "binds": ["/flocker/x:/d"]}}',
+     "ambiguous"),
+    ("/v1.41/containers/create", '{"a": ' * 100_000 + "1" + "}" * 100_000, "nested deeper"),
+    ("/v1.23/containers/abc/start", '{"Binds": ["/srv:/s"], "Binds": ["/flocker/x:/d"]}',
+     "appears twice"),
+    ("/v1.23/containers/abc/start", "[" * 100_000, "nested deeper"),
+    ("/v1.41/containers/create", '{"HostConfig": {"Binds": ["/flocker:/d"]}}',
+     "never the /flocker root itself"),
+])
+def test_the_adapter_answers_refused_bodies_with_a_400_and_the_reason(
+        request_target, body, message):
+    with pytest.raises(HookError) as refused:
+        volume_uses(ClientRequest("POST", request_target, body))
+    assert refused.value.status == 400
+    assert message in refused.value.message
+
+
+def test_a_legacy_start_body_that_is_not_json_passes_as_before():
+    assert volume_uses(ClientRequest("POST", "/v1.23/containers/abc/start", "{oops")) is None
 
 
 def test_the_acceptance_example_rewrites_only_flocker_sources():
