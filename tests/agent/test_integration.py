@@ -367,36 +367,76 @@ def test_deleted_dataset_is_destroyed_and_one_leased_is_not_deleted(make_cluster
              "the delete to go ahead once the lease is released", on_timeout=cluster.logs)
 
 
+@pytest.fixture
+def small_file_system(tmp_path):
+    """small(backend) -> a directory on a file system too small for the test's data:
+    an 8 MiB tmpfs, or a 120 MiB btrfs on a loop device."""
+    mounted = []
+
+    def small(backend):
+        if os.geteuid() != 0:
+            pytest.skip("needs root to mount a small file system")
+        if backend == "btrfs":
+            reason = btrfs_skip_reason()
+            if reason:
+                pytest.skip(reason)
+            fs = LoopBtrfs(parent=str(tmp_path)).create("120M")
+            mounted.append(fs.destroy)
+            return fs.mount_point
+        where = tmp_path / "small"
+        where.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)],
+                       check=True)
+        mounted.append(lambda: subprocess.run(["umount", "-l", str(where)], check=False))
+        return str(where)
+
+    yield small
+    for unmount in mounted:
+        unmount()
+
+
 @pytest.mark.integration
 @pytest.mark.reliability
-def test_receive_failing_for_lack_of_space_leaves_the_source_primary(make_cluster, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], check=True)
-    try:
-        cluster = make_cluster("directory")
-        node1 = cluster.add_agent("node1", cluster.roots[0])
-        node2 = cluster.add_agent("node2", str(small / "agent"))
-        dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
-        path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
-        fill_sample_tree(path, random_bytes=40 * MiB, files=4)
-        original = manifest(path)
-        cluster.move(dataset_id, node2.uuid)
-        wait_for(lambda: [h for h in node1.metrics()["history"] if h["result"] == "failed"],
-                 60, "the push to fail", on_timeout=cluster.logs)
-        wait_for(lambda: [h for h in node2.metrics()["history"] if h["result"] == "failed"],
-                 10, "the receive to fail", on_timeout=cluster.logs)
-        assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
-        assert manifest(path) == original
-        # the failed receive was cleaned up and node2 is not stuck
-        wait_for(lambda: node2.metrics()["busy"] == {} or node2.metrics()["transfers"], 10,
-                 "node2 to be free")
-        assert not os.path.exists(node2.path(dataset_id))
-        node2.stop()
-    finally:
-        subprocess.run(["umount", "-l", str(small)], check=False)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_move_onto_a_full_disk_stalls_with_the_receivers_error_and_the_source_intact(
+        make_cluster, small_file_system, backend):
+    cluster = make_cluster(backend)
+    node1 = cluster.add_agent("node1", cluster.roots[0])
+    node2 = cluster.add_agent("node2", os.path.join(small_file_system(backend), "agent"))
+    dataset_id = cluster.create_dataset(node1.uuid)["dataset_id"]
+    path = cluster.wait_until_on(dataset_id, node1, timeout=10)["path"]
+    size = 40 * MiB if backend == "directory" else 160 * MiB
+    fill_sample_tree(path, random_bytes=size, files=4)
+    original = manifest(path)
+    cluster.move(dataset_id, node2.uuid)
+
+    def stalled():
+        return node1.metrics()["failing"].get(dataset_id, {}).get("stalled")
+    wait_for(stalled, 180, "the move to stall", interval=0.2, on_timeout=cluster.logs)
+    failing = node1.metrics()["failing"][dataset_id]
+    assert failing["attempts"] == 5
+    assert failing["error"] == "No space left on device on 127.0.0.1", failing
+    pushes = [h for h in node1.metrics()["history"] if h["direction"] == "push"]
+    assert [h["result"] for h in pushes] == ["failed"] * 5
+
+    # the stall is in node1's report, as the control service passes it on
+    view = http("GET", f"{cluster.control_url}/agent/v1/cluster?timeout=0",
+                token=cluster.token)
+    [reporting] = [n for n in view["nodes"] if n["uuid"] == node1.uuid]
+    [transfer] = [t for t in reporting["transfers"] if t["dataset_id"] == dataset_id]
+    assert (transfer["peer"], transfer["stalled"], transfer["attempts"]) == (
+        node2.uuid, True, 5)
+    assert transfer["error"] == "No space left on device on 127.0.0.1"
+
+    # the source stays primary and intact, nothing is tried again for now
+    assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
+    assert manifest(path) == original
+    time.sleep(2)
+    assert len([h for h in node1.metrics()["history"] if h["direction"] == "push"]) == 5
+    # the failed receives were cleaned up and node2 is not stuck
+    wait_for(lambda: node2.metrics()["busy"] == {}, 10, "node2 to be free")
+    assert not os.path.exists(node2.path(dataset_id))
+    node2.stop()
 
 
 @pytest.mark.integration
