@@ -180,7 +180,8 @@ def _object_with_unique_keys(pairs):
         [(repeated, _)] = Counter(key for key, _ in pairs).most_common(1)
         raise InvalidRequest(
             f"the key {repeated!r} appears twice in one object of the Docker request "
-            "body: dockerd would merge the two, so the body is ambiguous; send it once"
+            "body: dockerd would decode both into one field (objects merged, the last "
+            "scalar kept), so the body is ambiguous; send it once"
         )
     return document
 
@@ -193,13 +194,19 @@ def decode_body(text):
     """Parse a Docker request body, refusing what dockerd could read differently.
 
     Raises NotJSON if text is not JSON, InvalidRequest if it is JSON we refuse (too
-    deep, a key repeated in one object).
+    deep, a key repeated in one object, content after the value).
     """
     check_json_depth(text)
     try:
         return json.loads(text, object_pairs_hook=_object_with_unique_keys,
                           parse_constant=_refuse_constant)
     except json.JSONDecodeError as reason:
+        if reason.msg == "Extra data":
+            # Not "not JSON": a Go json.Decoder reads the first value and older dockerds
+            # never look at the rest, so they would act on this body.
+            raise InvalidRequest(
+                "the Docker request body has content after its JSON value"
+            ) from None
         raise NotJSON(f"the Docker request body is not JSON: {reason}") from None
 
 

@@ -342,9 +342,12 @@ def test_decode_body_refuses_what_dockerd_could_read_otherwise():
         else:
             with pytest.raises(InvalidRequest, match=message):
                 decode_body(text)
-    for text in ["{not json", "", '{"a": NaN}', '{"a": Infinity}', "[] []"]:
+    for text in ["{not json", "", '{"a": NaN}', '{"a": Infinity}', "\ufeff{}", '{"a": 1,}']:
         with pytest.raises(NotJSON):
             decode_body(text)
+    with pytest.raises(InvalidRequest, match="content after its JSON value") as refused:
+        decode_body('{"Binds": ["/flocker/x:/d"]} trailing')
+    assert not isinstance(refused.value, NotJSON), "a start body like it is not passed on"
 
 
 def test_decode_body_bounds_the_depth_without_recursing():
@@ -372,6 +375,7 @@ def test_depth_is_checked_on_bytes_too():
     ("/v1.23/containers/abc/start", '{"Binds": ["/srv:/s"], "Binds": ["/flocker/x:/d"]}',
      "appears twice"),
     ("/v1.23/containers/abc/start", "[" * 100_000, "nested deeper"),
+    ("/v1.23/containers/abc/start", '{"Binds": ["/flocker/x:/d"]} {}', "content after"),
     ("/v1.41/containers/create", '{"HostConfig": {"Binds": ["/flocker:/d"]}}',
      "never the /flocker root itself"),
 ])
