@@ -170,7 +170,7 @@ def check_json_depth(text):
     brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
     if brackets and max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_JSON_DEPTH:
         raise InvalidRequest(
-            f"the Docker request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
         )
 
 
@@ -273,8 +273,9 @@ class Bind:
             if kind is None or kind in options:
                 raise InvalidRequest(
                     f"invalid mode {self.mode!r} in a bind of {self.source!r}: use at most "
-                    "one each of ro/rw, z/Z, a propagation (rprivate, rshared, rslave, "
-                    "private, shared, slave) and nocopy"
+                    "one each of ro/rw, z/Z, nocopy, a propagation (rprivate, rshared, "
+                    "rslave, private, shared, slave) and a consistency (consistent, "
+                    "cached, delegated), separated by ','"
                 )
             options[kind] = option
         return options
@@ -489,8 +490,9 @@ def _rewrite_mounts(mounts, uses, paths):
 
 def _rewrite_legacy(body, uses, paths):
     # An API < 1.24 start body keeps its Binds as Binds: HostConfig.Mounts only exists
-    # from API 1.25, so a daemon that still needs this old path may ignore Mounts, and a
-    # volume missing from the container is worse than one Docker could re-create.
+    # from API 1.25, so a daemon that still takes this old path may ignore Mounts, and a
+    # container silently without its volume is worse than Docker re-creating a missing
+    # source directory.
     rewritten = dict(body)
     bind_uses = [use for use in uses if use.field == "LegacyBinds"]
     mount_uses = [use for use in uses if use.field == "LegacyMounts"]
@@ -515,6 +517,8 @@ def rewrite(body, uses, paths):
     Mounts already there; a /flocker Mounts entry gets its Source replaced in place. The
     input is not modified; values we do not rewrite are the same objects.
     """
+    if not uses:
+        return dict(body)
     if any(use.field.startswith("Legacy") for use in uses):
         return _rewrite_legacy(body, uses, paths)
     host_config = _host_config(body)

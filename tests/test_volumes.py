@@ -262,9 +262,12 @@ def test_keys_are_matched_as_gos_decoder_matches_them(body):
     assert find_create_volumes(rewritten) == []
 
 
-def test_a_kelvin_sign_key_is_not_a_key_without_a_k():
-    body = {"HostConfig": {"Binds": ["/srv:/srv"], "BindK": ["/flocker/x:/d"]}}
+def test_lookalike_keys_that_go_does_not_fold_are_not_read():
+    body = {"HostConfig": {"B\u0456nds": ["/flocker/x:/d"], "M\u043eunts": [
+        {"Type": "bind", "Source": "/flocker/y", "Target": "/y"}], "Binds\u200b": []},
+        "HostConfig ": {"Binds": ["/flocker/z:/z"]}}
     assert find_create_volumes(body) == []
+    assert rewrite(body, [], {}) == body
 
 
 @pytest.mark.parametrize("body, message", [
