@@ -561,10 +561,6 @@ class MemoryFlockerAPI:
         self._transfers[dataset_id] = {"bytes_done": bytes_done, "bytes_total": bytes_total,
                                        "stalled": stalled, "error": error}
 
-    def finish_transfer(self, dataset_id):
-        self._transfers.pop(dataset_id, None)
-        self._changed()
-
     def _call(self, name, *args):
         self.calls.append((name, *args))
         if self.unreachable:
