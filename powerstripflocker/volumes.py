@@ -57,16 +57,24 @@ _START_PATH = re.compile(r"(/v[0-9]+(\.[0-9]+)?)?/containers/[^/]+/start\Z")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-# Go's encoding/json folds a key rune by rune to the smallest rune of its case orbit;
-# these three are the only non-ASCII runes that fold onto an ASCII letter.
+# Go's encoding/json (1.21 on) folds a key rune by rune to the smallest rune of its
+# case-fold chain; these three are the only non-ASCII runes that fold onto an ASCII letter.
 _GO_KEY_FOLD = str.maketrans({
     **{chr(code): chr(code + 32) for code in range(ord("A"), ord("Z") + 1)},
     "\u212a": "k", "\u017f": "s", "\u0131": "i",
 })
+# Each read-only option of a bind's mode, and what dockerd's parser of Binds sets in
+# BindOptions for it.
+_READ_ONLY_BIND_OPTIONS = {
+    "ro": {}, "ro-non-recursive": {"ReadOnlyNonRecursive": True},
+    "ro-force-recursive": {"ReadOnlyForceRecursive": True},
+    "rro": {"ReadOnlyForceRecursive": True},
+}
 # Each option of a bind's mode and the kind it counts as, as dockerd's Linux parser
 # counts them (at most one option of each kind).
 _MODE_KINDS = {
     "rw": "access", "ro": "access",
+    "ro-non-recursive": "access", "ro-force-recursive": "access", "rro": "access",
     "z": "label", "Z": "label",
     "private": "propagation", "rprivate": "propagation", "shared": "propagation",
     "rshared": "propagation", "slave": "propagation", "rslave": "propagation",
@@ -273,7 +281,8 @@ class Bind:
             if kind is None or kind in options:
                 raise InvalidRequest(
                     f"invalid mode {self.mode!r} in a bind of {self.source!r}: use at most "
-                    "one each of ro/rw, z/Z, nocopy, a propagation (rprivate, rshared, "
+                    "one each of rw/ro (or rro, ro-non-recursive, ro-force-recursive), "
+                    "z/Z, nocopy, a propagation (rprivate, rshared, "
                     "rslave, private, shared, slave) and a consistency (consistent, "
                     "cached, delegated), separated by ','"
                 )
@@ -454,14 +463,18 @@ def _with_field(document, field, value):
 def _mount_for_bind(bind, path):
     """The Mounts entry that means what the Binds entry meant, with path as source.
 
-    BindOptions only when the mode names a propagation: without one, dockerd picks the
-    default (rprivate, or rslave under its own root) exactly as it does for Binds.
+    BindOptions only as dockerd's own parser of Binds sets them: for a propagation
+    (without one, dockerd picks the default, rprivate or rslave under its own root, just
+    as for Binds) and for the recursive read-only modes.
     """
     options = bind.mode_options()
-    mount = {"Type": "bind", "Source": path, "Target": bind.target,
-             "ReadOnly": options.get("access") == "ro"}
+    read_only = options.get("access") in _READ_ONLY_BIND_OPTIONS
+    mount = {"Type": "bind", "Source": path, "Target": bind.target, "ReadOnly": read_only}
+    bind_options = dict(_READ_ONLY_BIND_OPTIONS.get(options.get("access"), {}))
     if "propagation" in options:
-        mount["BindOptions"] = {"Propagation": options["propagation"]}
+        bind_options["Propagation"] = options["propagation"]
+    if bind_options:
+        mount["BindOptions"] = bind_options
     if "consistency" in options:
         mount["Consistency"] = options["consistency"]
     return mount

@@ -185,6 +185,11 @@ def rewritten_host_config(binds=(), mounts=None, paths=None):
     (":ro,rslave", {"ReadOnly": True, "BindOptions": {"Propagation": "rslave"}}),
     (":private,rw", {"ReadOnly": False, "BindOptions": {"Propagation": "private"}}),
     (":cached,ro", {"ReadOnly": True, "Consistency": "cached"}),
+    (":ro-non-recursive", {"ReadOnly": True, "BindOptions": {"ReadOnlyNonRecursive": True}}),
+    (":rshared,rro", {"ReadOnly": True, "BindOptions": {"ReadOnlyForceRecursive": True,
+                                                        "Propagation": "rshared"}}),
+    (":ro-force-recursive", {"ReadOnly": True,
+                             "BindOptions": {"ReadOnlyForceRecursive": True}}),
 ])
 def test_a_flocker_bind_becomes_a_bind_mount_with_the_same_meaning(mode, mount):
     host_config = rewritten_host_config(["/srv:/srv", f"/flocker/x:/data{mode}", "n:/n:ro"])
@@ -199,6 +204,7 @@ def test_a_flocker_bind_becomes_a_bind_mount_with_the_same_meaning(mode, mount):
     ("/flocker/x:/d:ro,Z", "SELinux relabel option 'Z'"),
     ("/flocker/x:/d:nocopy", "'nocopy' on '/flocker/x' is not valid"),
     ("/flocker/x:/d:ro,rw", "invalid mode 'ro,rw'"),
+    ("/flocker/x:/d:ro,rro", "invalid mode 'ro,rro'"),
     ("/flocker/x:/d:rshared,rslave", "invalid mode"),
     ("/flocker/x:/d:ro,", "invalid mode 'ro,'"),
     ("/flocker/x:/d:bogus", "invalid mode 'bogus'"),
