@@ -336,10 +336,10 @@ class LeaseKeeper:
         except (ControlServiceUnreachable, FlockerAPIError) as reason:
             self._renewal_failed(dataset_id, reason)
             return
-        if not self._holders.get(dataset_id):
-            return      # released while the renewal was on its way: _release_now follows
         first = dataset_id not in self._leased
         self._leased.add(dataset_id)
+        if not self._holders.get(dataset_id):
+            return      # released while the renewal was on its way: _release_now follows
         if sent > self._confirmed.get(dataset_id, float("-inf")):
             self._confirmed[dataset_id] = sent
             self._schedule_deadline(dataset_id)

@@ -9,6 +9,7 @@ import tempfile
 import uuid
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
@@ -19,7 +20,7 @@ from powerstripflocker.inuse import (
     parse_mountinfo,
 )
 
-from .agent.support import LoopBtrfs, btrfs_skip_reason
+from .agent.support import LoopBtrfs, MountedElsewhere, btrfs_skip_reason
 
 
 class UseTrackerTests(SynchronousTestCase):
@@ -341,29 +342,6 @@ def _mount_skip_reason():
     return None
 
 
-class MountedElsewhere:
-    """A process in a mount namespace of its own with source bind-mounted in it, as a
-    container's init would be; cd=True also makes it work inside the mount."""
-
-    def __init__(self, source, cd=False):
-        self.target = tempfile.mkdtemp(prefix="psf-bind-")
-        script = 'mount --bind "$0" "$1" && echo ready && exec sleep 600'
-        if cd:
-            script = 'mount --bind "$0" "$1" && cd "$1" && echo ready && exec sleep 600'
-        self.process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, source,
-             self.target], stdout=subprocess.PIPE)
-        assert self.process.stdout.readline() == b"ready\n"
-
-    def stop(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait()
-        self.process.stdout.close()
-        if os.path.isdir(self.target):
-            os.rmdir(self.target)
-
-
 @pytest.mark.integration
 class RealMountTests(SynchronousTestCase):
     def setUp(self):
@@ -378,8 +356,8 @@ class RealMountTests(SynchronousTestCase):
         os.makedirs(self.path + "-sibling")
         self.mounts = KernelMounts()
 
-    def elsewhere(self, source, cd=False):
-        mounted = MountedElsewhere(source, cd=cd)
+    def elsewhere(self, source):
+        mounted = MountedElsewhere(source)
         self.addCleanup(mounted.stop)
         return mounted
 
@@ -393,7 +371,7 @@ class RealMountTests(SynchronousTestCase):
         self.assertIn(mounted.process.pid, use.pids)
         self.assertEqual(use.mount_points, (mounted.target,))
         self.assertFalse(use.shared)
-        self.assertIn("(sleep)", use.describe())
+        self.assertTrue(use.describe().startswith(f"pid {mounted.process.pid} ("))
         mounted.stop()
         self.assertEqual(self.scan(), [])
 
@@ -461,3 +439,22 @@ class RealMountTests(SynchronousTestCase):
         [use] = self.scan()
         self.assertTrue(use.shared)
         self.assertEqual(self.mounts.users_in_namespace(use), [inside.pid])
+
+
+class ReleaseRaceTests(SynchronousTestCase):
+    def test_a_lease_granted_after_its_users_stopped_is_released(self):
+        clock = Clock()
+        api = MemoryFlockerAPI(clock, convergence_delay=0, latency=1.0)
+        node = api.add_node("10.0.0.1")
+        created = api.create_dataset(primary=node.uuid)
+        clock.advance(1.0)
+        dataset = self.successResultOf(created)
+        keeper = LeaseKeeper(api, node.uuid, clock, lease_seconds=30)
+        # the acquisition is on its way, and the user is gone already
+        Deferred.fromCoroutine(keeper.hold(dataset.dataset_id, "mount:a"))
+        Deferred.fromCoroutine(keeper.release(dataset.dataset_id, "mount:a"))
+        clock.advance(1.0)      # granted
+        clock.advance(1.0)      # and released
+        listed = api.list_leases()
+        clock.advance(1.0)
+        self.assertEqual(self.successResultOf(listed), [])

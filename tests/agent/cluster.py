@@ -55,8 +55,13 @@ class Agent:
         self.log_path = os.path.join(cluster.base, f"{name}.log")
         self.process = None
         self.uuid = None
+        self.options = []
 
-    def start(self, faults=None):
+    def start(self, faults=None, options=None):
+        """Start (or restart) the agent; options are extra command line arguments, kept
+        for later restarts."""
+        if options is not None:
+            self.options = list(options)
         env = {"POWERSTRIP_FLOCKER_FAULTS": faults or ""}
         listen = f"tcp:{self.port}:interface=127.0.0.1"
         tls = self.cluster.tls
@@ -65,7 +70,7 @@ class Agent:
                       f"certKey={tls['cert']}")
         args = ["agent", "--control-url", self.cluster.control_url, "--data-root",
                 self.data_root, "--backend", self.cluster.backend,
-                "--listen", listen, "--log-level", "debug"]
+                "--listen", listen, "--log-level", "debug", *self.options]
         if tls:
             args += ["--tls-ca", tls["ca"]]
         if self.cluster.token_file:
@@ -134,10 +139,10 @@ class Cluster:
         if self.control is not None:
             self.control.stop()
 
-    def add_agent(self, name, data_root, faults=None):
+    def add_agent(self, name, data_root, faults=None, options=None):
         agent = Agent(self, name, data_root)
         self.agents[name] = agent
-        return agent.start(faults=faults)
+        return agent.start(faults=faults, options=options)
 
     def stop(self):
         for agent in self.agents.values():

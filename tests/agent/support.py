@@ -156,3 +156,30 @@ def make_tls_files(directory, ip="127.0.0.1"):
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     return paths
+
+
+class MountedElsewhere:
+    """A process in a mount namespace of its own with source bind-mounted in it (at
+    self.target, in that namespace only), as a container's init would be. It runs
+    `sleep`, or with writing=True appends a counter line to log in the mount every
+    100 ms."""
+
+    SLEEP = 'mount --bind "$0" "$1" && echo ready && exec sleep 600'
+    WRITE = ('mount --bind "$0" "$1" && echo ready && i=0 && '
+             'while true; do i=$((i+1)); echo $i >> "$1/log"; sleep 0.1; done')
+
+    def __init__(self, source, writing=False):
+        self.target = tempfile.mkdtemp(prefix="psf-bind-")
+        self.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             self.WRITE if writing else self.SLEEP, source, self.target],
+            stdout=subprocess.PIPE)
+        assert self.process.stdout.readline() == b"ready\n"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+        if os.path.isdir(self.target):
+            os.rmdir(self.target)
