@@ -131,6 +131,20 @@ class VolumePluginTests(SynchronousTestCase):
         self.assertEqual([c for c in self.api.calls if c[0] in ("move_dataset", "create_dataset")],
                          [])
 
+    def test_get_and_path_read_only_their_own_volume(self):
+        self.call("VolumeDriver.Mount", {"Name": "mine"})
+        for index in range(50):
+            self.successResultOf(self.api.create_dataset(
+                primary=self.there.uuid, metadata={"name": f"other-{index}"}))
+        self.api.converge()
+        self.api.calls.clear()
+        self.call("VolumeDriver.Get", {"Name": "mine"})
+        self.call("VolumeDriver.Path", {"Name": "mine"})
+        self.assertEqual({call[0] for call in self.api.calls},
+                         {"datasets_named", "list_datasets_state"})
+        self.assertTrue(all(len(call) == 2 for call in self.api.calls),
+                        "each call names the volume or its dataset")
+
     def test_remove_changes_nothing(self):
         self.call("VolumeDriver.Create", {"Name": "keep"})
         self.assertEqual(self.call("VolumeDriver.Remove", {"Name": "keep"}), {"Err": ""})
