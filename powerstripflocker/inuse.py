@@ -536,6 +536,8 @@ class UseTracker:
         self._reconciling = None
         self._again = False
         self._watching = None
+        self.docker_error = None    # why the latest container list could not be read
+        self._pause = None          # the wait before reconnecting to Docker
 
     def start(self):
         """Scan the mount table at once (a restarted agent knows what is in use before
@@ -560,6 +562,8 @@ class UseTracker:
         self._keeper.stop()
         if self._engine is not None:
             self._engine.stop_watching()
+        if self._pause is not None:
+            self._pause.cancel()
 
     def in_use(self, dataset_id, fresh=False):
         """Descriptions of what uses dataset_id here ([] when nothing does); fresh=True
@@ -656,7 +660,14 @@ class UseTracker:
 
     async def _reconcile_once(self):
         before = {d: self.users_of(d) for d in self._keeper.held()}
-        await self._apply(await self._engine.running_containers())
+        try:
+            containers = await self._engine.running_containers()
+        except DockerUnavailable as reason:
+            # Kept as it was: the kernel's mount table still tells what runs.
+            self.docker_error = reason
+            return
+        self.docker_error = None
+        await self._apply(containers)
         if {d: self.users_of(d) for d in self._keeper.held()} != before:
             self._on_change()
 
@@ -693,6 +704,8 @@ class UseTracker:
             since = self._clock.seconds()
             try:
                 await self.reconcile()
+                if self.docker_error is not None:
+                    raise self.docker_error
                 failures = 0
                 await self._engine.watch_events(self._on_event, since=since)
             except DockerUnavailable as reason:
@@ -701,7 +714,13 @@ class UseTracker:
                          "the kernel's mount table", reason=reason)
             if self._running:
                 delay = RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)]
-                await deferLater(self._clock, delay, lambda: None)
+                self._pause = deferLater(self._clock, delay, lambda: None)
+                try:
+                    await self._pause
+                except CancelledError:
+                    return
+                finally:
+                    self._pause = None
 
 
 class ClusterUsage:

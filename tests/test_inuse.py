@@ -4,16 +4,18 @@ processes and a real btrfs (RealMountTests)."""
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
 
 import pytest
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from powerstripflocker.docker import MemoryDockerEngine, Mount
+from powerstripflocker.docker import DockerEngineClient, MemoryDockerEngine, Mount
 from powerstripflocker.flocker import MemoryFlockerAPI
 from powerstripflocker.inuse import (
     Fencer, KernelMounts, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
@@ -21,6 +23,7 @@ from powerstripflocker.inuse import (
 )
 
 from .agent.support import LoopBtrfs, MountedElsewhere, btrfs_skip_reason
+from .support.dockerd import DockerDaemon, import_busybox_image, missing_requirements
 
 
 class UseTrackerTests(SynchronousTestCase):
@@ -458,3 +461,90 @@ class ReleaseRaceTests(SynchronousTestCase):
         listed = api.list_leases()
         clock.advance(1.0)
         self.assertEqual(self.successResultOf(listed), [])
+
+
+@pytest.mark.e2e
+class DockerFencingTests(TestCase):
+    """Fencing a container of a real dockerd: through the daemon while it answers, by
+    its mount namespace once the daemon is dead (the container keeps running under its
+    shim)."""
+
+    timeout = 180
+
+    def setUp(self):
+        problem = missing_requirements()
+        if problem:
+            raise SkipTest(f"needs a real dockerd: {problem}")
+        self.daemon = DockerDaemon().start()
+        self.addCleanup(self.daemon.stop)
+        import_busybox_image(self.daemon.host)
+        self.root = tempfile.mkdtemp(prefix="psf-fence-")
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.dataset_id = str(uuid.uuid4())
+        self.path = os.path.join(self.root, "datasets", self.dataset_id)
+        os.makedirs(self.path)
+        self.api = MemoryFlockerAPI(reactor, convergence_delay=0)
+        node = self.api.add_node("10.0.0.1")
+        self.successResultOf(self.api.create_dataset(primary=node.uuid,
+                                                     dataset_id=self.dataset_id))
+        self.engine = DockerEngineClient(reactor, self.daemon.host, timeout=2.0)
+        self.addCleanup(self.engine.close)
+        mounts = KernelMounts()
+        self.fencer = Fencer(reactor, mounts, self.engine, docker_timeout=1.0)
+        self.keeper = LeaseKeeper(self.api, node.uuid, reactor, lease_seconds=3.0,
+                                  on_lapse=lambda d, reason: self.tracker.fence(d, reason))
+        self.tracker = UseTracker(self.engine, self.keeper,
+                                  lambda: {self.path: self.dataset_id}, reactor,
+                                  mounts=mounts, fencer=self.fencer, poll_seconds=0.2)
+        self.addCleanup(self.tracker.stop)
+
+    def run_writer(self):
+        self.daemon.run("run", "-d", "--name", "writer", "-v", f"{self.path}:/data",
+                        "busybox", "sh", "-c",
+                        "while true; do date >> /data/log; sleep 0.1; done")
+
+    def log_size(self):
+        try:
+            return os.path.getsize(os.path.join(self.path, "log"))
+        except FileNotFoundError:
+            return 0
+
+    async def until(self, condition, what, timeout=30.0):
+        waited = 0.0
+        while not condition():
+            if waited >= timeout:
+                raise AssertionError(f"not {what} after {timeout}s")
+            await deferLater(reactor, 0.1, lambda: None)
+            waited += 0.1
+
+    async def written_to_the_end(self):
+        """The log stops growing (checked over a second)."""
+        before = self.log_size()
+        await deferLater(reactor, 1.0, lambda: None)
+        return self.log_size() == before
+
+    async def test_a_container_is_killed_through_its_daemon(self):
+        self.run_writer()
+        self.tracker.start()
+        await self.until(lambda: self.tracker.users_of(self.dataset_id)[:1] and
+                         self.tracker.users_of(self.dataset_id)[0].startswith("writer, "),
+                         "the writer named by Docker")
+        self.api.unreachable = "partitioned"
+        await self.until(lambda: self.fencer.fenced, "fenced", timeout=10)
+        self.assertTrue(self.fencer.fenced[0]["stopped"][0].startswith("container writer"))
+        self.assertTrue(await self.written_to_the_end())
+        ps = self.daemon.run("ps", "-q", "--filter", "name=writer").stdout.strip()
+        self.assertEqual(ps, b"")
+
+    async def test_with_the_daemon_dead_the_container_is_killed_by_its_namespace(self):
+        self.run_writer()
+        os.kill(self.daemon.process.pid, signal.SIGKILL)      # dockerd only, not its shims
+        self.daemon.process.wait()
+        await self.until(lambda: self.log_size() > 0, "the writer writing")
+        self.tracker.start()        # a restarted agent: dockerd does not answer
+        await self.until(lambda: self.tracker.in_use(self.dataset_id), "in use")
+        self.assertTrue(self.tracker.in_use(self.dataset_id)[0].startswith("pid "))
+        self.api.unreachable = "partitioned"
+        await self.until(lambda: self.fencer.fenced, "fenced", timeout=10)
+        self.assertTrue(await self.written_to_the_end())
+        self.assertEqual(KernelMounts().scan({self.path: self.dataset_id}), {})
