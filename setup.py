@@ -21,6 +21,7 @@ setup(
         "zope.interface>=6",
         "prometheus_client>=0.17",
         "jsonschema>=4.17",
+        "httptools>=0.9",
     ],
     extras_require={
         "test": [

@@ -18,7 +18,12 @@ from the first ``?`` removed (query strings are never matched). ``*`` matches
 any run of characters *including* ``/``, ``?`` one character, ``[...]`` a
 class. So ``/*/containers/create`` matches ``/v1.41/containers/create`` but
 not the unversioned ``/containers/create``: list both keys to catch both.
-The method is a glob too (``"* /*/containers/create"``).
+The method is a glob too (``"* /*/containers/create"``). The path matched is
+the one dockerd routes: percent escapes decoded (``containers%2Fcreate`` is
+``containers/create``).
+
+Post-hooks may name any pattern, ``"* *"`` included; the proxy skips them for
+requests answered with a stream or a hijacked connection (see streaming.py).
 
 When several keys match one request, their hooks run in the order the keys
 appear in the file (pre-hooks of all keys first in that order, likewise
@@ -36,40 +41,6 @@ SUPPORTED_VERSIONS = (1,)
 KNOWN_METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
 TOP_LEVEL_KEYS = ("version", "endpoints", "adapters")
 HOOK_KINDS = ("pre", "post")
-
-# Requests whose responses are streams, long polls or hijacked connections.
-# Post-hooks need the whole response before the client gets a byte, so an
-# endpoint with post-hooks must not match any of these (docker run would hang
-# on `wait`, and `logs -f` or `events` would never print).
-STREAMING_REQUESTS = tuple(
-    f"{method} {prefix}{path}"
-    for prefix in ("/v1.41", "")
-    for method, path in (
-        ("POST", "/containers/ID/attach"),
-        ("GET", "/containers/ID/attach/ws"),
-        ("POST", "/containers/ID/wait"),
-        ("GET", "/containers/ID/logs"),
-        ("GET", "/containers/ID/stats"),
-        ("GET", "/containers/ID/export"),
-        ("GET", "/containers/ID/archive"),
-        ("POST", "/exec/ID/start"),
-        ("GET", "/events"),
-        ("POST", "/build"),
-        ("POST", "/images/create"),
-        ("POST", "/images/load"),
-        ("GET", "/images/get"),
-        ("GET", "/images/ID/get"),
-        ("POST", "/images/ID/push"),
-        ("GET", "/services/ID/logs"),
-        ("GET", "/tasks/ID/logs"),
-        ("POST", "/plugins/pull"),
-        ("POST", "/plugins/ID/upgrade"),
-        ("POST", "/plugins/ID/push"),
-        ("POST", "/session"),
-        ("POST", "/grpc"),
-    )
-)
-
 
 class ConfigurationError(Exception):
     """adapters.yml cannot be used; the message says where and why."""
@@ -246,12 +217,4 @@ def _check_endpoint(pattern, hooks, adapters):
                     f"under 'adapters'"
                 )
         lists[kind] = tuple(names)
-    if lists["post"]:
-        for streaming in STREAMING_REQUESTS:
-            if fnmatch.fnmatchcase(streaming, pattern):
-                raise ConfigurationError(
-                    f"{where}: has post-hooks but matches {streaming!r}, whose response is "
-                    f"a stream, a long poll or a hijacked connection; post-hooks need the "
-                    f"whole response first, so they cannot run there. Narrow the pattern."
-                )
     return Endpoint(pattern, lists["pre"], lists["post"])

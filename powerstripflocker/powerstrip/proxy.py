@@ -32,12 +32,14 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .config import NO_HOOKS
+from .config import NO_HOOKS, Hooks
 from .hooks import AdapterError
 from .http import (
     MAX_HEAD, ChunkedScanner, Head, ProtocolError, error_response, find_head_end,
     media_type, status_line,
 )
+from .request_parsing import parse_request
+from .streaming import streaming_request
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
@@ -227,13 +229,18 @@ class _Backpressure:
 
 
 class _Body:
-    """Where a message body ends: by length, by chunked framing, or not at all."""
+    """Where a message body ends: by length, by chunked framing, or not at all.
 
-    __slots__ = ("remaining", "scanner")
+    A chunked request body also goes through check (a ChunkedCheck), so that
+    llhttp agrees on every byte of it.
+    """
 
-    def __init__(self, kind, length, collect=False):
+    __slots__ = ("remaining", "scanner", "check")
+
+    def __init__(self, kind, length, collect=False, check=None):
         self.remaining = length if kind == "length" else None
         self.scanner = ChunkedScanner(collect) if kind == "chunked" else None
+        self.check = check
 
     def split(self, data):
         """(part of data in this body, rest after it or None if the body goes on)."""
@@ -245,9 +252,28 @@ class _Body:
             self.remaining = 0
             return data[:end], data[end:]
         end = self.scanner.feed(data)
+        if self.check is not None:
+            self.check.feed(data if end < 0 else data[:end], end >= 0)
         if end < 0:
             return data, None
         return data[:end], data[end:]
+
+
+def _without_stray_crlfs(data):
+    """data without the empty lines a client may send between requests (RFC 9112 2.2)."""
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    return data[start:]
+
+
+def _request_body(request, kind, length, collect=False):
+    """The _Body of a client request, or None when it has none."""
+    if kind == "chunked":
+        return _Body(kind, length, collect, request.chunked_check())
+    if kind == "length" and length:
+        return _Body(kind, length, collect)
+    return None
 
 
 def _is_json(head):
@@ -338,22 +364,22 @@ class ClientConnection(Protocol):
             if self.client_eof and not self.inbuf.strip():
                 self.inbuf = b""
                 break
+            if self.inbuf.startswith(b"\r\n"):
+                self.inbuf = _without_stray_crlfs(self.inbuf)
+                continue
             end = find_head_end(self.inbuf)
             if end < 0:
                 if len(self.inbuf) > MAX_HEAD:
                     self._fail(431, "request head too large")
                 return
-            start = 0
-            while self.inbuf.startswith(b"\r\n", start):  # stray CRLFs between requests
-                start += 2
+            raw_head = self.inbuf[:end]
             try:
-                head = Head(self.inbuf[start:end - 4])
-                method, target, version = head.first.split(b" ")
-                kind, length = head.framing()
-            except (ProtocolError, ValueError) as e:
+                request = parse_request(raw_head)
+                kind, length = request.head.framing()
+            except ProtocolError as e:
                 self._fail(400, f"powerstrip proxy: malformed request: {e}")
                 return
-            raw_head = self.inbuf[start:end]
+            head, method, version = request.head, request.method, request.version
             self.inbuf = self.inbuf[end:]
             self.busy = True
             self.method = method
@@ -365,22 +391,17 @@ class ClientConnection(Protocol):
             self.request_done = False
             self.post = None
             self.pending_upgrade = b""
-            hooks = self.proxy.hooks_for(method, target)
+            hooks = self.proxy.hooks_for(method, request.path, self.upgrade)
             if hooks is NO_HOOKS:
-                self._pass_through(raw_head, kind, length)
+                self._pass_through(raw_head, kind, _request_body(request, kind, length))
             else:
-                self._hooked(head, method, target, version, kind, length, hooks)
+                self._hooked(request, kind, length, hooks)
 
-    def _pass_through(self, raw_head, kind, length):
-        if kind == "none":
-            if self.method in _BODY_METHODS:
-                # a bodyless POST must not look like one of unknown length to moby
-                raw_head = raw_head[:-2] + b"Content-Length: 0\r\n\r\n"
-            self._send(raw_head, None)
-        elif kind == "length" and length == 0:
-            self._send(raw_head, None)
-        else:
-            self._send(raw_head, _Body(kind, length))
+    def _pass_through(self, raw_head, kind, body):
+        if kind == "none" and self.method in _BODY_METHODS:
+            # a bodyless POST must not look like one of unknown length to moby
+            raw_head = raw_head[:-2] + b"Content-Length: 0\r\n\r\n"
+        self._send(raw_head, body)
 
     def _send(self, raw_head, body, replacement=None):
         """Send a head (and the request body from inbuf/the client) to the daemon."""
@@ -533,7 +554,9 @@ class ClientConnection(Protocol):
 
     # -- hooked requests -----------------------------------------------------
 
-    def _hooked(self, head, method, target, version, kind, length, hooks):
+    def _hooked(self, request, kind, length, hooks):
+        head, method, target, version = (
+            request.head, request.method, request.target, request.version)
         limit = self.proxy.max_body
         is_json = _is_json(head)
         has_body = kind == "chunked" or (kind == "length" and length > 0)
@@ -546,7 +569,7 @@ class ClientConnection(Protocol):
                 self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 head.lines = head.without(b"expect")
             self.collector = _Collector(
-                _Body(kind, length, collect=True), limit,
+                _request_body(request, kind, length, collect=True), limit,
                 lambda raw: self._run_pre(head, method, target, version, hooks, raw, None))
             if self.inbuf:
                 self._feed_collector()
@@ -555,7 +578,7 @@ class ClientConnection(Protocol):
         # an empty JSON body) and the body itself stays with the client for now
         self.flow.pause("hooks")
         text = "" if is_json else None
-        stream = _Body(kind, length) if has_body else None
+        stream = _request_body(request, kind, length)
         self._run_pre(head, method, target, version, hooks, text, stream)
 
     def _too_large(self, limit):
@@ -754,8 +777,10 @@ class UpstreamConnection(Protocol):
                 client.close_after = True
             if kind == "none":
                 ctype = media_type(head.headers.get(b"content-type"))
-                if ctype in _STREAM_TYPES and not self.collect:
-                    # legacy hijack: a 200 and then a raw stream both ways
+                if ctype in _STREAM_TYPES:
+                    # legacy hijack: a 200 and then a raw stream both ways, which
+                    # post-hooks cannot wait for
+                    self.collect = False
                     self.splicing = True
                     data, self.buf = self.buf, b""
                     client.write(raw_head + data)
@@ -977,6 +1002,7 @@ class ProxyFactory(Factory):
         self.docker_description = docker_description
         self.max_body = max_body
         self.kernel_splice = kernel_splice
+        self._skipped_logged = set()
         self.reconfigure(configuration)
 
     def reconfigure(self, configuration):
@@ -986,10 +1012,29 @@ class ProxyFactory(Factory):
         self._hooks_for = configuration.hooks_for
         self._any_hooks = any(e.pre or e.post for e in configuration.endpoints)
 
-    def hooks_for(self, method, target):
+    def hooks_for(self, method, path, upgrade):
+        """The Hooks for a request (path as dockerd routes it); post-hooks are dropped
+        where the response is a stream or a hijacked connection."""
         if not self._any_hooks:
             return NO_HOOKS
-        return self._hooks_for(method.decode("latin-1"), target.decode("latin-1"))
+        method, path = method.decode("latin-1"), path.decode("latin-1")
+        hooks = self._hooks_for(method, path)
+        if hooks.post:
+            streaming = "Upgrade" if upgrade else streaming_request(method, path)
+            if streaming is not None:
+                self._post_hooks_skipped(streaming, method, path, hooks.post)
+                hooks = Hooks(hooks.pre, ()) if hooks.pre else NO_HOOKS
+        return hooks
+
+    def _post_hooks_skipped(self, streaming, method, path, post):
+        if streaming in self._skipped_logged:
+            return
+        self._skipped_logged.add(streaming)
+        log.info("post-hooks {post} skipped for {method} {path} and every other "
+                 "{streaming} request: its response is a stream or a hijacked connection, "
+                 "and post-hooks need the whole response (logged once)",
+                 post=list(post), method=method, path=path,
+                 streaming="Upgrade" if streaming == "Upgrade" else repr(streaming))
 
     def buildProtocol(self, addr):
         return ClientConnection(self)

@@ -120,7 +120,6 @@ def test_stale_socket_is_replaced_but_a_live_one_is_refused(workdir):
     ('endpoints:\n  "POST /x":\n    pre: [nobody]\nadapters: {}\n', "'nobody'"),
     ('endpoints:\n  "post /x":\n    pre: [a]\nadapters:\n  a: http://a/\n', "bad method"),
     ("endpoints: {}\nadapters: {}\nendpoints: {}\n", "duplicate key 'endpoints'"),
-    ('endpoints:\n  "GET /*/events":\n    post: [a]\nadapters:\n  a: http://a/\n', "post-hooks"),
 ])
 def test_invalid_configuration_stops_the_start(workdir, text, fragment):
     (workdir / "adapters.yml").write_text(text)

@@ -4,7 +4,7 @@ The ten cases the 2015 Powerstrip left skipped, and where they are now:
 test_chunked_endpoint -> test_passthrough (chunked request and response
 tests, test_chunked_json_body_is_read_whole_for_hooks);
 test_stream_endpoint_reject_post_hook, test_chunked_endpoint_reject_post_hook
--> test_config.test_post_hook_on_a_streaming_endpoint_is_refused;
+-> test_streaming (post-hooks accepted, skipped on streaming and hijacked requests);
 test_prehook_error_does_not_call_docker, test_prehook_error_stops_chain ->
 AdapterFailureTests; test_posthook_error_stops_chain,
 test_docker_error_does_not_stop_posthooks,
