@@ -14,7 +14,7 @@ MiB = 1 << 20
 HOOK_PATH = "/flocker-adapter"
 
 __all__ = ["Adapter", "ReliabilityCluster", "MiB", "fill_sample_tree", "manifest", "http",
-           "wait_for", "pre_hook", "post_raw"]
+           "wait_for", "pre_hook", "post_raw", "volume_mounts"]
 
 
 def pre_hook(names, request="/v1.41/containers/create?name=c"):
@@ -24,6 +24,14 @@ def pre_hook(names, request="/v1.41/containers/create?name=c"):
     return {"PowerstripProtocolVersion": 1, "Type": "pre-hook",
             "ClientRequest": {"Method": "POST", "Request": request,
                               "Body": json.dumps(body)}}
+
+
+def volume_mounts(answer):
+    """(binds left as they were, ["SOURCE:TARGET" of each volume's bind mount]) of a
+    pre-hook's answer: the adapter turns each /flocker bind into a Mounts entry."""
+    host_config = json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]
+    return host_config.get("Binds", []), [f"{mount['Source']}:{mount['Target']}"
+                                          for mount in host_config.get("Mounts", [])]
 
 
 def post_raw(url, data, timeout=60, content_type="application/json"):

@@ -168,10 +168,12 @@ def real(tmp_path_factory):
 
 
 def everything(cluster):
-    """What bad input must not change: the configuration (and its tag), state, leases."""
+    """What bad input must not change: the configuration (and its tag), state, leases
+    (who holds which: their remaining seconds tick, and renewals go on meanwhile)."""
     tag, datasets = cluster.configuration()
-    return tag, datasets, cluster.api("GET", "/state/datasets"), \
-        cluster.api("GET", "/configuration/leases")
+    return tag, datasets, cluster.api("GET", "/state/datasets"), sorted(
+        (lease["dataset_id"], lease["node_uuid"])
+        for lease in cluster.api("GET", "/configuration/leases"))
 
 
 @FEW

@@ -5,13 +5,12 @@ the adapter's deadline with one clear message, the data stays intact, and the sa
 succeeds once the control service is back. The adapter killed -9 after its create was
 accepted: a retry finds that dataset and makes no second one."""
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .support import MiB, fill_sample_tree, manifest, pre_hook, wait_for
+from .support import MiB, fill_sample_tree, manifest, pre_hook, volume_mounts, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,8 +47,7 @@ def test_control_service_killed_while_a_hook_waits_for_a_move(make_cluster):
     assert status == 200, answer
     [entry] = cluster.state(dataset_id)
     assert entry["primary"] == node2.uuid
-    binds = json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
-    assert binds[0] == f"{entry['path']}:/data0"
+    assert volume_mounts(answer)[1] == [f"{entry['path']}:/data0"]
     wait_for(lambda: cluster.role(node1, dataset_id) is None, 30, "node1 to clean up")
     assert manifest(entry["path"]) == original
 
@@ -76,5 +74,4 @@ def test_adapter_killed_after_its_create_was_accepted_then_a_retry_makes_no_seco
                  if d.get("metadata", {}).get("name") == "fresh"]
     [entry] = cluster.state(dataset["dataset_id"])
     assert entry["primary"] == node1.uuid
-    binds = json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
-    assert binds[0] == f"{entry['path']}:/data0"
+    assert volume_mounts(answer)[1] == [f"{entry['path']}:/data0"]

@@ -1,6 +1,5 @@
 """1000 hooks at concurrency 50 against a real adapter, control service and agents."""
 
-import json
 import re
 import time
 import urllib.request
@@ -8,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from .support import MiB, pre_hook
+from .support import MiB, pre_hook, volume_mounts
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +43,6 @@ def fire(adapter, hooks, concurrency):
         return list(pool.map(one, hooks))
 
 
-def binds(answer):
-    return json.loads(answer["ModifiedClientRequest"]["Body"])["HostConfig"]["Binds"]
-
-
 def hook_counts(adapter):
     with urllib.request.urlopen(adapter.url + "/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -66,12 +61,13 @@ def check_answers(cluster, results, agent):
     assert sorted(i for i, *_ in results) == list(range(len(results)))
     for index, names, _, answer in results:
         assert answer["ModifiedClientRequest"]["Request"].endswith(f"?name=c{index}")
-        got = binds(answer)
-        assert got[-1] == "/srv/plain:/plain:ro"
+        plain, mounts = volume_mounts(answer)
+        assert plain == ["/srv/plain:/plain:ro"]
+        assert len(mounts) == len(names)
         for position, name in enumerate(names):
             state = states[by_name[name]["dataset_id"]]
             assert state["primary"] == agent.uuid, (name, state)
-            assert got[position] == f"{state['path']}:/data{position}"
+            assert mounts[position] == f"{state['path']}:/data{position}"
     return by_name
 
 
