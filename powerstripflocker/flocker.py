@@ -663,11 +663,11 @@ class MemoryFlockerAPI:
               generation=None):
         def decide():
             _check_claim(name, node_uuid, expires, create)
+            _check_maximum_size(maximum_size)
             candidates = [d for d in self._datasets.values() if d.name == name and not d.deleted]
             if not candidates:
                 if not create:
                     raise NotFound(404, f"No dataset is named {name!r}.")
-                _check_maximum_size(maximum_size)
                 created = self._add(node_uuid, {"name": name}, maximum_size,
                                     str(uuid.uuid4()))
                 return Claim("creating", created.dataset_id, 1)

@@ -50,10 +50,6 @@ class Dataset:
     # 1 at creation, +1 on every change of primary: agents retire older copies.
     generation: int = 1
 
-    @property
-    def name(self):
-        return self.metadata.get("name")
-
     def to_configuration(self):
         """The Flocker v1 configuration object (maximum_size omitted when unset)."""
         result = {
