@@ -1,4 +1,5 @@
-"""Make named volumes local to this node: create or move their datasets, wait for state.
+"""Make named volumes local to this node: claim each from the control service, which
+creates it here, moves it here or, once it is here, leases it to this node.
 
 The one core behind every frontend (the Powerstrip adapter and the volume plugin).
 """
@@ -119,16 +120,18 @@ def describe_claim(claim):
     """Human words for how far a claim that is not ready yet got."""
     if claim.status == "creating":
         return "it is still being created: this node's agent has not reported it yet"
-    source = _node_words(claim.source) if claim.source else "its old primary"
     if claim.bytes_total:
         copied = f"{claim.bytes_done} of {claim.bytes_total} bytes copied"
     else:
         copied = f"{claim.bytes_done} bytes copied so far"
-    return f"it is still moving from {source} ({copied})"
+    return f"it is still moving from {_source_words(claim)} ({copied})"
 
 
-def _node_words(node):
-    return node.host or f"node {node.uuid}"
+def _source_words(claim):
+    """The node a claimed dataset moves from, as the user knows it."""
+    if claim.source is None:
+        return "its old primary"
+    return claim.source.host or f"node {claim.source.uuid}"
 
 
 class SingleFlight:
@@ -349,9 +352,8 @@ class Placement:
                 if claim.status == "ready":
                     return LocalVolume(claim.dataset_id, claim.path)
                 if claim.stalled:
-                    source = _node_words(claim.source) if claim.source else "its old primary"
-                    raise VolumeStalled(
-                        f"volume {name!r}: the move from {source} stalled: {claim.error}")
+                    raise VolumeStalled(f"volume {name!r}: the move from "
+                                        f"{_source_words(claim)} stalled: {claim.error}")
                 last = claim
             remaining = deadline_at - self._clock.seconds()
             if remaining <= 0:
@@ -368,8 +370,7 @@ class Placement:
         elif claim.status == "moving":
             log.info("moving volume {volume} (dataset {dataset_id}) from {source} to this "
                      "node {target}", volume=name, dataset_id=claim.dataset_id,
-                     source=_node_words(claim.source) if claim.source else "its old primary",
-                     target=node.uuid)
+                     source=_source_words(claim), target=node.uuid)
             if self._metrics is not None:
                 self._metrics.moves.inc()
 
