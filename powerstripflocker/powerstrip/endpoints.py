@@ -19,6 +19,12 @@ from twisted.internet.endpoints import (
 )
 
 
+# A burst of docker clients (a script, compose) must not overflow the queue of
+# connections not yet accepted; Twisted's default is 50. The kernel caps it at
+# net.core.somaxconn.
+LISTEN_BACKLOG = 512
+
+
 class AddressError(ValueError):
     pass
 
@@ -82,14 +88,16 @@ class ListenAddress:
         self.address = address
         self.path = _unix_path(address)
         if self.path is not None:
-            self.endpoint = UNIXServerEndpoint(reactor, self.path, mode=0o660)
+            self.endpoint = UNIXServerEndpoint(
+                reactor, self.path, backlog=LISTEN_BACKLOG, mode=0o660)
             self.description = f"unix://{self.path}"
             return
         tcp = _tcp(address)
         if tcp is not None:
             host, port = tcp
             self.endpoint = serverFromString(
-                reactor, f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}")
+                reactor, f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+                         f":backlog={LISTEN_BACKLOG}")
             self.description = f"tcp://{host}:{port}"
             return
         try:

@@ -33,6 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .config import NO_HOOKS, Hooks
+from .head_deadline import HEAD_TIMEOUT, HeadDeadline
 from .hooks import AdapterError
 from .http import (
     MAX_HEAD, ChunkedScanner, Head, ProtocolError, error_response, find_head_end,
@@ -312,6 +313,9 @@ class ClientConnection(Protocol):
         self.write = _writer(self.transport)
         self.flow = _Flow(self.transport)
         self.transport.registerProducer(_Backpressure(_LazyUpstreamFlow(self)), True)
+        self.head_deadline = HeadDeadline(
+            self.proxy.reactor, self.proxy.head_timeout, self._head_too_slow)
+        self.head_deadline.start()
         # connect to the daemon while the client is still writing its first request
         self._connect()
 
@@ -349,6 +353,7 @@ class ClientConnection(Protocol):
 
     def connectionLost(self, reason):
         self.closed = True
+        self.head_deadline.stop()
         for relay in self.relays:
             relay.close()
         if self.upstream is not None:
@@ -371,7 +376,10 @@ class ClientConnection(Protocol):
             if end < 0:
                 if len(self.inbuf) > MAX_HEAD:
                     self._fail(431, "request head too large")
+                else:
+                    self.head_deadline.start()
                 return
+            self.head_deadline.stop()
             raw_head = self.inbuf[:end]
             try:
                 request = parse_request(raw_head)
@@ -396,6 +404,11 @@ class ClientConnection(Protocol):
                 self._pass_through(raw_head, kind, _request_body(request, kind, length))
             else:
                 self._hooked(request, kind, length, hooks)
+
+    def _head_too_slow(self):
+        log.info("dropped a client that sent no whole request head within {seconds:g} s",
+                 seconds=self.proxy.head_timeout)
+        self.transport.loseConnection()
 
     def _pass_through(self, raw_head, kind, body):
         if kind == "none" and self.method in _BODY_METHODS:
@@ -994,7 +1007,7 @@ class ProxyFactory(Factory):
     noisy = False
 
     def __init__(self, reactor, configuration, hooks, docker_endpoint, docker_description,
-                 max_body=DEFAULT_MAX_BODY, kernel_splice=True):
+                 max_body=DEFAULT_MAX_BODY, kernel_splice=True, head_timeout=HEAD_TIMEOUT):
         self.reactor = reactor
         self.configuration = configuration
         self.hooks = hooks
@@ -1002,6 +1015,7 @@ class ProxyFactory(Factory):
         self.docker_description = docker_description
         self.max_body = max_body
         self.kernel_splice = kernel_splice
+        self.head_timeout = head_timeout
         self._skipped_logged = set()
         self.reconfigure(configuration)
 

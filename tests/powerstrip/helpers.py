@@ -190,7 +190,8 @@ class ProxyHarness:
         return self.daemon
 
     def start_proxy(self, endpoints=None, adapters=None, docker_port=None, timeout=5.0,
-                    max_body=1024 * 1024):
+                    max_body=1024 * 1024, clock=None):
+        """clock, when given, times the proxy's request-head deadline (a task.Clock)."""
         adapters = adapters or {}
         config = {"version": 1, "endpoints": endpoints or {}, "adapters": {
             name: (self.adapter_url + url if url.startswith("/") else url)
@@ -202,7 +203,7 @@ class ProxyHarness:
         if docker_port is None:
             docker_port = self.daemon_port.getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", docker_port)
-        self.factory = ProxyFactory(reactor, configuration, self.hooks, endpoint,
+        self.factory = ProxyFactory(clock or reactor, configuration, self.hooks, endpoint,
                                     f"tcp://127.0.0.1:{docker_port}", max_body=max_body)
         self.proxy_port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.testcase.addCleanup(self.proxy_port.stopListening)
