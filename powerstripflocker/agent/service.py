@@ -388,10 +388,7 @@ class AgentService:
         info = await self.peers.describe(action.agent_url, dataset_id)
         held = self.backend.local_datasets().get(dataset_id)
         ours = held.generation if held is not None else None
-        theirs = info.get("generation")
-        if isinstance(theirs, int) and ours is not None and theirs > ours:
-            raise Conflict(f"node {target} holds generation {theirs} of dataset {dataset_id}, "
-                           f"newer than our copy's {ours}: not pushing or handing off ours")
+        theirs = info.get("generation") if isinstance(info.get("generation"), int) else None
         plan = None
         if info.get("primary"):
             if info.get("origin") != "received":
@@ -399,9 +396,17 @@ class AgentService:
                     f"node {target} holds dataset {dataset_id} as a primary it created, not "
                     "one it received; refusing to hand off our copy (two primaries: resolve "
                     "by hand)")
+            if theirs is not None and ours is not None and theirs < ours:
+                raise Conflict(
+                    f"node {target} holds generation {theirs} of dataset {dataset_id} as "
+                    f"primary, older than our copy's {ours}: not handing ours off (two "
+                    "primaries: resolve by hand)")
             log.info("node {target} already holds {dataset_id} as primary; handing off",
                      target=target, dataset_id=dataset_id)
         else:
+            if theirs is not None and ours is not None and theirs > ours:
+                raise Conflict(f"node {target} holds generation {theirs} of dataset "
+                               f"{dataset_id}, newer than our copy's {ours}: not pushing ours")
             if not info.get("accepting", True):
                 raise PeerError(403, info.get("reason") or "peer not accepting")
             formats = info.get("formats") or []

@@ -377,6 +377,22 @@ class MoveTests(SynchronousTestCase):
         self.assertEqual(self.peers.pushes, [])
         self.assertIn("newer than our copy", self.agent.failures[DS].error)
 
+    def test_a_target_that_acquired_our_copy_at_the_next_generation_gets_the_handoff(self):
+        self.peers.description = {"primary": True, "origin": "received", "snapshots": [],
+                                  "generation": 2}
+        self.move_to_other(generation=2, reporting=[DS])
+        self.assertEqual(self.peers.pushes, [])
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
+
+    def test_a_target_primary_older_than_our_copy_is_not_handed_ours(self):
+        self.backend.held[DS] = LocalDataset(DS, PRIMARY, self.backend.path(DS),
+                                             generation=3)
+        self.peers.description = {"primary": True, "origin": "received", "snapshots": [],
+                                  "generation": 2}
+        self.move_to_other(generation=4, reporting=[DS])
+        self.assertNotIn(("handoff", DS, OTHER), self.backend.calls)
+        self.assertIn("older than our copy", self.agent.failures[DS].error)
+
     def test_a_superseded_copy_is_neither_reported_nor_pushed(self):
         third = "33333333-3333-4333-8333-333333333333"
         self.deliver(view(5, [dataset(primary=third, manifested=True, generation=5)], nodes=[
