@@ -93,6 +93,7 @@ class AgentService:
         self.busy = {}                # dataset_id -> what is running ("push", "receive"...)
         self.failures = {}            # dataset_id -> Failure
         self.active = []              # Progress of running transfers
+        self._last_push = {}          # dataset_id -> Progress of its push under way
         self.history = deque(maxlen=100)
         self.bytes_sent_total = 0
         self.bytes_received_total = 0
@@ -335,6 +336,7 @@ class AgentService:
         except Exception as e:
             self._failed(action, e, configuration)
         finally:
+            self._last_push.pop(dataset_id, None)
             self.unlock(dataset_id)
             self.request_report()
             self.converge()
@@ -345,7 +347,7 @@ class AgentService:
         count = previous.attempts + 1 if previous is not None and previous.action == action \
             else 1
         text = self._error_text(action, error)
-        progress = getattr(error, "progress", None)
+        progress = self._last_push.pop(dataset_id, None)
         failure = Failure(action, count, 0.0, text, configuration=configuration,
                           bytes_done=progress.done if progress is not None else 0,
                           bytes_total=progress.total if progress is not None else None)
@@ -425,6 +427,7 @@ class AgentService:
                      url=action.agent_url, stream_format=plan.format, parent=plan.parent,
                      size=plan.size)
             self.transfer_started(progress)
+            self._last_push[dataset_id] = progress
             result = "failed"
             try:
                 fault = {}
@@ -437,8 +440,7 @@ class AgentService:
                     self.peers.push(action.agent_url, plan, progress, generation=ours,
                                     **fault), progress)
                 result = "pushed"
-            except BaseException as error:
-                error.progress = progress
+            except BaseException:
                 await self._abandon(plan)
                 raise
             finally:
