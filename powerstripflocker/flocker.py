@@ -13,7 +13,9 @@ from urllib.parse import quote
 
 import treq
 from twisted.internet import error as neterror
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import (
+    CancelledError, Deferred, TimeoutError as DeferredTimeoutError, fail, succeed,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -276,8 +278,9 @@ class FlockerClient:
     """
 
     def __init__(self, reactor, control_url, timeout=10.0, connect_retries=3,
-                 tls_policy=None, http_client=None):
+                 tls_policy=None, http_client=None, token=None):
         self._reactor = reactor
+        self._token = token
         self.base_url = api_base_url(control_url)
         self._timeout = timeout
         self._connect_retries = connect_retries
@@ -291,9 +294,15 @@ class FlockerClient:
             http_client = treq.client.HTTPClient(agent)
         self.http_client = http_client
 
+    async def _exchange(self, method, url, data, headers):
+        response = await self.http_client.request(method, url, data=data, headers=headers)
+        return response, await response.content()
+
     async def _request(self, method, path, body=None, headers=None, expected=(200,)):
         url = self.base_url + path
         request_headers = {"Accept": ["application/json"]}
+        if self._token:
+            request_headers["Authorization"] = [f"Bearer {self._token}"]
         data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
@@ -303,12 +312,16 @@ class FlockerClient:
                 request_headers[name] = [value]
         delay = 0.1
         for attempt in range(self._connect_retries + 1):
+            # Our own timeout, not treq's: treq's cancels the request, which would look
+            # like the caller's deadline cancelling us (a partition then read as a 500).
+            exchange = Deferred.fromCoroutine(self._exchange(method, url, data, request_headers))
+            exchange.addTimeout(self._timeout, self._reactor)
             try:
-                response = await self.http_client.request(
-                    method, url, data=data, headers=request_headers, timeout=self._timeout
-                )
-                content = await response.content()
+                response, content = await exchange
                 break
+            except DeferredTimeoutError:
+                raise ControlServiceUnreachable(
+                    self.base_url, f"no answer within {self._timeout:g}s") from None
             except _RETRIED_ERRORS as reason:
                 if attempt == self._connect_retries:
                     raise ControlServiceUnreachable(self.base_url, _describe(reason)) from None

@@ -4,8 +4,7 @@ where the control service is, who this node is, and how long to wait."""
 import os
 
 from .flocker import MINIMUM_SIZE, FlockerClient, tls_policy
-from .inuse import ClusterUsage
-from .placement import DEFAULT_DEADLINE, Placement
+from .placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
 
@@ -36,9 +35,15 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
         help="seconds one control service request may take (default %(default)g)",
     )
     parser.add_argument(
+        "--claim-seconds", type=float, default=DEFAULT_CLAIM_SECONDS,
+        help="expiry of the claim (a lease) this node takes on a volume before answering "
+             "with its path; the agent renews it once a container uses the volume, and it "
+             "lapses by itself if none does (default %(default)g)",
+    )
+    parser.add_argument(
         "--cluster-token-file", default=None,
-        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN): lets an in-use "
-             "error name the containers that use the volume on the other node",
+        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN), sent as a bearer "
+             "token with every request to the control service",
     )
     parser.add_argument("--tls-ca", help="cluster CA certificate: talk HTTPS to the control "
                                          "service and trust only this CA")
@@ -48,7 +53,7 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
 
 def check_control_options(command, options):
     """Exit with a clear message on option values that cannot work."""
-    if options.timeout <= 0 or options.request_timeout <= 0:
+    if options.timeout <= 0 or options.request_timeout <= 0 or options.claim_seconds <= 0:
         raise SystemExit(f"powerstrip-flocker {command}: timeouts must be positive")
     if bool(options.tls_cert) != bool(options.tls_key):
         raise SystemExit(f"powerstrip-flocker {command}: give --tls-cert and --tls-key together")
@@ -67,7 +72,7 @@ def build_api(reactor, options):
     if options.tls_ca:
         policy = tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
     return FlockerClient(reactor, options.control_url, timeout=options.request_timeout,
-                         tls_policy=policy)
+                         tls_policy=policy, token=cluster_token(options))
 
 
 def cluster_token(options):
@@ -84,7 +89,6 @@ def build_placement(reactor, api, options, metrics=None, maximum_size=None):
     node_address = options.node_address
     if options.node_uuid is None and node_address is None:
         node_address = "127.0.0.1"
-    usage = ClusterUsage(api.http_client, options.control_url, cluster_token(options))
     return Placement(api, reactor, node_uuid=options.node_uuid, node_address=node_address,
                      deadline=options.timeout, maximum_size=maximum_size, metrics=metrics,
-                     usage=usage)
+                     claim_seconds=options.claim_seconds)

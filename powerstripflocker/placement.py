@@ -166,10 +166,8 @@ class Placement:
     the claim is asked again, backing off, until it is ready or refused."""
 
     def __init__(self, api, clock, node_uuid=None, node_address=None,
-                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None, usage=None,
+                 deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None,
                  claim_seconds=DEFAULT_CLAIM_SECONDS):
-        # usage: ignored; a refused claim names the holder's containers itself. Accepted
-        # until frontend_options.build_placement stops passing it.
         if node_uuid is None and node_address is None:
             raise ValueError("give this node's UUID or its address")
         self._api = api
