@@ -21,7 +21,6 @@ event) and fences through a Fencer: `docker kill` of the containers, then SIGKIL
 whatever still has the dataset mounted (dockerd dead, or no container at all).
 """
 
-import json
 import os
 import re
 import signal
@@ -34,9 +33,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from .docker import DockerUnavailable
-from .flocker import (
-    AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound, api_base_url,
-)
+from .flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
 
 log = Logger()
 
@@ -721,33 +718,3 @@ class UseTracker:
                     return
                 finally:
                     self._pause = None
-
-
-class ClusterUsage:
-    """usage(dataset_id, node_uuid) for Placement's in-use messages: the containers that
-    node's agent reports using the dataset, read from the control service's agent
-    protocol (with the cluster token when it has one). Best effort: [] when unknown."""
-
-    def __init__(self, http, control_url, token=None, timeout=5.0):
-        self._http = http
-        self._url = api_base_url(control_url)[:-len("/v1")] + "/agent/v1/cluster?timeout=0"
-        self._headers = {"Authorization": [f"Bearer {token}"]} if token else {}
-        self._timeout = timeout
-
-    async def __call__(self, dataset_id, node_uuid):
-        try:
-            response = await self._http.get(self._url, headers=self._headers,
-                                            timeout=self._timeout)
-            view = json.loads(await response.content())
-        except Exception as reason:
-            log.debug("no usage for {dataset_id}: {reason}", dataset_id=dataset_id,
-                      reason=reason)
-            return []
-        if response.code != 200 or not isinstance(view, dict):
-            return []
-        for node in view.get("nodes", []):
-            if node.get("uuid") == node_uuid:
-                for dataset in node.get("datasets", []):
-                    if dataset.get("dataset_id") == dataset_id:
-                        return [str(user) for user in dataset.get("users", [])]
-        return []
