@@ -30,6 +30,17 @@ adapters:
   echo: http://127.0.0.1:{port}/echo
 """
 
+# Powerstrip's own pass-through configuration: null adapters before and after everything
+EVERYTHING_PRE_AND_POST = """\
+version: 1
+endpoints:
+  "* *":
+    pre: [echo]
+    post: [echo]
+adapters:
+  echo: http://127.0.0.1:{port}/echo
+"""
+
 REFUSING = """\
 version: 1
 endpoints:
@@ -41,8 +52,10 @@ adapters:
 
 
 class DockerEnvironment:
-    def __init__(self, daemon, proxy_host, refusing_host, call_log, catch_all_host=None):
+    def __init__(self, daemon, proxy_host, refusing_host, call_log, catch_all_host=None,
+                 pre_and_post_host=None):
         self.catch_all = catch_all_host
+        self.pre_and_post = pre_and_post_host
         self.daemon = daemon
         self.direct = daemon.host
         self.proxy = proxy_host
@@ -95,7 +108,11 @@ def docker_env(tmp_path_factory):
         catch_all, catch_all_host = _start_proxy(
             daemon.run_dir, "catchall", CATCH_ALL.format(port=port), daemon.host)
         started.append(catch_all)
-        yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log, catch_all_host)
+        pre_and_post, pre_and_post_host = _start_proxy(
+            daemon.run_dir, "preandpost", EVERYTHING_PRE_AND_POST.format(port=port), daemon.host)
+        started.append(pre_and_post)
+        yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log, catch_all_host,
+                                pre_and_post_host)
     finally:
         for process in reversed(started):
             process.stop()
