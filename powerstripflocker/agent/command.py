@@ -180,7 +180,7 @@ async def main(reactor, options):
         raise SystemExit(1)
     log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
              listen=options.listen, url=url)
-    tracker = track_use(reactor, options, agent, backend, me)
+    tracker = track_use(reactor, options, agent, backend, me, token)
     stopped = defer.Deferred()
 
     def shutdown():
@@ -192,13 +192,13 @@ async def main(reactor, options):
     await stopped
 
 
-def track_use(reactor, options, agent, backend, me):
+def track_use(reactor, options, agent, backend, me, token=None):
     """Hold leases on the datasets in use on this node (mounted in any mount namespace,
     or used by a container of --docker) and fence those whose lease lapses. Started
     before the agent's first convergence, so a restarted agent knows at once."""
     policy = tls_policy(options.tls_ca) if options.tls_ca else None
     # A renewal that hangs must not hold up the next one for long.
-    api = FlockerClient(reactor, options.control_url, tls_policy=policy,
+    api = FlockerClient(reactor, options.control_url, tls_policy=policy, token=token,
                         timeout=min(10.0, options.lease_seconds / 3))
     engine = DockerEngineClient(reactor, options.docker) if options.docker else None
     mounts = KernelMounts()
