@@ -231,6 +231,7 @@ class LeaseKeeper:
         self._deadlines = {}    # dataset_id -> IDelayedCall of its fencing deadline
         self._retries = {}      # dataset_id -> IDelayedCall of a renewal retried early
         self._locks = {}        # dataset_id -> DeferredLock: one call at a time per dataset
+        self._queued = set()    # datasets with a renewal waiting for their lock
         self._renewal = LoopingCall(self._renew_all)
         self._renewal.clock = clock
 
@@ -315,12 +316,14 @@ class LeaseKeeper:
                  dataset_id=dataset_id)
 
     def _renew(self, dataset_id):
-        lock = self._locks.get(dataset_id)
-        if lock is not None and lock.locked:
-            return lock.run(lambda: None)     # a call is under way: wait for it
+        """A renewal after the call under way for dataset_id (at most one waits)."""
+        if dataset_id in self._queued:
+            return self._locks[dataset_id].run(lambda: None)
+        self._queued.add(dataset_id)
         return self._serialised(dataset_id, self._renew_now)
 
     async def _renew_now(self, dataset_id):
+        self._queued.discard(dataset_id)
         if not self._holders.get(dataset_id):
             return
         sent = self._clock.seconds()

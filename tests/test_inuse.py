@@ -548,3 +548,23 @@ class DockerFencingTests(TestCase):
         await self.until(lambda: self.fencer.fenced, "fenced", timeout=10)
         self.assertTrue(await self.written_to_the_end())
         self.assertEqual(KernelMounts().scan({self.path: self.dataset_id}), {})
+
+    def test_a_user_starting_while_the_previous_ones_release_is_on_its_way_gets_a_lease(self):
+        clock = Clock()
+        api = MemoryFlockerAPI(clock, convergence_delay=0, latency=1.0)
+        node = api.add_node("10.0.0.1")
+        created = api.create_dataset(primary=node.uuid)
+        clock.advance(1.0)
+        dataset_id = self.successResultOf(created).dataset_id
+        keeper = LeaseKeeper(api, node.uuid, clock, lease_seconds=30)
+        Deferred.fromCoroutine(keeper.hold(dataset_id, "mount:a"))
+        clock.advance(1.0)                  # leased
+        Deferred.fromCoroutine(keeper.release(dataset_id, "mount:a"))   # DELETE on its way
+        Deferred.fromCoroutine(keeper.hold(dataset_id, "mount:b"))      # a new user
+        clock.advance(1.0)                  # released
+        clock.advance(1.0)                  # leased again
+        listed = api.list_leases()
+        clock.advance(1.0)
+        self.assertEqual([lease.dataset_id for lease in self.successResultOf(listed)],
+                         [dataset_id])
+        self.assertIsNotNone(keeper.deadline(dataset_id))
