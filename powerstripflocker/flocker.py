@@ -315,7 +315,7 @@ class FlockerClient:
             # Our own timeout, not treq's: treq's cancels the request, which would look
             # like the caller's deadline cancelling us (a partition then read as a 500).
             exchange = Deferred.fromCoroutine(self._exchange(method, url, data, request_headers))
-            exchange.addTimeout(self._timeout, self._reactor)
+            exchange.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
             try:
                 response, content = await exchange
                 break
@@ -462,6 +462,11 @@ class FlockerClient:
             _, body = await self._request("DELETE", f"/configuration/leases/{dataset_id}")
             return _lease(body)
         return self._deferred(call())
+
+
+def _timed_out(result, timeout):
+    """Whatever a request cancelled by our timeout failed with, the cause is the timeout."""
+    raise DeferredTimeoutError(timeout, "no answer")
 
 
 def _cancelled(reason):

@@ -29,9 +29,14 @@ def ok(result):
     return result.stdout
 
 
-def proc_mounts():
+def proc_mounts(*roots):
+    """The mounts of /proc/mounts that a cluster with these directories could make: at or
+    under /run/netns, /run/docker or one of roots (other tests may mount elsewhere)."""
+    watched = ("/run/netns", "/run/docker", *roots)
     with open("/proc/self/mounts") as mounts:
-        return sorted(mounts.read().splitlines())
+        return sorted(line for line in mounts.read().splitlines()
+                      if any(line.split()[1] == root or line.split()[1].startswith(root + "/")
+                             for root in watched))
 
 
 def wait_for(condition, timeout, what):
@@ -72,8 +77,8 @@ def test_demo_on_three_namespaced_hosts_reads_fish_on_node3_and_down_restores_ev
     problem = missing_requirements("netns")
     if problem:
         pytest.skip(f"the demo needs a local cluster: {problem}")
-    namespaces_before, mounts_before = namespaces(), proc_mounts()
     run_dir = tempfile.mkdtemp(prefix="psf-ns-", dir="/run")
+    namespaces_before, mounts_before = namespaces(), proc_mounts(run_dir, str(tmp_path))
     where = ["--hosts", "netns", "--nodes", "3", "--state-dir", str(tmp_path / "state"),
              "--run-dir", run_dir, "--control-port", str(free_port()),
              "--agent-port", str(free_port()), "--adapter-port", str(free_port())]
@@ -95,7 +100,7 @@ def test_demo_on_three_namespaced_hosts_reads_fish_on_node3_and_down_restores_ev
         down = demo("down", *where)
     assert down.returncode == 0, down.stdout + down.stderr
     assert namespaces() == namespaces_before
-    assert proc_mounts() == mounts_before
+    assert proc_mounts(run_dir, str(tmp_path)) == mounts_before
     assert not os.path.exists(run_dir)
     not_up = demo("heal", "node1", *where)
     assert not_up.returncode != 0 and "no demo cluster is up" in not_up.stdout
