@@ -245,8 +245,8 @@ class AgentService:
         if self.view is None or not self.running:
             return
         local = self.backend.local_datasets()
-        self._record_generations(local)
-        local = self.backend.local_datasets()
+        if self._record_generations(local):
+            local = self.backend.local_datasets()
         in_use = {dataset_id: users for dataset_id in local
                   if (users := self.in_use(dataset_id))}
         now = self.reactor.seconds()
@@ -288,7 +288,8 @@ class AgentService:
 
     def _record_generations(self, local):
         """Keep the view's generation with the copies primary here that the configuration
-        places here (no other node serving one)."""
+        places here (no other node serving one); whether any was recorded."""
+        recorded = False
         for dataset_id, held in local.items():
             configured = self.view.datasets.get(dataset_id)
             if held.role != PRIMARY or configured is None or configured.primary != \
@@ -298,6 +299,8 @@ class AgentService:
                 continue
             if held.generation is None or held.generation < configured.generation:
                 self.backend.record_generation(dataset_id, configured.generation)
+                recorded = True
+        return recorded
 
     def _check_not_in_use(self, dataset_id, what):
         users = self.in_use(dataset_id, fresh=True)

@@ -91,6 +91,21 @@ def make_backend_tests(backend_name, make_roots):
             self.assertEqual((held.role, held.path, held.maximum_size),
                              (PRIMARY, path, 67108864))
 
+        async def test_the_generation_is_kept_with_the_copy_across_restarts(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            self.assertIsNone(self.a.local_datasets()[self.id].generation)
+            self.a.record_generation(self.id, 3)
+            again = make_backend(backend_name, reactor, self.root_a)
+            self.assertEqual(again.local_datasets()[self.id].generation, 3)
+            self.assertEqual(again.known_generation(self.id), 3)
+            await self.move(self.a, self.b)
+            self.assertEqual(self.a.known_generation(self.id), 3, "kept when handed off")
+            other = str(uuid.uuid4())
+            self.a.record_generation(other, 4)
+            self.assertIsNone(self.a.known_generation(other), "nothing held: nothing kept")
+            self.assertNotIn(other, self.a.local_datasets())
+
         async def test_create_is_idempotent(self):
             await self.start()
             await self.a.create(self.id, None)
