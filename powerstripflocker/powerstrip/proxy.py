@@ -2,7 +2,10 @@
 
 Each client connection gets at most one upstream (daemon) connection at a
 time, opened as soon as the client connects (one attempt; a request retries
-once if it failed) and kept alive as long as both sides keep it. Requests that match no hook are relayed as they arrive: the head verbatim,
+once if it failed) and kept alive as long as both sides keep it. Each request
+head (and chunked request body) must first satisfy llhttp as well
+(request_parsing), or the client gets a 400 and nothing is forwarded.
+Requests that match no hook are relayed as they arrive: the head verbatim,
 the body in whatever framing the client used, the response head the moment
 the daemon sends it (``wait`` needs that) and the response body chunk by
 chunk. Backpressure runs both ways through producer registration, so nothing

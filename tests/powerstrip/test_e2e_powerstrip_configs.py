@@ -1,4 +1,4 @@
-"""Through the real proxy and a real dockerd: Powerstrip's own configurations, and a smuggled create.
+"""Through the real proxy and dockerd: Powerstrip's own configurations, and a smuggled create.
 
 Powerstrip's pass-through tests put null adapters before and after everything
 ("* *", pre and post). The proxy runs the post-hooks where a response can be
