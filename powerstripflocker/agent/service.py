@@ -44,6 +44,7 @@ class InUseHere(Exception):
 
 
 ERROR_LENGTH = 1024      # the node report's limit on a transfer's error text
+IN_USE_RECHECK = 1.0     # seconds before an action found in use at the last moment is redone
 
 @dataclass
 class Failure:
@@ -94,6 +95,7 @@ class AgentService:
         self.failures = {}            # dataset_id -> Failure
         self.active = []              # Progress of running transfers
         self._last_push = {}          # dataset_id -> Progress of its push under way
+        self._used_until = {}         # dataset_id -> when to look again: found in use
         self.history = deque(maxlen=100)
         self.bytes_sent_total = 0
         self.bytes_received_total = 0
@@ -265,7 +267,7 @@ class AgentService:
                     log.info("dataset {dataset_id}: {reason}", dataset_id=dataset_id,
                              reason=action.reason)
                 continue
-            if dataset_id in self.busy:
+            if dataset_id in self.busy or self._used_until.get(dataset_id, 0) > now:
                 continue
             failed = self.failures.get(dataset_id)
             if failed is not None and failed.retry_at > now:
@@ -334,8 +336,11 @@ class AgentService:
                 await self._push(action)
             self.failures.pop(dataset_id, None)
         except InUseHere as e:
-            # Not a failure: in-use tracking runs convergence again once nothing uses it.
+            # Not a failure: looked at again a little later (in-use tracking also runs
+            # convergence as soon as nothing uses it).
             log.warn("{action} not done: {reason}", action=action, reason=e)
+            self._used_until[dataset_id] = self.reactor.seconds() + IN_USE_RECHECK
+            self.reactor.callLater(IN_USE_RECHECK, self.converge)
         except Exception as e:
             self._failed(action, e, configuration)
         finally:

@@ -364,6 +364,17 @@ class MoveTests(SynchronousTestCase):
         self.assertEqual(self.backend.held[DS].role, PRIMARY)
         self.assertNotIn(DS, self.agent.failures, "not a failure: it waits")
 
+    def test_a_use_the_latest_scan_missed_is_looked_at_again_a_second_later(self):
+        fresh_users = ["pid 77 (sh)"]
+        self.agent.in_use = lambda dataset_id, fresh=False: fresh_users if fresh else []
+        self.move_to_other()
+        self.assertEqual(self.peers.pushes, [])
+        self.clock.advance(0.9)
+        self.assertEqual(self.peers.pushes, [])
+        fresh_users.clear()
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.peers.pushes), 1)
+
     def test_pushes_and_acquires_carry_our_generation(self):
         self.move_to_other(generation=2)
         [(_, generation)] = self.peers.pushes
