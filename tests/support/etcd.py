@@ -1,0 +1,214 @@
+"""A real three-member etcd cluster on loopback, for contract and failover tests.
+
+    cluster = EtcdCluster().start()          # SkipTest when etcd is not installed
+    cluster.endpoint                          # "etcd://127.0.0.1:C1,127.0.0.1:C2,127.0.0.1:C3"
+    leader = cluster.leader()                 # the member whose maintenance/status says so
+    cluster.kill(leader)                      # kill -9; its data dir stays
+    cluster.restart(leader)                   # same name, ports and data dir: it rejoins
+    cluster.kill_leader()                     # both at once, returns the member killed
+    cluster.stop()
+
+Each member listens on its own free client and peer ports on 127.0.0.1 and keeps its
+data under the cluster's temporary directory; the initial cluster token is unique to
+the cluster, so members of two clusters started side by side never talk to each other.
+The helpers block (subprocess and urllib): call them from a test's set-up or from a
+thread, never from code running on the reactor.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from unittest import SkipTest
+
+from tests.support.processes import free_port
+
+ETCD = "etcd"
+# Debian's defaults (100 ms heartbeat, 1 s election timeout) are kept: shorter ones make
+# a member of a busy two-core test machine call elections nobody asked for.
+HEARTBEAT_MS = 100
+ELECTION_MS = 1000
+
+
+def etcd_missing():
+    """Why a real etcd cannot be started here, or None when it can."""
+    if shutil.which(ETCD) is None:
+        return "etcd is not installed (Debian: apt-get install etcd-server)"
+    return None
+
+
+def require_etcd():
+    reason = etcd_missing()
+    if reason:
+        raise SkipTest(reason)
+
+
+def _post(url, body, timeout=2.0):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+class EtcdMember:
+    """One etcd process: its name, URLs, data dir and log."""
+
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.address = f"127.0.0.1:{self.client_port}"
+        self.data_dir = os.path.join(cluster.base_dir, name)
+        self.log_path = os.path.join(cluster.base_dir, f"{name}.log")
+        self.process = None
+        self._log = None
+
+    def args(self):
+        return [
+            ETCD,
+            "--name", self.name,
+            "--data-dir", self.data_dir,
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", self.cluster.initial_cluster(),
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", self.cluster.token,
+            "--heartbeat-interval", str(HEARTBEAT_MS),
+            "--election-timeout", str(ELECTION_MS),
+            "--logger", "zap", "--log-level", "warn",
+        ]
+
+    def start(self):
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.args(), stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        return self
+
+    @property
+    def running(self):
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.running:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def status(self, timeout=2.0):
+        """This member's /v3/maintenance/status answer (ids as the gateway spells them)."""
+        return _post(self.client_url + "/v3/maintenance/status", {}, timeout)
+
+    def healthy(self):
+        try:
+            with urllib.request.urlopen(self.client_url + "/health", timeout=2) as response:
+                return json.loads(response.read()).get("health") == "true"
+        except (OSError, ValueError):
+            return False
+
+    def tail(self, lines=30):
+        try:
+            with open(self.log_path, "rb") as log:
+                return b"\n".join(log.read().splitlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return "(no log)"
+
+    def __repr__(self):
+        return f"<etcd member {self.name} at {self.address}>"
+
+
+class EtcdCluster:
+    """Three (or size) etcd members forming one new cluster on loopback."""
+
+    def __init__(self, base_dir=None, size=3):
+        self.base_dir = str(base_dir or tempfile.mkdtemp(prefix="psf-etcd-"))
+        self.token = f"psf-{uuid.uuid4()}"
+        self.members = [EtcdMember(self, f"member{i}") for i in range(1, size + 1)]
+
+    def initial_cluster(self):
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    @property
+    def endpoint(self):
+        """The etcd://HOST:PORT,... endpoint list naming every member."""
+        return "etcd://" + ",".join(m.address for m in self.members)
+
+    def start(self, timeout=60.0):
+        require_etcd()
+        for member in self.members:
+            member.start()
+        try:
+            self.wait_healthy(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_healthy(self, timeout=60.0, members=None):
+        """Wait until every running member (or those given) answers healthy and one leader
+        is agreed on; fail with the members' logs when that does not happen in time."""
+        members = members or [m for m in self.members if m.running]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for member in members:
+                if not member.running:
+                    raise RuntimeError(f"{member} exited {member.process.returncode}:\n"
+                                       f"{member.tail()}")
+            if all(m.healthy() for m in members) and self._agreed_leader(members):
+                return
+            time.sleep(0.05)
+        logs = "\n".join(f"--- {m.name}\n{m.tail()}" for m in members)
+        raise RuntimeError(f"etcd cluster not healthy after {timeout}s:\n{logs}")
+
+    def _agreed_leader(self, members):
+        try:
+            leaders = {m.status()["leader"] for m in members}
+        except (OSError, ValueError, KeyError):
+            return None
+        return leaders.pop() if len(leaders) == 1 else None
+
+    def leader(self, timeout=30.0):
+        """The member that the running members agree is the leader."""
+        deadline = time.monotonic() + timeout
+        running = [m for m in self.members if m.running]
+        while time.monotonic() < deadline:
+            leader_id = self._agreed_leader(running)
+            if leader_id is not None:
+                for member in running:
+                    try:
+                        if member.status()["header"]["member_id"] == leader_id:
+                            return member
+                    except (OSError, ValueError, KeyError):
+                        pass
+            time.sleep(0.05)
+        raise RuntimeError(f"no agreed etcd leader after {timeout}s")
+
+    def kill(self, member):
+        member.kill()
+        return member
+
+    def kill_leader(self):
+        return self.kill(self.leader())
+
+    def restart(self, member, timeout=60.0):
+        """Start a killed member again on its own data dir; wait until it is back."""
+        member.start()
+        self.wait_healthy(timeout)
+        return member
+
+    def stop(self):
+        for member in self.members:
+            member.kill()
+        shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -1,0 +1,76 @@
+"""The IEtcd contract with EtcdClient against a real three-member etcd cluster on
+loopback; each test in a key prefix of its own."""
+
+import uuid
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from powerstripflocker.etcd import EtcdClient
+
+from .etcd_contract import make_etcd_tests
+from .support.etcd import EtcdCluster
+
+WAIT_SECONDS = 10.0
+
+
+class SharedCluster:
+    """One cluster for the whole class: starting one takes a second or two."""
+
+    cluster = None
+
+    @classmethod
+    def get(cls):
+        if cls.cluster is None:
+            cls.cluster = EtcdCluster().start()
+        return cls.cluster
+
+    @classmethod
+    def stop(cls):
+        if cls.cluster is not None:
+            cls.cluster.stop()
+            cls.cluster = None
+
+
+class RealHarness:
+    def __init__(self, etcd):
+        self.etcd = etcd
+
+    async def elapse(self, seconds):
+        await deferLater(reactor, seconds, lambda: None)
+
+    async def until(self, predicate, what):
+        waited = 0.0
+        while not predicate():
+            if waited > WAIT_SECONDS:
+                raise AssertionError(f"not {what} after {WAIT_SECONDS:g}s")
+            await deferLater(reactor, 0.02, lambda: None)
+            waited += 0.02
+
+
+def client_for(testcase, cluster, prefix=None):
+    prefix = prefix or f"test-{uuid.uuid4().hex[:12]}"
+    etcd = EtcdClient(reactor, f"{cluster.endpoint}/{prefix}")
+    testcase.addCleanup(etcd.close)
+    return etcd
+
+
+async def start_real_etcd(testcase):
+    return RealHarness(client_for(testcase, SharedCluster.get()))
+
+
+@pytest.mark.etcd
+class RealEtcdContractTests(make_etcd_tests(start_real_etcd)):
+    @classmethod
+    def tearDownClass(cls):
+        SharedCluster.stop()
+
+    async def test_a_prefix_is_a_key_space_of_its_own(self):
+        cluster = SharedCluster.get()
+        mine, theirs = client_for(self, cluster), client_for(self, cluster)
+        await mine.put("datasets/a", "mine")
+        await theirs.put("datasets/a", "theirs")
+        self.assertEqual([kv.value for kv in (await mine.range("", prefix=True)).kvs], [b"mine"])
+        await theirs.delete("", prefix=True)
+        self.assertEqual((await mine.range("datasets/a")).kvs[0].value, b"mine")
