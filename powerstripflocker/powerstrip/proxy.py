@@ -42,11 +42,12 @@ from .http import (
     MAX_HEAD, ChunkedScanner, Head, ProtocolError, error_response, find_head_end,
     media_type, status_line,
 )
-from .request_parsing import parse_request
+from .request_parsing import parse_request, without_empty_lines
 from .streaming import streaming_request
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
+_EMPTY_LINE_BYTES = b"\r\n"
 _STREAM_TYPES = (
     b"application/vnd.docker.raw-stream", b"application/vnd.docker.multiplexed-stream",
 )
@@ -263,14 +264,6 @@ class _Body:
         return data[:end], data[end:]
 
 
-def _without_stray_crlfs(data):
-    """data without the empty lines a client may send between requests (RFC 9112 2.2)."""
-    start = 0
-    while data.startswith(b"\r\n", start):
-        start += 2
-    return data[start:]
-
-
 def _request_body(request, kind, length, collect=False):
     """The _Body of a client request, or None when it has none."""
     if kind == "chunked":
@@ -372,8 +365,8 @@ class ClientConnection(Protocol):
             if self.client_eof and not self.inbuf.strip():
                 self.inbuf = b""
                 break
-            if self.inbuf.startswith(b"\r\n"):
-                self.inbuf = _without_stray_crlfs(self.inbuf)
+            if self.inbuf[0] in _EMPTY_LINE_BYTES:
+                self.inbuf = without_empty_lines(self.inbuf)
                 continue
             end = find_head_end(self.inbuf)
             if end < 0:

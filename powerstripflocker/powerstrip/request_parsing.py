@@ -63,8 +63,12 @@ def parse_request(raw_head):
 
     Raises ProtocolError with llhttp's reason when it refuses the head, or when
     dockerd would refuse it anyway (an HTTP version other than 1.0 and 1.1, a
-    Transfer-Encoding other than chunked, a bad percent escape in the path).
+    Transfer-Encoding other than chunked, a bad percent escape in the path), or
+    when it starts with the CR or LF bytes llhttp skips: strip those first
+    (without_empty_lines) and forward what is left.
     """
+    if raw_head[:1] in (b"\r", b"\n"):
+        raise ProtocolError("empty lines before the request line")
     events = _Events()
     parser = httptools.HttpRequestParser(events)
     try:
@@ -79,11 +83,20 @@ def parse_request(raw_head):
     if version not in HTTP_VERSIONS:
         raise ProtocolError(f"HTTP version {version} is not 1.0 or 1.1")
     head = Head(raw_head[:-4])
-    method, target, version_text = head.first.split(b" ")
+    request_line = head.first.split(b" ")
+    if len(request_line) != 3:
+        raise ProtocolError("the request line is not METHOD SP TARGET SP VERSION")
+    method, target, version_text = request_line
     encoding = head.headers.get(b"transfer-encoding")
     if encoding is not None and encoding.lower() != b"chunked":
         raise ProtocolError(f"Transfer-Encoding {encoding[:80]!r}: dockerd accepts only chunked")
     return Request(head, method, target, version_text, routed_path(target), parser, events)
+
+
+def without_empty_lines(data):
+    """data without the CR and LF bytes before a request line, which llhttp and Go's
+    server both skip (RFC 9112 2.2); forwarded, they would be read differently."""
+    return data.lstrip(b"\r\n")
 
 
 def routed_path(target):

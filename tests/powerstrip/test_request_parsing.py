@@ -33,6 +33,8 @@ def test_an_upgrade_head_is_whole():
     (b"GET / HTTP/1.2\r\n\r\n", "Invalid HTTP version"),
     (b"GET / HTTP/2.0\r\n\r\n", "1.0 or 1.1"),
     (b"GET / HTTP/1.1\r\n", "does not end"),
+    (b"GET  / HTTP/1.1\r\nHost: d\r\n\r\n", "METHOD SP TARGET SP VERSION"),
+    (b"\nPOST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\n\r\n", "empty lines"),
 ])
 def test_refused_heads_say_why(raw, reason):
     with pytest.raises(ProtocolError, match=reason):

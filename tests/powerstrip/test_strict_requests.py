@@ -69,13 +69,15 @@ REFUSED_HEADS = {
         b"GET /v1.41/info /x HTTP/1.1\r\nHost: d\r\n\r\n",
     "HTTP/2.0 in the request line":
         b"GET /v1.41/info HTTP/2.0\r\nHost: d\r\n\r\n",
+    "two spaces in the request line":
+        b"GET  /v1.41/info HTTP/1.1\r\nHost: d\r\n\r\n",
     "a bad percent escape in the path":
         b"GET /v1.41/containers/%zz/json HTTP/1.1\r\nHost: d\r\n\r\n",
 }
 # llhttp accepts these; Go's net/http refuses them, and so does the proxy
 REFUSED_BY_DOCKERD_ONLY = (
     "Transfer-Encoding gzip, chunked", "HTTP/2.0 in the request line",
-    "a bad percent escape in the path",
+    "a bad percent escape in the path", "two spaces in the request line",
 )
 
 BAD_CHUNKS = {
@@ -173,6 +175,24 @@ class StrictRequestTests(TestCase):
             self.assertEqual(400, split_response(peer.received)[0])
         self.assertNotIn(b"/flocker/", self.forwarded())
         self.assertEqual(b"", self.forwarded())
+
+    async def test_bare_cr_and_lf_before_a_request_line_are_not_forwarded(self):
+        """llhttp skips them, and so does Go's server after a POST; a proxy that kept them
+        in the request line would not see the create behind them, and dockerd would."""
+        peer = await self.harness.connect()
+        peer.write(b"POST /v1.41/containers/abc/start HTTP/1.1\r\nHost: d\r\n"
+                   b"Content-Length: 0\r\n\r\n")
+        conn = await self.daemon.connection()
+        await conn.receive(b"\r\n\r\n")
+        conn.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await peer.receive(b"204")
+        peer.write(b"\n\r" + SMUGGLED_CREATE)
+        await eventually(lambda: len(self.harness.adapter.calls) == 1, what="the create hooked")
+        await conn.receive(FLOCKER_CREATE_BODY)
+        self.assertEqual(without_added_length(strict_parse(conn.received)),
+                         without_added_length(strict_parse(
+                             b"POST /v1.41/containers/abc/start HTTP/1.1\r\nHost: d\r\n"
+                             b"Content-Length: 0\r\n\r\n" + SMUGGLED_CREATE)))
 
     async def test_bad_chunks_in_a_hooked_body_get_400_and_reach_nobody(self):
         for what, chunks in BAD_CHUNKS.items():
