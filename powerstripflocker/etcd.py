@@ -206,7 +206,7 @@ def _parse_member(text, item):
             port_text = None
         if not host:
             raise BadEndpoint(f"{text!r}: member {item!r} has no host")
-        if ":" in port_text:
+        if port_text and ":" in port_text:
             raise BadEndpoint(f"{text!r}: bad member {item!r}: put an IPv6 address in "
                               "brackets, [ADDRESS]:PORT")
         if not _HOSTNAME.match(host):
