@@ -595,22 +595,29 @@ class UseTracker:
         except OSError as reason:
             log.error("cannot read the mount table: {reason}", reason=reason)
             return None
-        return Deferred.fromCoroutine(self._apply_mounts())
+        self._apply_mounts()
+        return None
 
-    async def _apply_mounts(self):
+    def _apply_mounts(self):
+        """Update the keeper's holders now; its calls to the control service go on in
+        the background, so a slow control service never delays the next scan."""
         before = {d: self.users_of(d) for d in self._keeper.held()}
+        calls = []
         for dataset_id, uses in self.mounted.items():
             for use in uses:
                 holder = MOUNT + use.namespace
                 if holder not in self._keeper.holders(dataset_id):
                     log.info("dataset {dataset_id} is mounted by {use}; holding its lease",
                              dataset_id=dataset_id, use=use.describe())
-                await self._keeper.hold(dataset_id, holder, use.describe())
+                calls.append(self._keeper.hold(dataset_id, holder, use.describe()))
         for dataset_id in self._keeper.held():
             mounted = {MOUNT + use.namespace for use in self.mounted.get(dataset_id, [])}
             for holder in self._keeper.holders(dataset_id):
                 if holder.startswith(MOUNT) and holder not in mounted:
-                    await self._keeper.release(dataset_id, holder)
+                    calls.append(self._keeper.release(dataset_id, holder))
+        for call in calls:
+            Deferred.fromCoroutine(call).addErrback(
+                lambda failure: log.failure("keeping a lease", failure))
         if {d: self.users_of(d) for d in self._keeper.held()} != before:
             self._on_change()
 
