@@ -4,7 +4,9 @@ holds an intact primary copy that the configuration or the state points at.
 
 Already covered in tests/agent/test_integration.py, not repeated here: the receiver
 killed mid-push, the sender killed mid-push, a graceful control service restart
-mid-push, a receive that runs out of space."""
+mid-push, a move onto a full disk (it stalls after its bounded retries, naming the
+receiver's error); and in tests/agent/test_fencing.py, a node cut off from the control
+service fencing its writer."""
 
 import os
 
