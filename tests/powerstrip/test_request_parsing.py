@@ -1,9 +1,13 @@
 """request_parsing: heads and chunked bodies as llhttp reads them, and the path dockerd routes."""
 
+import httptools
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from powerstripflocker.powerstrip.http import ChunkedScanner, ProtocolError
-from powerstripflocker.powerstrip.request_parsing import parse_request, routed_path
+from powerstripflocker.powerstrip.http import ChunkedScanner, ProtocolError, find_head_end
+from powerstripflocker.powerstrip.request_parsing import (
+    parse_request, routed_path, without_empty_lines,
+)
 
 
 def test_a_good_head_gives_its_request_line_and_headers():
@@ -67,3 +71,62 @@ def test_chunked_check_refuses_what_the_scanner_would_let_through(body):
     request = parse_request(b"PUT /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
     with pytest.raises(ProtocolError):
         _scan(request, body)
+
+
+class _Seen:
+    """llhttp's own callbacks: the reference for what parse_request returns."""
+
+    def __init__(self):
+        self.url, self.headers = b"", []
+
+    def on_url(self, url):
+        self.url += url
+
+    def on_header(self, name, value):
+        self.headers.append((name.lower(), value))
+
+
+_ENDS = st.sampled_from([b"\r\n"] * 30 + [b"\n", b"\r", b"\r\n ", b"\r\n\t", b" \r\n"])
+_REQUEST_LINES = st.tuples(
+    st.sampled_from([b"GET", b"POST", b"PUT", b"get", b"", b"\nPOST"]),
+    st.sampled_from([b" "] * 6 + [b"  ", b"\t", b""]),
+    st.sampled_from([b"/v1.41/containers/create", b"/v1.41/containers%2Fcreate?name=x", b"/",
+                     b"/%zz", b"/a b", b"/\x00", b"/\xe9", b"*"]),
+    st.sampled_from([b" "] * 6 + [b"  ", b"\t"]),
+    st.sampled_from([b"HTTP/1.1"] * 4 + [b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1 ", b"http/1.1"]),
+).map(b"".join)
+_HEADER_LINES = st.tuples(
+    st.sampled_from([b"Host", b"Content-Length", b"Transfer-Encoding", b"X-Registry-Auth",
+                     b"Connection", b"Upgrade", b"content-length", b"X Y", b""]),
+    st.sampled_from([b": "] * 4 + [b":", b" :", b":  ", b""]),
+    st.sampled_from([b"d", b"5", b"0", b"chunked", b"gzip, chunked", b"a b", b"\xe9", b"",
+                     b"5, 5", b"+5", b"\x00", b"Upgrade", b"tcp", b"a\tb"]),
+).map(b"".join)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(line=_REQUEST_LINES, headers=st.lists(st.tuples(_HEADER_LINES, _ENDS), max_size=5),
+       first_end=_ENDS)
+def test_any_head_is_read_as_llhttp_reads_it_or_refused_with_a_protocol_error(
+        line, headers, first_end):
+    data = line + first_end + b"".join(h + end for h, end in headers) + b"\r\n"
+    raw = without_empty_lines(data)
+    end = find_head_end(raw)
+    if end < 0:
+        return
+    raw = raw[:end]
+    try:
+        request = parse_request(raw)
+    except ProtocolError:
+        return
+    seen = _Seen()
+    try:
+        httptools.HttpRequestParser(seen).feed_data(raw)
+    except httptools.HttpParserUpgrade:
+        pass
+    assert request.method + b" " + request.target + b" " + request.version == request.head.first
+    assert request.target == seen.url
+    joined = {}
+    for name, value in seen.headers:
+        joined[name] = joined[name] + b", " + value if name in joined else value
+    assert request.head.headers == joined
