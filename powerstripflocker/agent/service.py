@@ -45,6 +45,13 @@ class InUseHere(Exception):
 
 ERROR_LENGTH = 1024      # the node report's limit on a transfer's error text
 IN_USE_RECHECK = 1.0     # seconds before an action found in use at the last moment is redone
+UNREACHABLE_RETRY = 30.0  # seconds before a move stalled on an unreachable target is retried
+
+def _unreachable(error):
+    """Whether a failed push never got an answer from the target's agent."""
+    return isinstance(error, (ConnectionError, defer.CancelledError)) or \
+        type(error).__module__.startswith("twisted")
+
 
 @dataclass
 class Failure:
@@ -361,12 +368,14 @@ class AgentService:
                           bytes_total=progress.total if progress is not None else None)
         if isinstance(action, Push) and count >= self.move_attempts:
             failure.stalled = True
-            failure.retry_at = self.reactor.seconds() + self.stall_retry
+            # Knocking again on an agent that did not answer costs nothing: sooner.
+            delay = min(self.stall_retry, UNREACHABLE_RETRY) if _unreachable(error) \
+                else self.stall_retry
+            failure.retry_at = self.reactor.seconds() + delay
             log.error("moving {dataset_id} to {target} stalled after {count} attempts: "
                       "{error}; the copy here stays primary; trying again when its "
                       "configuration changes or in {delay:.0f}s", dataset_id=dataset_id,
-                      target=action.target, count=count, error=text, delay=self.stall_retry)
-            delay = self.stall_retry
+                      target=action.target, count=count, error=text, delay=delay)
         else:
             delay = min(0.5 * 2 ** (count - 1), self.max_backoff)
             failure.retry_at = self.reactor.seconds() + delay
@@ -385,8 +394,7 @@ class AgentService:
                 getattr(action, "target", "the peer")
             description = str(error.description)
             return description if host in description else f"{description} (on {host})"
-        if isinstance(error, (ConnectionError, defer.CancelledError)) or \
-                type(error).__module__.startswith("twisted"):
+        if _unreachable(error):
             return f"cannot reach the agent of {getattr(action, 'target', '?')} at " \
                    f"{getattr(action, 'agent_url', '?')}: {error or type(error).__name__}"
         if isinstance(error, (OSError, CommandFailed)):

@@ -333,11 +333,17 @@ class MoveTests(SynchronousTestCase):
         self.assertEqual(len(self.peers.pushes), 6)
         self.assertIn(("handoff", DS, OTHER), self.backend.calls)
 
-    def test_an_unreachable_receiver_is_named_in_the_error(self):
+    def test_an_unreachable_receiver_is_named_and_knocked_on_again_sooner(self):
         self.peers.push_error = ConnectionRefusedError("Connection refused")
         self.move_to_other()
         [transfer] = self.pushed_transfers()
         self.assertIn("http://10.0.0.2:4524", transfer["error"])
+        for delay in (0.5, 1.0, 2.0, 4.0):
+            self.clock.advance(delay)
+        self.assertTrue(self.pushed_transfers()[0]["stalled"])
+        self.peers.push_error = None        # its agent is back
+        self.clock.advance(30)
+        self.assertIn(("handoff", DS, OTHER), self.backend.calls)
 
     def test_a_dataset_in_use_here_is_not_pushed_until_nothing_uses_it(self):
         users = ["web, since 12:00:00"]
