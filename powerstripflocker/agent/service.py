@@ -658,6 +658,8 @@ class AgentService:
                              "attempts": failed.attempts, "error": failed.error,
                              "stalled": failed.stalled}
                 for dataset_id, failed in self.failures.items()},
+            "in_use": {dataset_id: users for dataset_id in self.backend.local_datasets()
+                       if (users := self.in_use(dataset_id))},
             "fenced": list(self.fencing_events()),
             "generation": self.generation,
             "reports_sent": self.reported,

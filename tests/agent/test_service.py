@@ -351,6 +351,7 @@ class MoveTests(SynchronousTestCase):
         self.move_to_other()
         self.assertEqual(self.peers.pushes, [])
         self.assertIn("in use here by web", self.agent.metrics()["waiting"][DS])
+        self.assertEqual(self.agent.metrics()["in_use"], {DS: users})
         users.clear()
         self.agent.converge()
         self.assertEqual(len(self.peers.pushes), 1)
