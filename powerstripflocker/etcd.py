@@ -618,9 +618,13 @@ class EtcdClient:
     """IEtcd over the members' v3 JSON gateways with treq.
 
     request_timeout bounds one attempt on one member; call_timeout the whole call,
-    failover included; rounds how many times each member may be tried."""
+    failover included; rounds how many times each member may be tried. A request that
+    reaches a follower just as the leader dies is forwarded to the dead leader and lost
+    (etcd itself gives up on it after 7 s), so request_timeout is what a leader's death
+    costs a call: 3 s is well past a healthy cluster's answers (milliseconds) and its
+    elections (1-2 s with the default 1 s election timeout)."""
 
-    def __init__(self, reactor, endpoints, tls=None, request_timeout=5.0, call_timeout=15.0,
+    def __init__(self, reactor, endpoints, tls=None, request_timeout=3.0, call_timeout=15.0,
                  rounds=3, backoff=0.1, http_client=None, watch_http_client=None):
         if isinstance(endpoints, str):
             endpoints = parse_endpoints(endpoints)
