@@ -313,6 +313,25 @@ class FencingTests(SynchronousTestCase):
             self.docker.running_containers())])
         self.assertEqual(self.fencer.fenced[-1]["stopped"][0][:14], "container web,")
 
+    def test_a_daemon_that_does_not_answer_the_kill_is_bypassed_after_its_timeout(self):
+        class HungDocker(MemoryDockerEngine):
+            def kill(self, container_id):
+                return Deferred()
+        docker = HungDocker(self.clock)
+        fencer = Fencer(self.clock, self.mounts, docker, docker_timeout=1.0,
+                        kill=self.mounts.kill)
+        self.tracker = UseTracker(docker, self.keeper, lambda: {self.path: self.dataset_id},
+                                  self.clock, mounts=self.mounts, fencer=fencer)
+        self.tracker.start()
+        docker.run("web", [Mount("bind", self.path, "/data")])
+        self.mount()
+        self.clock.advance(0.5)
+        self.taken_by_the_other_node()
+        self.clock.advance(self.LEASE / 3)
+        self.assertEqual(self.mounts.killed, [])
+        self.clock.advance(1.0)
+        self.assertEqual(self.mounts.killed, [4242, 4243])
+
     def test_the_node_stops_writing_before_another_node_can_get_the_lease(self):
         """The ordering of margin, expiry and stop: over many partition start times,
         the users are gone before the control service lets another node lease it."""
