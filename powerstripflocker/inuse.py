@@ -393,8 +393,9 @@ class LeaseKeeper:
         self._on_lapse(dataset_id, reason)
 
     def _renew_all(self):
-        return gatherResults([self._renew(dataset_id) for dataset_id in sorted(self.held())],
-                             consumeErrors=True).addErrback(
+        # Not waited for: one slow renewal must not hold back the next round's.
+        gatherResults([self._renew(dataset_id) for dataset_id in sorted(self.held())],
+                      consumeErrors=True).addErrback(
             lambda failure: log.failure("renewing leases", failure))
 
 
