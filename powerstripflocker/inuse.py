@@ -27,9 +27,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from twisted.internet.defer import (
-    CancelledError, Deferred, DeferredLock, TimeoutError, gatherResults,
-)
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, Deferred, DeferredLock, gatherResults
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
@@ -452,7 +451,7 @@ class Fencer:
                     await self._engine.kill(container_id).addTimeout(
                         self._docker_timeout, self._clock)
                     stopped.append(f"container {description}")
-                except (DockerUnavailable, CancelledError, TimeoutError) as problem:
+                except (DockerUnavailable, CancelledError, defer.TimeoutError) as problem:
                     log.warn("docker kill {container} did not answer ({problem}); killing "
                              "the processes that have {dataset_id} mounted instead",
                              container=description, problem=problem or "timed out",
