@@ -7,6 +7,7 @@ the proxy asks the daemon anything.
 import os
 import socket
 import threading
+import time
 
 import pytest
 
@@ -84,6 +85,20 @@ def _send_gib(sock_path, head, body_piece):
     return response, sent[0]
 
 
+def _exchange(sock_path, data):
+    """Send data on a new connection and read until the proxy closes it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(30)
+        client.connect(sock_path)
+        client.sendall(data)
+        response = b""
+        while True:
+            piece = client.recv(65536)
+            if not piece:
+                return response
+            response += piece
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_gib_body_is_refused_before_64_mib_and_memory_stays_bounded(proxy, framing):
     process, sock = proxy
@@ -105,3 +120,21 @@ def test_a_gib_body_is_refused_before_64_mib_and_memory_stays_bounded(proxy, fra
              if os.path.getsize(os.path.join("/tmp", name)) > (1 << 20)
              if os.path.isfile(os.path.join("/tmp", name))]
     assert grown == []
+
+
+def test_a_slow_head_is_dropped_at_10_s_while_other_clients_are_served(proxy):
+    process, sock = proxy
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(sock)
+    started = time.monotonic()
+    slow.sendall(b"GET /v1.41/info HTTP/1.1\r\nHo")
+    slow.settimeout(30)
+    for _ in range(3):
+        time.sleep(2)
+        slow.sendall(b"s")  # a byte now and then does not reset the clock
+        assert _exchange(sock, CREATE_HEAD + b"Content-Length: %d\r\n\r\n" % GIB).startswith(
+            b"HTTP/1.1 413 "), "another client was not served"
+    assert slow.recv(100) == b""
+    elapsed = time.monotonic() - started
+    slow.close()
+    assert 9.5 < elapsed < 12, elapsed
