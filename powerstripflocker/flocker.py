@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool
 from zope.interface import Interface, implementer
 
+from .leases import after_use_ended, granted
+
 log = Logger()
 
 _UUID4 = re.compile(
@@ -210,11 +212,15 @@ class IFlockerAPI(Interface):
     def list_leases():
         """Fires with the list of Lease."""
 
-    def acquire_lease(dataset_id, node_uuid, expires):
-        """Acquires or renews a lease; fires with the Lease."""
+    def acquire_lease(dataset_id, node_uuid, expires, new_user=False):
+        """Acquires or renews a lease; fires with the Lease. new_user: a container
+        started using the dataset on node_uuid since the last renewal (so the claims
+        made before now are used; see leases.py)."""
 
-    def release_lease(dataset_id):
-        """Releases the lease; fires with the released Lease."""
+    def release_lease(dataset_id, node_uuid=None):
+        """Releases the lease; fires with the released Lease. With node_uuid, the
+        holder says its use ended: a later claim may keep the lease a while (the Lease
+        fired with then has its remaining expiry)."""
 
 
 def _dataset_config(entry):
@@ -447,19 +453,21 @@ class FlockerClient:
             return [_lease(entry) for entry in body]
         return self._deferred(call())
 
-    def acquire_lease(self, dataset_id, node_uuid, expires):
+    def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
         async def call():
             _, body = await self._request(
-                "POST", "/configuration/leases",
+                "POST", "/configuration/leases" + ("?new_user=true" if new_user else ""),
                 {"dataset_id": dataset_id, "node_uuid": node_uuid, "expires": expires},
                 expected=(200, 201),
             )
             return _lease(body)
         return self._deferred(call())
 
-    def release_lease(self, dataset_id):
+    def release_lease(self, dataset_id, node_uuid=None):
         async def call():
-            _, body = await self._request("DELETE", f"/configuration/leases/{dataset_id}")
+            holder = "" if node_uuid is None else f"?node_uuid={quote(node_uuid)}"
+            _, body = await self._request("DELETE",
+                                          f"/configuration/leases/{dataset_id}{holder}")
             return _lease(body)
         return self._deferred(call())
 
@@ -554,7 +562,7 @@ class MemoryFlockerAPI:
         self.latency = latency  # > 0: each call is carried out and answered that much later
         self._pending_convergence = None
         self._datasets = {}
-        self._leases = {}  # dataset_id -> (node_uuid, expiry time or None)
+        self._leases = {}  # dataset_id -> (node_uuid, expiry time or None, claimed until)
         self._state = {}  # dataset_id -> node_uuid holding it
         self._generations = {}  # dataset_id -> generation (+1 on each change of primary)
         self._manifested = set()  # datasets state has ever shown
@@ -592,7 +600,7 @@ class MemoryFlockerAPI:
 
     def _expire_leases(self):
         now = self._clock.seconds()
-        for dataset_id, (_, expiry) in list(self._leases.items()):
+        for dataset_id, (_, expiry, _) in list(self._leases.items()):
             if expiry is not None and expiry <= now:
                 del self._leases[dataset_id]
                 self._changed()
@@ -707,8 +715,7 @@ class MemoryFlockerAPI:
             holder = self._state.get(dataset.dataset_id)
             if holder != node_uuid:
                 return self._pending(dataset.dataset_id, holder)
-            self._leases[dataset.dataset_id] = (node_uuid, self._clock.seconds() + expires)
-            self._changed()
+            self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
             return Claim("ready", dataset.dataset_id, self._generations[dataset.dataset_id],
                          path=f"/flocker/{dataset.dataset_id}",
                          lease=self._lease_view(dataset.dataset_id))
@@ -795,7 +802,7 @@ class MemoryFlockerAPI:
         return self._outcome("list_nodes", (), lambda: list(self.nodes))
 
     def _lease_view(self, dataset_id):
-        node_uuid, expiry = self._leases[dataset_id]
+        node_uuid, expiry, _ = self._leases[dataset_id]
         remaining = None if expiry is None else expiry - self._clock.seconds()
         return Lease(dataset_id, node_uuid, remaining)
 
@@ -804,7 +811,14 @@ class MemoryFlockerAPI:
             "list_leases", (), lambda: [self._lease_view(d) for d in self._leases]
         )
 
-    def acquire_lease(self, dataset_id, node_uuid, expires):
+    def _grant(self, dataset_id, node_uuid, expires, claim=False, new_user=False):
+        held = self._leases.get(dataset_id)
+        existing = held[1:] if held is not None and held[0] == node_uuid else None
+        self._leases[dataset_id] = (node_uuid, *granted(
+            self._clock.seconds(), expires, existing, claim=claim, new_user=new_user))
+        self._changed()
+
+    def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
         def acquire():
             key = _check_dataset_id(dataset_id)
             holder = self._leases.get(key)
@@ -816,17 +830,25 @@ class MemoryFlockerAPI:
                 named = f"{primary.uuid} ({primary.host})" if primary.host else primary.uuid
                 raise AlreadyExists(
                     409, f"dataset {key}'s primary is node {named}, not {node_uuid}")
-            expiry = None if expires is None else self._clock.seconds() + expires
-            self._leases[key] = (node_uuid, expiry)
-            self._changed()
+            self._grant(key, node_uuid, expires, new_user=new_user)
             return self._lease_view(key)
         return self._outcome("acquire_lease", (dataset_id, node_uuid, expires), acquire)
 
-    def release_lease(self, dataset_id):
+    def release_lease(self, dataset_id, node_uuid=None):
         def release():
             key = str(dataset_id).lower()
+            self._expire_leases()
             if key not in self._leases:
                 raise NotFound(404, "Lease not found.")
+            holder, _, claimed_until = self._leases[key]
+            if node_uuid is not None and holder != node_uuid:
+                raise self._held_elsewhere(f"dataset {key}", key)
+            kept = None if node_uuid is None else after_use_ended(self._clock.seconds(),
+                                                                  claimed_until)
+            if kept is not None:
+                self._leases[key] = (holder, *kept)
+                self._changed()
+                return self._lease_view(key)
             released = self._lease_view(key)
             del self._leases[key]
             self._changed()

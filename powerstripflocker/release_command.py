@@ -29,6 +29,9 @@ def configure(parser):
     parser.add_argument("--request-timeout", type=float, default=10.0,
                         help="seconds one control service request may take (default "
                              "%(default)g)")
+    parser.add_argument("--cluster-token-file", default=None,
+                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN), "
+                             "sent as a bearer token to the control service")
     parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
     parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", help="client private key for mutual TLS")

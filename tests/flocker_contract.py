@@ -17,6 +17,7 @@ and, where the cluster can pretend to be its agents (the fake, the simulated clu
 
 import uuid
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
@@ -422,5 +423,62 @@ def make_flocker_api_tests(start_cluster):
                 self.assertIn(f"dataset {created.dataset_id} is in use on", refusal.description)
             configuration = await cluster.api.list_datasets_configuration()
             self.assertIn(created, configuration.datasets)
+
+        async def _leased_by_claim(self, cluster, node):
+            name = f"claimed-{uuid.uuid4().hex[:8]}"
+            ready, _ = await self.claim_until_ready(cluster, name, node, expires=60)
+
+            async def release_if_held():
+                try:
+                    await cluster.api.release_lease(ready.dataset_id)
+                except NotFound:
+                    pass
+            self.addCleanup(lambda: Deferred.fromCoroutine(release_if_held()))
+            return name, ready.dataset_id
+
+        async def test_a_claim_made_after_the_users_started_outlives_their_release(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name, dataset_id = await self._leased_by_claim(cluster, first)
+            await cluster.api.acquire_lease(dataset_id, first.uuid, 60, new_user=True)
+            await cluster.api.claim(name, first.uuid, expires=60)  # a second hook, not started
+            kept = await cluster.api.release_lease(dataset_id, node_uuid=first.uuid)
+            self.assertEqual(kept.node_uuid, first.uuid)
+            self.assertGreater(kept.expires, 30)
+            with self.assertRaises(HeldElsewhere) as refused:
+                await cluster.api.claim(name, second.uuid)
+            self.assertEqual(refused.exception.holder.node_uuid, first.uuid)
+            [lease] = [l for l in await cluster.api.list_leases() if l.dataset_id == dataset_id]
+            self.assertEqual(lease.node_uuid, first.uuid)
+
+        async def test_a_new_users_start_uses_up_the_claims_so_its_release_frees_the_volume(
+                self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name, dataset_id = await self._leased_by_claim(cluster, first)
+            renewed = await cluster.api.acquire_lease(dataset_id, first.uuid, 10, new_user=True)
+            self.assertLessEqual(renewed.expires, 10)
+            await cluster.api.release_lease(dataset_id, node_uuid=first.uuid)
+            self.assertNotIn(dataset_id, [l.dataset_id for l in await cluster.api.list_leases()])
+            moving = await cluster.api.claim(name, second.uuid)
+            self.assertEqual(moving.status, "moving")
+
+        async def test_a_renewal_without_a_new_user_keeps_the_claim(self):
+            cluster = await start_cluster(self)
+            first = cluster.nodes[0]
+            _, dataset_id = await self._leased_by_claim(cluster, first)
+            renewed = await cluster.api.acquire_lease(dataset_id, first.uuid, 5)
+            self.assertGreater(renewed.expires, 30, "a renewal must not cut a claim short")
+
+        async def test_only_the_holder_can_end_its_use_and_an_operator_breaks_even_a_claim(
+                self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            _, dataset_id = await self._leased_by_claim(cluster, first)
+            with self.assertRaises(HeldElsewhere):
+                await cluster.api.release_lease(dataset_id, node_uuid=second.uuid)
+            broken = await cluster.api.release_lease(dataset_id)
+            self.assertEqual(broken.node_uuid, first.uuid)
+            self.assertNotIn(dataset_id, [l.dataset_id for l in await cluster.api.list_leases()])
 
     return FlockerAPIContract

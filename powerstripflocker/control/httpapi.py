@@ -22,7 +22,7 @@ from werkzeug.routing import RequestRedirect
 from .. import __version__
 from .metrics import ControlMetrics
 from .schema import UUID4_PATTERN, schema_errors
-from .service import DEFAULT_CLAIM_SECONDS, APIError
+from .service import DEFAULT_CLAIM_SECONDS, APIError, normalise_uuid
 
 MAX_BODY = 1024 * 1024
 DEFAULT_POLL_TIMEOUT = 30.0
@@ -267,7 +267,8 @@ class ControlAPI:
     def acquire_lease(self, request):
         body = read_json(request, "lease")
         created, lease = self.service.acquire_lease(
-            body["dataset_id"], body["node_uuid"], body["expires"]
+            body["dataset_id"], body["node_uuid"], body["expires"],
+            new_user=_query_flag(request, b"new_user"),
         )
         now = self.service.clock.seconds()
         return (201 if created else 200), lease.to_json(now), self._tag_headers()
@@ -275,7 +276,10 @@ class ControlAPI:
     @app.route("/v1/configuration/leases/<dataset_id>", methods=["DELETE"])
     @endpoint
     def release_lease(self, request, dataset_id):
-        lease = self.service.release_lease(dataset_id)
+        node_uuid = _query_text(request, b"node_uuid")
+        if node_uuid is not None and normalise_uuid(node_uuid) is None:
+            raise APIError(400, f"node_uuid must be a UUID, not {node_uuid!r}.")
+        lease = self.service.release_lease(dataset_id, node_uuid)
         return 200, lease.to_json(self.service.clock.seconds()), self._tag_headers()
 
     # -- claims (beyond Flocker) --------------------------------------------
@@ -341,6 +345,16 @@ def _query_text(request, name):
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         raise APIError(400, f"{name.decode()} must be UTF-8 text.")
+
+
+def _query_flag(request, name):
+    """Query parameter name as a boolean: absent, false or true."""
+    value = _query_text(request, name)
+    if value in (None, "false"):
+        return False
+    if value == "true":
+        return True
+    raise APIError(400, f"{name.decode()} must be true or false, not {value!r}.")
 
 
 def _query_number(request, name, kind, default):

@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ..leases import after_use_ended, granted
 from .store import Dataset, Lease
 
 DEFAULT_STATE_EXPIRY = 120.0
@@ -313,11 +314,13 @@ class ControlService:
     def leases(self):
         return self.store.leases()
 
-    def acquire_lease(self, dataset_id, node_uuid, expires):
+    def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
         """(created, lease): created is False for a renewal by the same node.
 
         Refused (409) when another node holds the lease, or when the dataset is
-        configured and its primary is not node_uuid; decided in one transaction."""
+        configured and its primary is not node_uuid; decided in one transaction.
+        new_user: a container started using the dataset on node_uuid since its last
+        renewal, so the claims made before now have done their job (see _grant)."""
         dataset_id, node_uuid = dataset_id.lower(), node_uuid.lower()
         with self.store.transaction():
             existing = self._live_lease(dataset_id)
@@ -329,13 +332,18 @@ class ControlService:
                     f"dataset {dataset_id}'s primary is node {self._named_node(dataset.primary)}"
                     f", not {node_uuid}"
                 ))
-            lease = self._grant(dataset_id, node_uuid, expires, existing)
+            lease = self._grant(dataset_id, node_uuid, expires, existing, new_user=new_user)
         self.changed()
         return existing is None, lease
 
-    def _grant(self, dataset_id, node_uuid, expires, existing):
-        expiration = None if expires is None else self.clock.seconds() + expires
-        lease = Lease(dataset_id, node_uuid, expiration)
+    def _grant(self, dataset_id, node_uuid, expires, existing, claim=False, new_user=False):
+        """Grant or renew node_uuid's lease (a claim: see leases.py)."""
+        held = None
+        if existing is not None and existing.node_uuid == node_uuid:
+            held = (existing.expiration, existing.claimed_until)
+        expiration, claimed_until = granted(self.clock.seconds(), expires, held, claim=claim,
+                                            new_user=new_user)
+        lease = Lease(dataset_id, node_uuid, expiration, claimed_until)
         self.store.put_lease(lease)
         self.log.info(
             "lease on dataset {dataset_id} {action} by {node_uuid} (expires in {expires}s)",
@@ -437,7 +445,8 @@ class ControlService:
                     if path is None:
                         code, answer = 202, self._pending(dataset, self._source_of(dataset))
                     else:
-                        lease = self._grant(dataset.dataset_id, node_uuid, expires, lease)
+                        lease = self._grant(dataset.dataset_id, node_uuid, expires, lease,
+                                            claim=True)
                         changed = True
                         code, answer = 200, {
                             "status": "ready", "dataset_id": dataset.dataset_id,
@@ -504,16 +513,32 @@ class ControlService:
                     receive = transfer
         return push, receive
 
-    def release_lease(self, dataset_id):
+    def release_lease(self, dataset_id, node_uuid=None):
+        """Without node_uuid, break the lease (Flocker's admin release). With it, the
+        holder node_uuid says its use ended: the lease goes, unless a claim made after
+        its users started still keeps it (until that claim's expiry)."""
         normalised = normalise_uuid(dataset_id)
-        lease = None if normalised is None else self.store.get_lease(normalised)
-        if lease is None:
-            raise APIError(404, LEASE_NOT_FOUND)
-        self.store.delete_lease(lease.dataset_id)
-        self.log.info(
-            "lease on dataset {dataset_id} held by {node_uuid} released",
-            dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
-        )
+        with self.store.transaction():
+            lease = None if normalised is None else self._live_lease(normalised)
+            if lease is None:
+                raise APIError(404, LEASE_NOT_FOUND)
+            if node_uuid is not None and lease.node_uuid != node_uuid.lower():
+                raise self._held_elsewhere(f"dataset {lease.dataset_id}", lease)
+            now = self.clock.seconds()
+            kept = None if node_uuid is None else after_use_ended(now, lease.claimed_until)
+            if kept is not None:
+                lease = Lease(lease.dataset_id, lease.node_uuid, *kept)
+                self.store.put_lease(lease)
+                self.log.info(
+                    "use of dataset {dataset_id} on {node_uuid} ended; its lease stays for a "
+                    "claim made since, {seconds:.1f}s more", dataset_id=lease.dataset_id,
+                    node_uuid=lease.node_uuid, seconds=lease.claimed_until - now)
+            else:
+                self.store.delete_lease(lease.dataset_id)
+                self.log.info(
+                    "lease on dataset {dataset_id} held by {node_uuid} released",
+                    dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
+                )
         self.changed()
         return lease
 

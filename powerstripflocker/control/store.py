@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS nodes (
 CREATE TABLE IF NOT EXISTS leases (
     dataset_id TEXT PRIMARY KEY,
     node_uuid TEXT NOT NULL,
-    expiration REAL
+    expiration REAL,
+    claimed_until REAL
 );
 """
 
@@ -68,6 +69,9 @@ class Lease:
     dataset_id: str
     node_uuid: str
     expiration: float | None  # absolute time on the service's clock, None = never
+    # Until when a hook's claim keeps the lease, whatever its holder's use: the path a
+    # hook answered with must stay put until its container starts (and so is in use).
+    claimed_until: float | None = None
 
     def to_json(self, now):
         expires = None if self.expiration is None else max(0.0, self.expiration - now)
@@ -92,6 +96,9 @@ class Store:
         if "generation" not in columns:  # a database from before generations
             self._db.execute(
                 "ALTER TABLE datasets ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+        lease_columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
+        if "claimed_until" not in lease_columns:  # a database from before claims
+            self._db.execute("ALTER TABLE leases ADD COLUMN claimed_until REAL")
         # Claims and ?name= look datasets up by name: keep that lookup off a full scan.
         self._db.execute(
             "CREATE INDEX IF NOT EXISTS datasets_by_name "
@@ -133,13 +140,15 @@ class Store:
 
     def leases(self):
         rows = self._db.execute(
-            "SELECT dataset_id, node_uuid, expiration FROM leases ORDER BY dataset_id"
+            "SELECT dataset_id, node_uuid, expiration, claimed_until FROM leases "
+            "ORDER BY dataset_id"
         ).fetchall()
         return [Lease(*row) for row in rows]
 
     def get_lease(self, dataset_id):
         row = self._db.execute(
-            "SELECT dataset_id, node_uuid, expiration FROM leases WHERE dataset_id = ?",
+            "SELECT dataset_id, node_uuid, expiration, claimed_until FROM leases "
+            "WHERE dataset_id = ?",
             (dataset_id,),
         ).fetchone()
         return None if row is None else Lease(*row)
@@ -197,8 +206,9 @@ class Store:
     def put_lease(self, lease):
         with self._transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO leases (dataset_id, node_uuid, expiration) VALUES (?, ?, ?)",
-                (lease.dataset_id, lease.node_uuid, lease.expiration),
+                "INSERT OR REPLACE INTO leases (dataset_id, node_uuid, expiration, claimed_until) "
+                "VALUES (?, ?, ?, ?)",
+                (lease.dataset_id, lease.node_uuid, lease.expiration, lease.claimed_until),
             )
 
     def delete_lease(self, dataset_id):

@@ -4,7 +4,7 @@ import sqlite3
 
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.control.store import Store
+from powerstripflocker.control.store import Lease, Store
 
 from .helpers import NODE1, NODE2, flocker_schema, harness, header, new_id
 from .test_api import SchemaChecks
@@ -261,6 +261,21 @@ class GenerationTests(TestCase):
         store.set_primary("d1", NODE2)
         store.set_primary("d1", NODE2)
         self.assertEqual(store.get_dataset("d1").generation, 2)
+
+    def test_an_older_databases_leases_are_kept_without_claims(self):
+        path = self.mktemp()
+        with sqlite3.connect(path) as db:
+            db.executescript("""
+                CREATE TABLE leases (dataset_id TEXT PRIMARY KEY, node_uuid TEXT NOT NULL,
+                                     expiration REAL);
+            """)
+            db.execute("INSERT INTO leases VALUES (?, ?, ?)", ("d1", NODE1, 1000.0))
+        db.close()
+        store = Store(path)
+        self.addCleanup(store.close)
+        self.assertEqual(store.get_lease("d1"), Lease("d1", NODE1, 1000.0, None))
+        store.put_lease(Lease("d1", NODE1, 1000.0, 990.0))
+        self.assertEqual(store.leases(), [Lease("d1", NODE1, 1000.0, 990.0)])
 
     def test_a_failed_decision_leaves_nothing_behind(self):
         store = Store(":memory:")
