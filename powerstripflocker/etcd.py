@@ -32,7 +32,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, HTTPConnectionPool, ResponseDone, ResponseFailed, ResponseNeverReceived,
+    Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed,
+    ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
@@ -584,13 +585,15 @@ class _Failed(Exception):
         self.applied = applied
 
 
-_NEVER_SENT = (neterror.ConnectError, neterror.DNSLookupError)
+# A request that failed while it was being written (a TLS handshake refused) never
+# reached etcd either.
+_NEVER_SENT = (neterror.ConnectError, neterror.DNSLookupError, RequestTransmissionFailed)
 _LOST_AFTER_SENDING = (ResponseFailed, ResponseNeverReceived, neterror.ConnectionLost,
                        neterror.ConnectionDone, defer.TimeoutError)
 
 
 def _describe(reason):
-    if isinstance(reason, (ResponseFailed, ResponseNeverReceived)):
+    if isinstance(reason, (ResponseFailed, ResponseNeverReceived, RequestTransmissionFailed)):
         inner = "; ".join(_describe(r.value) for r in reason.reasons)
         return f"{type(reason).__name__} ({inner})"
     text = str(reason).strip()

@@ -1,16 +1,17 @@
 """The IEtcd contract with EtcdClient against a real three-member etcd cluster on
-loopback; each test in a key prefix of its own."""
+loopback, each test in a key prefix of its own; and the client over etcds://."""
 
 import uuid
 
 import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
 
-from powerstripflocker.etcd import EtcdClient
+from powerstripflocker.etcd import EtcdClient, EtcdUnavailable, TLSFiles
 
 from .etcd_contract import make_etcd_tests
-from .support.etcd import EtcdCluster
+from .support.etcd import EtcdCluster, make_certificates
 
 WAIT_SECONDS = 10.0
 
@@ -74,3 +75,47 @@ class RealEtcdContractTests(make_etcd_tests(start_real_etcd)):
         self.assertEqual([kv.value for kv in (await mine.range("", prefix=True)).kvs], [b"mine"])
         await theirs.delete("", prefix=True)
         self.assertEqual((await mine.range("datasets/a")).kvs[0].value, b"mine")
+
+
+@pytest.mark.etcd
+class TLSEtcdTests(TestCase):
+    """etcds://: the members present certificates signed by the cluster's CA and ask for
+    the client's."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = EtcdCluster(size=1, tls=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    def client(self, tls, **options):
+        etcd = EtcdClient(reactor, self.cluster.endpoint + "/tls", tls=tls, **options)
+        self.addCleanup(etcd.close)
+        return etcd
+
+    async def test_a_client_with_the_ca_and_its_certificate_reads_writes_and_watches(self):
+        etcd = self.client(self.cluster.tls_files)
+        events = []
+        watch = etcd.watch("k", events.extend)
+        self.addCleanup(watch.stop)
+        await watch.created
+        await etcd.put("k", "over tls")
+        self.assertEqual((await etcd.range("k")).kvs[0].value, b"over tls")
+        await RealHarness(etcd).until(lambda: events, "the put's event")
+
+    async def test_a_client_without_a_certificate_is_refused_clearly(self):
+        files = self.cluster.tls_files
+        etcd = self.client(TLSFiles(ca=files.ca), call_timeout=3.0, backoff=0.05)
+        with self.assertRaises(EtcdUnavailable) as raised:
+            await etcd.put("k", "v")
+        self.assertIn("SSL", str(raised.exception))
+
+    async def test_a_member_whose_certificate_another_ca_signed_is_not_trusted(self):
+        other = make_certificates(self.cluster.base_dir + "/other")
+        etcd = self.client(TLSFiles(other["ca"], other["client"], other["client-key"]),
+                           call_timeout=3.0, backoff=0.05)
+        with self.assertRaises(EtcdUnavailable) as raised:
+            await etcd.range("k")
+        self.assertIn("certificate verify failed", str(raised.exception))

@@ -8,6 +8,9 @@
     cluster.kill_leader()                     # both at once, returns the member killed
     cluster.stop()
 
+    EtcdCluster(tls=True)                     # etcds://: members ask for client certificates
+    cluster.tls_files                         # TLSFiles(ca, cert, key) for EtcdClient
+
 Each member listens on its own free client and peer ports on 127.0.0.1 and keeps its
 data under the cluster's temporary directory; the initial cluster token is unique to
 the cluster, so members of two clusters started side by side never talk to each other.
@@ -15,10 +18,13 @@ The helpers block (subprocess and urllib): call them from a test's set-up or fro
 thread, never from code running on the reactor.
 """
 
+import datetime
+import ipaddress
 import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -26,6 +32,8 @@ import urllib.error
 import urllib.request
 import uuid
 from unittest import SkipTest
+
+from powerstripflocker.etcd import TLSFiles
 
 from tests.support.processes import free_port
 
@@ -49,11 +57,62 @@ def require_etcd():
         raise SkipTest(reason)
 
 
-def _post(url, body, timeout=2.0):
+def _post(url, body, timeout=2.0, context=None):
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
         return json.loads(response.read())
+
+
+def make_certificates(directory):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in
+    directory; returns their paths by role."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(common_name):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def issue(subject, key, issuer, issuer_key, ca, usage=None):
+        builder = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(issuer)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    def write(role, certificate, key):
+        cert_path = os.path.join(directory, f"{role}.pem")
+        key_path = os.path.join(directory, f"{role}-key.pem")
+        with open(cert_path, "wb") as out:
+            out.write(certificate.public_bytes(serialization.Encoding.PEM))
+        with open(key_path, "wb") as out:
+            out.write(key.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        return cert_path, key_path
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = issue("psf test etcd CA", ca_key, name("psf test etcd CA"), ca_key, ca=True)
+    paths = {"ca": write("ca", ca, ca_key)[0]}
+    # etcd's gateway connects to the member's own gRPC port with the server's
+    # certificate, so that certificate serves as a client one too.
+    for role, usage in (("server", [ExtendedKeyUsageOID.SERVER_AUTH,
+                                    ExtendedKeyUsageOID.CLIENT_AUTH]),
+                        ("client", [ExtendedKeyUsageOID.CLIENT_AUTH])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        paths[role], paths[f"{role}-key"] = write(
+            role, issue(f"psf test etcd {role}", key, ca.subject, ca_key, False, usage), key)
+    return paths
 
 
 class EtcdMember:
@@ -64,7 +123,8 @@ class EtcdMember:
         self.name = name
         self.client_port = free_port()
         self.peer_port = free_port()
-        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        scheme = "https" if cluster.certificates else "http"
+        self.client_url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.address = f"127.0.0.1:{self.client_port}"
         self.data_dir = os.path.join(cluster.base_dir, name)
@@ -73,6 +133,16 @@ class EtcdMember:
         self._log = None
 
     def args(self):
+        return [*self._base_args(), *self._tls_args()]
+
+    def _tls_args(self):
+        paths = self.cluster.certificates
+        if not paths:
+            return []
+        return ["--cert-file", paths["server"], "--key-file", paths["server-key"],
+                "--trusted-ca-file", paths["ca"], "--client-cert-auth"]
+
+    def _base_args(self):
         return [
             ETCD,
             "--name", self.name,
@@ -109,11 +179,13 @@ class EtcdMember:
 
     def status(self, timeout=2.0):
         """This member's /v3/maintenance/status answer (ids as the gateway spells them)."""
-        return _post(self.client_url + "/v3/maintenance/status", {}, timeout)
+        return _post(self.client_url + "/v3/maintenance/status", {}, timeout,
+                     self.cluster.ssl_context)
 
     def healthy(self):
         try:
-            with urllib.request.urlopen(self.client_url + "/health", timeout=2) as response:
+            with urllib.request.urlopen(self.client_url + "/health", timeout=2,
+                                        context=self.cluster.ssl_context) as response:
                 return json.loads(response.read()).get("health") == "true"
         except (OSError, ValueError):
             return False
@@ -132,18 +204,32 @@ class EtcdMember:
 class EtcdCluster:
     """Three (or size) etcd members forming one new cluster on loopback."""
 
-    def __init__(self, base_dir=None, size=3):
+    def __init__(self, base_dir=None, size=3, tls=False):
         self.base_dir = str(base_dir or tempfile.mkdtemp(prefix="psf-etcd-"))
         self.token = f"psf-{uuid.uuid4()}"
+        self.certificates = None
+        self.ssl_context = None
+        if tls:
+            self.certificates = make_certificates(os.path.join(self.base_dir, "tls"))
+            self.ssl_context = ssl.create_default_context(cafile=self.certificates["ca"])
+            self.ssl_context.load_cert_chain(self.certificates["client"],
+                                             self.certificates["client-key"])
         self.members = [EtcdMember(self, f"member{i}") for i in range(1, size + 1)]
+
+    @property
+    def tls_files(self):
+        """TLSFiles for an EtcdClient of this cluster (etcds:// only)."""
+        paths = self.certificates
+        return TLSFiles(paths["ca"], paths["client"], paths["client-key"])
 
     def initial_cluster(self):
         return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
     @property
     def endpoint(self):
-        """The etcd://HOST:PORT,... endpoint list naming every member."""
-        return "etcd://" + ",".join(m.address for m in self.members)
+        """The etcd://HOST:PORT,... (etcds:// with TLS) endpoint list naming every member."""
+        scheme = "etcds" if self.certificates else "etcd"
+        return f"{scheme}://" + ",".join(m.address for m in self.members)
 
     def start(self, timeout=60.0):
         require_etcd()
