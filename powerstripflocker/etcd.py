@@ -32,11 +32,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed,
+    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed,
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
+
+from .flocker import tls_policy
 
 log = Logger()
 
@@ -81,7 +83,8 @@ class EtcdRequestError(EtcdError):
 
 class LeaseNotFound(EtcdError):
     def __init__(self, lease_id):
-        super().__init__(f"etcd lease {lease_id} not found (expired or revoked)")
+        named = f"etcd lease {lease_id}" if lease_id is not None else "an etcd lease"
+        super().__init__(f"{named} not found (expired or revoked)")
         self.lease_id = lease_id
 
 
@@ -576,20 +579,19 @@ class TLSFiles:
             raise ValueError("give an etcd client certificate and its key together")
 
 
-class _Failed(Exception):
+@dataclass(frozen=True)
+class _Failed:
     """One attempt on one member failed; applied says whether it may have taken effect."""
 
-    def __init__(self, reason, applied):
-        super().__init__(reason)
-        self.reason = reason
-        self.applied = applied
+    reason: str
+    applied: bool
 
 
 # A request that failed while it was being written (a TLS handshake refused) never
 # reached etcd either.
 _NEVER_SENT = (neterror.ConnectError, neterror.DNSLookupError, RequestTransmissionFailed)
 _LOST_AFTER_SENDING = (ResponseFailed, ResponseNeverReceived, neterror.ConnectionLost,
-                       neterror.ConnectionDone, defer.TimeoutError)
+                       neterror.ConnectionDone)
 
 
 def _describe(reason):
@@ -600,7 +602,7 @@ def _describe(reason):
     return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
 
 
-def _answer_error(code, decoded, what):
+def _answer_error(code, decoded):
     """The exception for a non-200 gateway answer, or a _Failed to try elsewhere."""
     message = ""
     grpc_code = None
@@ -644,6 +646,8 @@ class EtcdClient:
         policy = None
         if endpoints.tls:
             policy = _tls_policy(tls or TLSFiles())
+        elif tls is not None:
+            raise ValueError(f"TLS files given for {endpoints}: use etcds:// for TLS")
         self._http = http_client or self._http_client(reactor, policy, persistent=True)
         # A watch holds its connection for as long as it lasts: never from the shared pool.
         self._watch_http = watch_http_client or self._http_client(reactor, policy,
@@ -653,7 +657,6 @@ class EtcdClient:
     def _http_client(self, reactor, policy, persistent):
         pool = HTTPConnectionPool(reactor, persistent=persistent)
         pool.maxPersistentPerHost = 8
-        pool.retryAutomatically = False
         self._pools.append(pool)
         if policy is None:
             return treq.client.HTTPClient(Agent(reactor, pool=pool))
@@ -706,7 +709,7 @@ class EtcdClient:
                     if code == 200:
                         self._preferred = index
                         return decoded
-                    error = _answer_error(code, decoded, what)
+                    error = _answer_error(code, decoded)
                     if not isinstance(error, _Failed):
                         raise error
                     failed = error
@@ -749,6 +752,8 @@ class EtcdClient:
         return Deferred.fromCoroutine(call())
 
     def txn(self, compare, success, failure=()):
+        compare, success, failure = tuple(compare), tuple(success), tuple(failure)
+
         async def call():
             body = {"compare": [self._codec.compare(c) for c in compare],
                     "success": [self._codec.request_op(op) for op in success],
@@ -817,9 +822,7 @@ class EtcdClient:
 
 
 def _tls_policy(files):
-    from .flocker import tls_policy
     if files.ca is None:
-        from twisted.web.client import BrowserLikePolicyForHTTPS
         if files.cert:
             raise ValueError("an etcd client certificate needs the CA (--store-ca) too")
         return BrowserLikePolicyForHTTPS()
@@ -1197,13 +1200,18 @@ class MemoryEtcd:
         return DeleteResult(revision, len(removed), tuple(removed) if op.prev_kv else ())
 
     def _apply(self, ops):
-        """Run ops (checked first, like etcd) in one new revision if any of them writes."""
-        writes = [op for op in ops if isinstance(op, (Put, Delete))]
-        for op in writes:
+        """Run ops, all checked first as etcd does, in one new revision if any of them
+        changes something."""
+        for op in ops:
             if isinstance(op, Put):
                 self._check_put(op)
-        keys = [op.key for op in ops if isinstance(op, Put)]
-        if len(keys) != len(set(keys)):
+            elif not op.prefix:
+                _check_key(op.key)
+        put_keys = [op.key for op in ops if isinstance(op, Put)]
+        deleted = [op for op in ops if isinstance(op, Delete)]
+        if len(put_keys) != len(set(put_keys)) or any(
+                key == op.key or (op.prefix and key.startswith(op.key))
+                for key in put_keys for op in deleted):
             raise EtcdRequestError(3, "etcdserver: duplicate key given in txn request")
         revision = self._revision + 1
         events = []
@@ -1218,7 +1226,7 @@ class MemoryEtcd:
         if events:
             self._commit(revision, events)
         final = self._revision
-        # etcd reports the txn's own revision on the operations that wrote
+        # etcd reports the transaction's revision in every operation's answer
         responses = [_at(r, final) for r in responses]
         return final, responses
 

@@ -175,7 +175,19 @@ def make_etcd_tests(start):
             with self.assertRaises(EtcdRequestError) as raised:
                 await etcd.txn([], [Put("k", "1"), Put("k", "2")])
             self.assertIn("duplicate key", str(raised.exception))
+            with self.assertRaises(EtcdRequestError):
+                await etcd.txn([], [Put("k", "1"), Delete("k")])
+            with self.assertRaises(EtcdRequestError):
+                await etcd.txn([], [Delete("", prefix=True), Put("k", "1")])
             self.assertEqual((await etcd.range("k")).kvs, ())
+
+        async def test_a_txn_with_one_bad_operation_changes_nothing(self):
+            etcd = (await start(self)).etcd
+            with self.assertRaises(LeaseNotFound):
+                await etcd.txn([], [Put("a", "1"), Put("b", "2", lease=1234567)])
+            with self.assertRaises(EtcdRequestError):
+                await etcd.txn([], [Put("a", "1"), Delete("")])
+            self.assertEqual((await etcd.range("", prefix=True)).kvs, ())
 
         # leases
 
