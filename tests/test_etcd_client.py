@@ -12,7 +12,7 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.python.failure import Failure
 
 from powerstripflocker.etcd import (
-    BadEndpoint, Compare, EtcdClient, EtcdEndpoints, EtcdRequestError, EtcdUnavailable,
+    BadEndpoint, Compacted, Compare, EtcdClient, EtcdEndpoints, EtcdRequestError, EtcdUnavailable,
     OutcomeUnknown, Put, Range, TLSFiles, parse_endpoints,
 )
 
@@ -252,3 +252,141 @@ class FailoverTests(SynchronousTestCase):
             Compare("k", "version", "~", 1)
         with self.assertRaises(ValueError):
             Compare("k", "version", "==", "1")
+
+
+class StreamTransport:
+    def __init__(self):
+        self.stopped = False
+
+    def stopProducing(self):
+        self.stopped = True
+
+
+class WatchStream:
+    """One watch request's answer, fed by the test a line at a time."""
+
+    code = 200
+
+    def __init__(self, member, body):
+        self.member = member
+        self.body = body
+        self.protocol = None
+        self.transport = StreamTransport()
+
+    def deliverBody(self, protocol):
+        self.protocol = protocol
+        protocol.makeConnection(self.transport)
+
+    def send(self, result):
+        self.protocol.dataReceived(json.dumps({"result": result}).encode() + b"\n")
+
+    def created(self, revision):
+        self.send(dict(header(revision), created=True))
+
+    def events(self, *events):
+        revision = max(revision for _, revision, _ in events)
+        self.send(dict(header(revision), events=[
+            {"type": kind, "kv": {"key": b64(key), "value": b64(b"v"),
+                                  "mod_revision": str(revision)}}
+            for kind, revision, key in events]))
+
+    def die(self):
+        self.protocol.connectionLost(Failure(ResponseNeverReceived(
+            [Failure(neterror.ConnectionLost("member killed"))])))
+
+
+class WatchMembers:
+    """Watch requests to members "refuse" or get a WatchStream the test drives."""
+
+    def __init__(self, refusing=()):
+        self.refusing = set(refusing)
+        self.streams = []
+
+    def request(self, method, url, data=None, headers=None, unbuffered=False):
+        member = url.partition("://")[2].split(":")[0]
+        if member in self.refusing:
+            return fail(neterror.ConnectionRefusedError("Connection refused"))
+        stream = WatchStream(member, json.loads(data)["create_request"])
+        self.streams.append(stream)
+        return succeed(stream)
+
+
+class WatchResumptionTests(SynchronousTestCase):
+    def setUp(self):
+        self.members = WatchMembers()
+        self.clock, self.etcd = client(self.members, "etcd://a:1,b:1,c:1/psf")
+        self.delivered = []
+
+    def watch(self, **options):
+        return self.etcd.watch("datasets/", self.delivered.extend, prefix=True, **options)
+
+    def test_a_watch_from_now_resumes_on_the_next_member_after_the_last_event(self):
+        watch = self.watch()
+        first = self.members.streams[0]
+        self.assertEqual((first.member, "start_revision" in first.body), ("a", False))
+        self.assertEqual(first.body["key"], b64(b"/psf/datasets/"))
+        first.created(10)
+        self.assertEqual(self.successResultOf(watch.created), 10)
+        first.events(("PUT", 11, b"/psf/datasets/x"), ("DELETE", 11, b"/psf/datasets/y"))
+        first.die()
+        second = self.members.streams[1]
+        self.assertEqual((second.member, second.body["start_revision"]), ("b", "12"))
+        second.created(13)
+        # what the dead member had delivered, repeated, is dropped
+        second.events(("PUT", 11, b"/psf/datasets/x"))
+        second.events(("PUT", 12, b"/psf/datasets/z"))
+        self.assertEqual([(e.type, e.revision, e.key) for e in self.delivered],
+                         [("PUT", 11, b"datasets/x"), ("DELETE", 11, b"datasets/y"),
+                          ("PUT", 12, b"datasets/z")])
+        self.assertEqual(watch.next_revision, 13)
+
+    def test_a_watch_that_died_before_any_event_resumes_after_the_created_revision(self):
+        self.watch()
+        self.members.streams[0].created(10)
+        self.members.streams[0].die()
+        self.assertEqual(self.members.streams[1].body["start_revision"], "11")
+
+    def test_refusing_members_are_passed_over_and_then_waited_for(self):
+        self.members.refusing = {"a", "b", "c"}
+        watch = self.watch(start_revision=5, reconnect_timeout=10.0)
+        self.assertEqual(watch.next_revision, 5)
+        self.members.refusing = set()
+        self.clock.advance(0.1)
+        [stream] = self.members.streams
+        self.assertEqual(stream.body["start_revision"], "5")
+
+    def test_no_member_within_the_reconnect_timeout_ends_the_watch(self):
+        self.members.refusing = {"a", "b", "c"}
+        watch = self.watch(reconnect_timeout=5.0)
+        ended = watch.ended
+        self.clock.pump([0.5] * 9)
+        self.assertNoResult(ended)
+        self.clock.pump([0.5] * 6)
+        error = self.failureResultOf(ended, EtcdUnavailable).value
+        self.assertIn("no member took the watch back within 5s", str(error))
+        self.failureResultOf(watch.created)
+
+    def test_a_compacted_start_ends_the_watch_with_the_oldest_revision_kept(self):
+        watch = self.watch(start_revision=3)
+        stream = self.members.streams[0]
+        stream.created(20)
+        stream.send(dict(header(20), canceled=True, compact_revision="9"))
+        error = self.failureResultOf(watch.ended, Compacted).value
+        self.assertEqual((error.revision, error.compact_revision), (3, 9))
+        self.assertTrue(stream.transport.stopped)
+        self.assertEqual(len(self.members.streams), 1)
+
+    def test_stop_ends_the_stream_and_the_watch(self):
+        watch = self.watch()
+        stream = self.members.streams[0]
+        stream.created(10)
+        watch.stop()
+        self.assertTrue(stream.transport.stopped)
+        self.assertIsNone(self.successResultOf(watch.ended))
+        self.assertEqual(len(self.members.streams), 1)
+
+    def test_a_stream_that_never_says_created_is_left_after_the_request_timeout(self):
+        self.watch()
+        first = self.members.streams[0]
+        self.clock.advance(3.0)
+        self.assertTrue(first.transport.stopped)
