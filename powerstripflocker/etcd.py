@@ -32,8 +32,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, RequestTransmissionFailed, ResponseDone, ResponseFailed,
-    ResponseNeverReceived,
+    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, RequestTransmissionFailed,
+    ResponseDone, ResponseFailed, ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
@@ -51,6 +51,7 @@ _OUT_OF_RANGE = 11
 _RESOURCE_EXHAUSTED = 8
 _UNAVAILABLE = 14
 _DEADLINE_EXCEEDED = 4
+_TRY_ELSEWHERE_CODES = (_UNAVAILABLE, _RESOURCE_EXHAUSTED, _DEADLINE_EXCEEDED)
 
 # "Unavailable" answers etcd gives before it proposes anything: the request was not
 # applied, so any call may go to another member. Every other unavailable answer
@@ -388,8 +389,12 @@ class Compare:
 
 
 class IEtcdWatch(Interface):
+    """Each read of created or ended gives a new Deferred, so a failure nobody waits for
+    is not an unhandled error."""
+
     created = Attribute("Deferred firing with the revision the watch first started at "
-                        "(its events begin after it), once etcd has accepted it.")
+                        "(its events begin after it), once etcd has accepted it; failing "
+                        "as ended does when it ends before that.")
     ended = Attribute("Deferred firing with None after stop(), failing with Compacted when "
                       "the revision it must resume from is gone, or EtcdUnavailable when no "
                       "member takes it back within the reconnect deadline.")
@@ -609,7 +614,7 @@ def _answer_error(code, decoded):
     if isinstance(decoded, dict):
         message = str(decoded.get("message") or decoded.get("error") or "")
         grpc_code = decoded.get("code")
-    if grpc_code in (_UNAVAILABLE, _RESOURCE_EXHAUSTED, _DEADLINE_EXCEEDED) or code in (502, 503, 504):
+    if grpc_code in _TRY_ELSEWHERE_CODES or code in (502, 503, 504):
         applied = not any(message.startswith(m) for m in _NOT_APPLIED_MESSAGES)
         return _Failed(f"HTTP {code}: {message or 'unavailable'}", applied)
     if grpc_code == _NOT_FOUND and "lease not found" in message:

@@ -25,7 +25,8 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(parsed.urls, ("http://10.0.0.1:2379", "http://etcd-2.example:32379",
                                        "http://[::1]:4001"))
         self.assertEqual(parsed.namespace, b"/psf/prod/")
-        self.assertEqual(str(parsed), "etcd://10.0.0.1:2379,etcd-2.example:32379,[::1]:4001/psf/prod")
+        self.assertEqual(str(parsed),
+                         "etcd://10.0.0.1:2379,etcd-2.example:32379,[::1]:4001/psf/prod")
 
     def test_the_port_defaults_to_2379_and_etcds_means_https(self):
         parsed = parse_endpoints("etcds://a,b:1234")

@@ -51,7 +51,7 @@ class LeaderLossTests(TestCase):
         self.addCleanup(etcd.close)
         return etcd
 
-    async def test_every_put_and_txn_succeeds_or_fails_clearly_and_no_acknowledged_put_is_lost(self):
+    async def test_calls_succeed_or_fail_clearly_and_no_acknowledged_put_is_lost(self):
         etcd = self.client(leader_first(self.cluster, self.leader) + "/stream")
         acknowledged_puts = {}
         applied_txns = {}
