@@ -477,7 +477,7 @@ class _Codec:
         full = self.namespace + key
         body = {"key": _b64(full or b"\0")}
         if prefix:
-            body["range_end"] = _b64(_prefix_end(full) if full else b"\0")
+            body["range_end"] = _b64(_prefix_end(full))
         return body
 
     def range(self, op):
@@ -815,8 +815,11 @@ class EtcdClient:
 
     def watch(self, key, on_events, prefix=False, start_revision=None, prev_kv=False,
               reconnect_timeout=60.0):
-        watch = _ClientWatch(self, _bytes(key, "key"), on_events, prefix, start_revision,
-                             prev_kv, reconnect_timeout)
+        key = _bytes(key, "key")
+        if not prefix:
+            _check_key(key)
+        watch = _ClientWatch(self, key, on_events, prefix, start_revision, prev_kv,
+                             reconnect_timeout)
         self._watches.add(watch)
         watch.ended.addBoth(self._forget_watch, watch)
         watch.start()
@@ -1026,8 +1029,12 @@ class _ClientWatch:
         finally:
             self._waiting = None
         if response.code != 200:
-            content = await response.content()
-            return f"HTTP {response.code}: {content[:200]!r}"
+            try:
+                content = await response.content().addTimeout(client._request_timeout,
+                                                              client._reactor)
+            except Exception as reason:
+                content = _describe(reason).encode()
+            return f"HTTP {response.code}: {content[:200].decode('utf-8', 'replace')}"
         stream = _WatchStream(lambda message: self._message(message, stream))
         self._stream = stream
         response.deliverBody(stream)
@@ -1349,6 +1356,8 @@ class MemoryEtcd:
     def watch(self, key, on_events, prefix=False, start_revision=None, prev_kv=False,
               reconnect_timeout=60.0):
         key = _bytes(key, "key")
+        if not prefix:
+            _check_key(key)
         next_revision = start_revision or self._revision + 1
         watch = _MemoryWatch(self, key, on_events, prefix, next_revision, prev_kv)
         if next_revision < self._compacted:

@@ -106,6 +106,8 @@ def make_etcd_tests(start):
             etcd = (await start(self)).etcd
             with self.assertRaises(EtcdRequestError):
                 await etcd.put("", "x")
+            with self.assertRaises(EtcdRequestError):
+                etcd.watch("", lambda events: None)
 
         # transactions
 
