@@ -12,6 +12,7 @@ and returns a harness with:
                        wait until predicate() is true (the fake: at once)
 """
 
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
@@ -125,6 +126,20 @@ def make_etcd_tests(start):
             self.assertIsInstance(holder, RangeResult)
             self.assertEqual(holder.kvs[0].value, b"dataset-1")
             self.assertEqual(second.revision, first.revision)
+
+        async def test_of_many_racing_creates_of_one_name_exactly_one_wins(self):
+            etcd = (await start(self)).etcd
+            absent = [Compare("names/race", "version", "==", 0)]
+            results = await gatherResults([
+                etcd.txn(absent, [Put("names/race", f"dataset-{i}")], [Range("names/race")])
+                for i in range(20)])
+            winners = [i for i, result in enumerate(results) if result.succeeded]
+            self.assertEqual(len(winners), 1)
+            [kv] = (await etcd.range("names/race")).kvs
+            self.assertEqual(kv.value, f"dataset-{winners[0]}".encode())
+            for result in results:
+                if not result.succeeded:
+                    self.assertEqual(result.responses[0].kvs[0].value, kv.value)
 
         async def test_a_txn_writes_all_its_keys_at_one_revision(self):
             etcd = (await start(self)).etcd
@@ -267,6 +282,28 @@ def make_etcd_tests(start):
                               ("DELETE", b"", deleted.revision)])
             self.assertEqual(events[1].kv.version, 2)
             self.assertEqual(watch.next_revision, deleted.revision + 1)
+
+        async def test_a_watcher_that_writes_still_sees_every_change_in_order(self):
+            harness = await start(self)
+            etcd = harness.etcd
+            events = []
+            writes = []
+
+            def on_events(batch):
+                events.extend(batch)
+                if any(e.key == b"k" and e.kv.value == b"1" for e in batch):
+                    writes.append(etcd.put("k", "echo"))
+
+            watch = etcd.watch("k", on_events)
+            self.addCleanup(watch.stop)
+            await watch.created
+            await etcd.put("k", "1")
+            await etcd.put("k", "2")
+            await harness.until(lambda: len(events) >= 3, "three events")
+            await gatherResults(writes)
+            revisions = [e.revision for e in events]
+            self.assertEqual(revisions, sorted(set(revisions)))
+            self.assertEqual(sorted(e.kv.value for e in events), [b"1", b"2", b"echo"])
 
         async def test_a_watch_from_a_past_revision_replays_history(self):
             harness = await start(self)

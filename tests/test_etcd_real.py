@@ -2,6 +2,7 @@
 loopback, each test in a key prefix of its own; and the client over etcds://."""
 
 import uuid
+from unittest import SkipTest
 
 import pytest
 from twisted.internet import reactor
@@ -11,6 +12,7 @@ from twisted.trial.unittest import TestCase
 from powerstripflocker.etcd import EtcdClient, EtcdUnavailable, TLSFiles
 
 from .etcd_contract import make_etcd_tests
+from .support import etcd as etcd_support
 from .support.etcd import EtcdCluster, make_certificates
 
 WAIT_SECONDS = 10.0
@@ -119,3 +121,11 @@ class TLSEtcdTests(TestCase):
         with self.assertRaises(EtcdUnavailable) as raised:
             await etcd.range("k")
         self.assertIn("certificate verify failed", str(raised.exception))
+
+
+class HarnessTests(TestCase):
+    def test_a_missing_etcd_skips_saying_how_to_install_it(self):
+        self.patch(etcd_support, "ETCD", "etcd-not-installed-here")
+        with self.assertRaises(SkipTest) as raised:
+            EtcdCluster(size=1)
+        self.assertIn("apt-get install etcd-server", str(raised.exception))

@@ -1,6 +1,6 @@
 """A real three-member etcd cluster on loopback, for contract and failover tests.
 
-    cluster = EtcdCluster().start()          # SkipTest when etcd is not installed
+    cluster = EtcdCluster().start()          # SkipTest (from EtcdCluster()) without etcd
     cluster.endpoint                          # "etcd://127.0.0.1:C1,127.0.0.1:C2,127.0.0.1:C3"
     leader = cluster.leader()                 # the member whose maintenance/status says so
     cluster.kill(leader)                      # kill -9; its data dir stays
@@ -205,6 +205,7 @@ class EtcdCluster:
     """Three (or size) etcd members forming one new cluster on loopback."""
 
     def __init__(self, base_dir=None, size=3, tls=False):
+        require_etcd()
         self.base_dir = str(base_dir or tempfile.mkdtemp(prefix="psf-etcd-"))
         self.token = f"psf-{uuid.uuid4()}"
         self.certificates = None
@@ -232,7 +233,6 @@ class EtcdCluster:
         return f"{scheme}://" + ",".join(m.address for m in self.members)
 
     def start(self, timeout=60.0):
-        require_etcd()
         for member in self.members:
             member.start()
         try:
