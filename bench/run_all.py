@@ -30,6 +30,7 @@ BENCHMARKS = [
     ("move_large", "move_large.py", ["--megabytes", "1024"], ["--megabytes", "64"]),
     ("move_small", "move_small.py", ["--runs", "15"], ["--runs", "4"]),
     ("move_shaped", "move_shaped.py", ["--megabytes", "256"], ["--megabytes", "32"]),
+    ("handoff", "handoff.py", ["--runs", "15"], ["--runs", "4"]),
     ("concurrency", "concurrency.py", [], []),
     ("concurrency_split", "concurrency.py", ["--mode", "split"], ["--mode", "split"]),
 ]
@@ -41,6 +42,7 @@ TITLES = {
     "move_large": "3. move a large dataset (tar baseline)",
     "move_small": "4. move a small volume",
     "move_shaped": "4b. move over a link shaped to 100 Mbit/s (tar | socat baseline)",
+    "handoff": "6. refusal of a volume in use elsewhere; docker stop then docker run elsewhere",
     "concurrency": "5. 200 creates / 50 names, each from both nodes",
     "concurrency_split": "5b. same, each name from one node",
 }

@@ -233,6 +233,7 @@ class LeaseKeeper:
         self._retries = {}      # dataset_id -> IDelayedCall of a renewal retried early
         self._locks = {}        # dataset_id -> DeferredLock: one call at a time per dataset
         self._queued = set()    # datasets with a renewal waiting for their lock
+        self._new_users = set()  # datasets with a user not yet told to the control service
         self._renewal = LoopingCall(self._renew_all)
         self._renewal.clock = clock
 
@@ -265,10 +266,13 @@ class LeaseKeeper:
         holders = self._holders.setdefault(dataset_id, {})
         new = holder not in holders
         holders[holder] = description
-        # A new user of a dataset whose lease is not confirmed (a first use, or one that
-        # started again after fencing) is checked with the control service at once.
-        if new and dataset_id not in self._confirmed:
-            await self._renew(dataset_id)
+        if not new:
+            return
+        # A new user is told to the control service at once: its start used up the
+        # claim that handed out the path (leases.py), and a dataset whose lease is not
+        # confirmed (a first use, or one that started again after fencing) is checked.
+        self._new_users.add(dataset_id)
+        await self._renew(dataset_id)
 
     async def release(self, dataset_id, holder):
         holders = self._holders.get(dataset_id, {})
@@ -304,8 +308,10 @@ class LeaseKeeper:
         if self._holders.get(dataset_id) or dataset_id not in self._leased:
             return
         self._leased.discard(dataset_id)
+        self._new_users.discard(dataset_id)
         try:
-            await self._api.release_lease(dataset_id)
+            # As the holder: a claim a hook made since our users started keeps the lease.
+            await self._api.release_lease(dataset_id, node_uuid=self._node_uuid)
         except NotFound:
             pass
         except (ControlServiceUnreachable, FlockerAPIError) as reason:
@@ -328,8 +334,12 @@ class LeaseKeeper:
         if not self._holders.get(dataset_id):
             return
         sent = self._clock.seconds()
+        new_user = dataset_id in self._new_users
         try:
-            await self._api.acquire_lease(dataset_id, self._node_uuid, self.lease_seconds)
+            await self._api.acquire_lease(dataset_id, self._node_uuid, self.lease_seconds,
+                                          new_user=new_user)
+            if new_user:
+                self._new_users.discard(dataset_id)
         except AlreadyExists as refused:
             self._lapse(dataset_id, f"the control service refused this node's lease: "
                                     f"{refused.description}")
