@@ -90,11 +90,13 @@ class LeaseNotFound(EtcdError):
 
 
 class Compacted(EtcdError):
-    """The revision asked for (a watch's start) is older than etcd keeps."""
+    """The revision asked for (a watch's start, a read's) is older than etcd keeps;
+    compact_revision is the oldest kept, when etcd says (a watch's answer does)."""
 
-    def __init__(self, revision, compact_revision):
-        super().__init__(f"etcd revision {revision} is compacted: the oldest kept is "
-                         f"{compact_revision}; read the current state and watch from there")
+    def __init__(self, revision, compact_revision=None):
+        oldest = f": the oldest kept is {compact_revision}" if compact_revision else ""
+        super().__init__(f"etcd revision {revision} is compacted{oldest}; read the current "
+                         "state and watch from there")
         self.revision = revision
         self.compact_revision = compact_revision
 
@@ -314,6 +316,7 @@ class Range:
     key: bytes
     prefix: bool = False
     limit: int = 0
+    revision: int = 0  # 0: now; else the keys as they were at that revision
 
     def __post_init__(self):
         object.__setattr__(self, "key", _bytes(self.key, "key"))
@@ -407,8 +410,9 @@ class IEtcdWatch(Interface):
 class IEtcd(Interface):
     """An etcd v3 key space (relative to the endpoint's prefix)."""
 
-    def range(key, prefix=False, limit=0):
-        """Deferred RangeResult: key, or every key starting with key when prefix."""
+    def range(key, prefix=False, limit=0, revision=0):
+        """Deferred RangeResult: key, or every key starting with key when prefix; as at
+        revision when one is given (Compacted when etcd no longer keeps it)."""
 
     def put(key, value, lease=0, prev_kv=False):
         """Deferred PutResult; LeaseNotFound when lease is given and unknown."""
@@ -486,6 +490,8 @@ class _Codec:
         body = self.key_range(op.key, op.prefix)
         if op.limit:
             body["limit"] = str(op.limit)
+        if op.revision:
+            body["revision"] = str(op.revision)
         return body
 
     def put(self, op):
@@ -732,11 +738,16 @@ class EtcdClient:
 
     # IEtcd
 
-    def range(self, key, prefix=False, limit=0):
+    def range(self, key, prefix=False, limit=0, revision=0):
         async def call():
-            body = self._codec.range(Range(key, prefix, limit))
-            return self._codec.range_result(
-                await self._call("/v3/kv/range", body, True, "range"))
+            body = self._codec.range(Range(key, prefix, limit, revision))
+            try:
+                answer = await self._call("/v3/kv/range", body, True, "range")
+            except EtcdRequestError as error:
+                if "required revision has been compacted" in error.message:
+                    raise Compacted(revision) from None
+                raise
+            return self._codec.range_result(answer)
         return Deferred.fromCoroutine(call())
 
     def put(self, key, value, lease=0, prev_kv=False):
@@ -1158,6 +1169,7 @@ class MemoryEtcd:
         self._kvs = {}
         self._revision = 1  # a new etcd cluster is at revision 1
         self._history = []  # [(revision, [Event])], oldest first
+        self._versions = {}  # key -> [(revision, KeyValue, or None once deleted)]
         self._compacted = 0
         self._leases = {}
         self._next_lease = 7587867000000000000
@@ -1176,10 +1188,26 @@ class MemoryEtcd:
     def _range(self, op):
         if not op.prefix:
             _check_key(op.key)
-        keys = self._select(op.key, op.prefix)
-        chosen = keys[:op.limit] if op.limit else keys
-        return RangeResult(tuple(self._kvs[k] for k in chosen), len(keys), self._revision,
-                           len(chosen) < len(keys))
+        if op.revision:
+            found = self._as_at(op.key, op.prefix, op.revision)
+        else:
+            found = [self._kvs[k] for k in self._select(op.key, op.prefix)]
+        chosen = found[:op.limit] if op.limit else found
+        return RangeResult(tuple(chosen), len(found), self._revision, len(chosen) < len(found))
+
+    def _as_at(self, key, prefix, revision):
+        if revision > self._revision:
+            raise EtcdRequestError(_OUT_OF_RANGE, "etcdserver: mvcc: required revision is a "
+                                   "future revision")
+        if revision < self._compacted:
+            raise Compacted(revision)
+        found = []
+        for candidate in sorted(self._versions):
+            if candidate.startswith(key) if prefix else candidate == key:
+                then = [kv for at, kv in self._versions[candidate] if at <= revision]
+                if then and then[-1] is not None:
+                    found.append(then[-1])
+        return found
 
     def _check_put(self, op):
         _check_key(op.key)
@@ -1245,6 +1273,9 @@ class MemoryEtcd:
     def _commit(self, revision, events):
         self._revision = revision
         self._history.append((revision, events))
+        for event in events:
+            self._versions.setdefault(event.key, []).append(
+                (revision, event.kv if event.type == "PUT" else None))
         self._pending.append((revision, events))
         if self._delivering:
             return
@@ -1267,8 +1298,8 @@ class MemoryEtcd:
 
     # IEtcd
 
-    def range(self, key, prefix=False, limit=0):
-        return self._answer(lambda: self._range(Range(key, prefix, limit)))
+    def range(self, key, prefix=False, limit=0, revision=0):
+        return self._answer(lambda: self._range(Range(key, prefix, limit, revision)))
 
     def put(self, key, value, lease=0, prev_kv=False):
         return self._answer(lambda: self._apply([Put(key, value, lease, prev_kv)])[1][0])

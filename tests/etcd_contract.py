@@ -71,6 +71,28 @@ def make_etcd_tests(start):
             everything = await etcd.range("", prefix=True)
             self.assertEqual(everything.count, 5)
 
+        async def test_a_read_at_a_revision_sees_the_keys_as_they_were(self):
+            etcd = (await start(self)).etcd
+            first = await etcd.put("datasets/a", "1")
+            await etcd.put("datasets/b", "1")
+            await etcd.put("datasets/a", "2")
+            deleted = await etcd.delete("datasets/b")
+            then = await etcd.range("datasets/", prefix=True, revision=first.revision)
+            self.assertEqual([(kv.key, kv.value) for kv in then.kvs], [(b"datasets/a", b"1")])
+            self.assertEqual(then.revision, deleted.revision)
+            before = await etcd.range("datasets/", prefix=True, revision=deleted.revision - 1)
+            self.assertEqual([(kv.key, kv.value) for kv in before.kvs],
+                             [(b"datasets/a", b"2"), (b"datasets/b", b"1")])
+            page = await etcd.range("datasets/", prefix=True, limit=1,
+                                    revision=deleted.revision - 1)
+            self.assertEqual((len(page.kvs), page.count, page.more), (1, 2, True))
+            with self.assertRaises(EtcdRequestError):
+                await etcd.range("datasets/a", revision=deleted.revision + 1000)
+            await etcd.compact(deleted.revision)
+            with self.assertRaises(Compacted):
+                await etcd.range("datasets/a", revision=first.revision)
+            self.assertEqual((await etcd.range("datasets/a", revision=deleted.revision)).count, 1)
+
         async def test_a_put_can_return_the_previous_value(self):
             etcd = (await start(self)).etcd
             self.assertEqual((await etcd.put("k", "1", prev_kv=True)).prev_kv, None)
