@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
+from dataclasses import replace
 
 import pytest
 from twisted.internet import reactor
@@ -245,6 +246,126 @@ def make_backend_tests(backend_name, make_roots):
             await self.a.create(self.id, 134217728)
             await self.move(self.a, self.b)
             self.assertEqual(self.b.local_datasets()[self.id].maximum_size, 134217728)
+
+        # -- the trash: deleted data kept for a while ----------------------------
+
+        async def test_a_trashed_primary_is_kept_with_its_record_and_restored_intact(self):
+            await self.start()
+            await self.a.create(self.id, 134217728)
+            fill_sample_tree(self.a.path(self.id), random_bytes=64 * 1024)
+            self.a.record_generation(self.id, 4)
+            before = manifest(self.a.path(self.id))
+            entry = await self.a.trash(self.id, 1_800_000_000.25)
+            self.assertEqual((entry.dataset_id, entry.deleted_at, entry.generation,
+                              entry.maximum_size), (self.id, 1_800_000_000.25, 4, 134217728))
+            self.assertEqual(entry.key, f"{self.id}-20270115T080000.250Z")
+            self.assertGreater(entry.bytes, 64 * 1024)
+            self.assertFalse(os.path.lexists(self.a.path(self.id)))
+            self.assertNotIn(self.id, self.a.local_datasets())
+            self.assertEqual(self.a.trashed(), [entry])
+            kept = os.path.join(self.root_a, "trash", entry.key)
+            self.assertEqual(manifest(kept), before, "kept under trash/, as it was")
+            restarted = make_backend(backend_name, reactor, self.root_a)
+            await restarted.start()
+            self.assertEqual(restarted.trashed(), [entry], "a restart keeps the trash")
+            restored = await restarted.restore(self.id)
+            self.assertEqual(restored.key, entry.key)
+            self.assertEqual(manifest(restarted.path(self.id)), before)
+            held = restarted.local_datasets()[self.id]
+            self.assertEqual((held.role, held.maximum_size, held.generation),
+                             (PRIMARY, 134217728, 4))
+            self.assertEqual(restarted.trashed(), [])
+            self.assertFalse(os.path.lexists(kept))
+
+        async def test_a_restored_copy_moves_like_any_primary(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            fill_sample_tree(self.a.path(self.id), random_bytes=64 * 1024)
+            await self.a.trash(self.id, 1_800_000_000.0)
+            await self.a.restore(self.id)
+            before = manifest(self.a.path(self.id))
+            await self.move(self.a, self.b)
+            self.assertEqual(manifest(self.b.path(self.id)), before)
+
+        async def test_only_a_primary_goes_to_the_trash(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            await self.move(self.a, self.b)
+            self.assertIsNone(await self.a.trash(self.id, 1_800_000_000.0),
+                              "a handed-off copy is not the dataset")
+            self.assertEqual((self.a.trashed(), self.a.local_datasets()), ([], {}))
+            self.assertFalse(os.path.lexists(self.a.path(self.id)))
+            self.assertIsNone(await self.a.trash(str(uuid.uuid4()), 1_800_000_000.0))
+
+        async def test_restore_refuses_what_is_not_in_the_trash_or_already_primary(self):
+            await self.start()
+            with self.assertRaises(BackendError):
+                await self.a.restore(self.id)
+            await self.a.create(self.id, None)
+            await self.a.trash(self.id, 1_800_000_000.0)
+            await self.a.create(self.id, None)
+            with self.assertRaises(Conflict):
+                await self.a.restore(self.id)
+            self.assertEqual(len(self.a.trashed()), 1, "the kept copy stays kept")
+
+        async def test_the_latest_of_two_trashed_copies_is_restored(self):
+            await self.start()
+            for deleted_at, content in ((1_800_000_000.0, "old"), (1_800_000_100.0, "new")):
+                await self.a.create(self.id, None)
+                with open(os.path.join(self.a.path(self.id), "f"), "w") as f:
+                    f.write(content)
+                await self.a.trash(self.id, deleted_at)
+            self.assertEqual([e.deleted_at for e in self.a.trashed()],
+                             [1_800_000_000.0, 1_800_000_100.0])
+            await self.a.restore(self.id)
+            with open(os.path.join(self.a.path(self.id), "f")) as f:
+                self.assertEqual(f.read(), "new")
+            self.assertEqual([e.deleted_at for e in self.a.trashed()], [1_800_000_000.0])
+
+        async def test_purge_removes_an_entry_and_is_idempotent(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            fill_sample_tree(self.a.path(self.id), random_bytes=4096)
+            entry = await self.a.trash(self.id, 1_800_000_000.0)
+            await self.a.purge(entry.key)
+            await self.a.purge(entry.key)
+            self.assertEqual(self.a.trashed(), [])
+            self.assertEqual(os.listdir(os.path.join(self.root_a, "trash")), [])
+            with self.assertRaises(BackendError):
+                await self.a.purge("../datasets")
+
+        async def test_start_finishes_an_interrupted_restore_and_drops_unrecorded_leftovers(
+                self):
+            await self.start()
+            await self.a.create(self.id, None)
+            fill_sample_tree(self.a.path(self.id), random_bytes=4096)
+            before = manifest(self.a.path(self.id))
+            entry = await self.a.trash(self.id, 1_800_000_000.0)
+            # the agent dies after marking the entry restoring, before the rename
+            self.a._put_trash_record(replace(entry, restoring=True))
+            leftover = os.path.join(self.root_a, "trash", uuid.uuid4().hex)
+            os.makedirs(os.path.join(leftover, "inside"))
+            restarted = make_backend(backend_name, reactor, self.root_a)
+            await restarted.start()
+            self.assertEqual(manifest(restarted.path(self.id)), before)
+            self.assertEqual(restarted.local_datasets()[self.id].role, PRIMARY)
+            self.assertEqual(restarted.trashed(), [])
+            self.assertEqual(os.listdir(os.path.join(self.root_a, "trash")), [])
+
+        async def test_start_drops_the_record_of_a_trash_interrupted_before_its_rename(self):
+            await self.start()
+            await self.a.create(self.id, None)
+            other = str(uuid.uuid4())
+            await self.a.create(other, None)
+            entry = await self.a.trash(other, 1_800_000_000.0)
+            os.rename(os.path.join(self.root_a, "trash", entry.key),
+                      self.a.path(other))
+            self.a.meta.put(other, {"role": PRIMARY})
+            restarted = make_backend(backend_name, reactor, self.root_a)
+            await restarted.start()
+            self.assertEqual(restarted.trashed(), [])
+            self.assertEqual(restarted.local_datasets()[other].role, PRIMARY,
+                             "still primary: its delete is done again")
 
     BackendContract.__name__ = BackendContract.__qualname__ = \
         f"{backend_name.capitalize()}BackendContract"

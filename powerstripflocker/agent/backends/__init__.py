@@ -7,6 +7,7 @@ from .base import (
     MissingParent,
     ReceivePlan,
     SendPlan,
+    TrashEntry,
 )
 
 
@@ -24,5 +25,5 @@ BACKENDS = ("directory", "btrfs")
 
 __all__ = [
     "BACKENDS", "BackendError", "Conflict", "IStorageBackend", "MissingParent",
-    "ReceivePlan", "SendPlan", "make_backend",
+    "ReceivePlan", "SendPlan", "TrashEntry", "make_backend",
 ]

@@ -3,13 +3,18 @@
 import json
 import os
 import re
+import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from ..model import HANDED_OFF, PRIMARY, REPLICA, LocalDataset
+
+log = Logger()
 
 
 class BackendError(Exception):
@@ -100,6 +105,22 @@ class IStorageBackend(Interface):
     def known_generation(dataset_id):
         """The generation recorded with the copy held here (any role), or None."""
 
+    def trash(dataset_id, deleted_at):
+        """async: the dataset is deleted: keep its primary copy in the trash (recorded
+        with deleted_at and its size) and remove every other trace of it here; fires
+        with the TrashEntry, or None when no primary copy was held here."""
+
+    def trashed():
+        """Every TrashEntry kept here, oldest first (synchronous)."""
+
+    def restore(dataset_id):
+        """async: the most recently trashed copy of dataset_id becomes this node's
+        primary again, data as it was; fires with its TrashEntry. Conflict when held here
+        as primary already, BackendError when not in the trash here."""
+
+    def purge(key):
+        """async: remove the trash entry key, data and record (idempotent)."""
+
 
 class GenerationRecords:
     """record_generation / known_generation over a backend's MetadataStore (self.meta)."""
@@ -110,6 +131,168 @@ class GenerationRecords:
 
     def known_generation(self, dataset_id):
         return (self.meta.get(dataset_id) or {}).get("generation")
+
+
+@dataclass(frozen=True)
+class TrashEntry:
+    """A deleted dataset's primary copy kept in <data-root>/trash/<key>."""
+    dataset_id: str
+    deleted_at: float            # the agent's clock (seconds since the epoch)
+    bytes: int
+    key: str
+    maximum_size: Optional[int] = None
+    generation: Optional[int] = None
+    origin: str = "created"
+    restoring: bool = False      # set just before the copy goes back to datasets/<id>
+
+    def to_record(self):
+        return {"dataset_id": self.dataset_id, "deleted_at": self.deleted_at,
+                "bytes": self.bytes, "key": self.key, "maximum_size": self.maximum_size,
+                "generation": self.generation, "origin": self.origin,
+                "restoring": self.restoring}
+
+    @classmethod
+    def from_record(cls, record):
+        return cls(dataset_id=record["dataset_id"], deleted_at=float(record["deleted_at"]),
+                   bytes=int(record.get("bytes") or 0), key=record["key"],
+                   maximum_size=record.get("maximum_size"),
+                   generation=record.get("generation"),
+                   origin=record.get("origin", "created"),
+                   restoring=bool(record.get("restoring", False)))
+
+
+def trash_key(dataset_id, deleted_at):
+    """<dataset_id>-<UTC time of the delete, to the millisecond>: a plain name."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(deleted_at))
+    return f"{dataset_id}-{stamp}.{int(deleted_at * 1000) % 1000:03d}Z"
+
+
+class TrashCan:
+    """trash / trashed / restore / purge, shared by the backends.
+
+    Layout: <data-root>/trash/<key> is the kept copy (a directory or a btrfs subvolume,
+    renamed there from datasets/<id>: same file system, no data copied) and
+    <key>.json its record. The record is written before the rename and removed after
+    it, so a crash in between leaves something start() can finish (recover_trash()).
+    The backend provides self.meta, self.path(), async _discard(path) (remove a
+    dataset's tree) and async _discard_traces(dataset_id) (what else it keeps of a
+    dataset: staging areas, snapshots).
+    """
+
+    def _init_trash(self):
+        self.trash_dir = os.path.join(self.data_root, "trash")
+        os.makedirs(self.trash_dir, exist_ok=True)
+
+    def _trash_path(self, key):
+        return os.path.join(self.trash_dir, check_name(key, "trash key"))
+
+    def _trash_record(self, key):
+        return self._trash_path(key) + ".json"
+
+    def _put_trash_record(self, entry):
+        _write_json(self._trash_record(entry.key), entry.to_record())
+        _fsync_dir(self.trash_dir)
+
+    def _drop_trash_record(self, key):
+        try:
+            os.unlink(self._trash_record(key))
+        except FileNotFoundError:
+            pass
+
+    def trashed(self):
+        entries = []
+        for name in os.listdir(self.trash_dir):
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self.trash_dir, name), encoding="utf-8") as f:
+                    entries.append(TrashEntry.from_record(json.load(f)))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return sorted(entries, key=lambda entry: (entry.deleted_at, entry.key))
+
+    async def trash(self, dataset_id, deleted_at):
+        record = self.meta.get(dataset_id)
+        path = self.path(dataset_id)
+        if record is None or record.get("role") != PRIMARY or not os.path.isdir(path):
+            await self.destroy(dataset_id)
+            return None
+        size = await deferToThread(tree_size, path)
+        entry = TrashEntry(dataset_id=dataset_id, deleted_at=deleted_at, bytes=size,
+                           key=trash_key(dataset_id, deleted_at),
+                           maximum_size=record.get("maximum_size"),
+                           generation=record.get("generation"),
+                           origin=record.get("origin", "created"))
+        self._put_trash_record(entry)
+        os.rename(path, self._trash_path(entry.key))
+        self.meta.delete(dataset_id)
+        await self._discard_traces(dataset_id)
+        return entry
+
+    async def restore(self, dataset_id):
+        record = self.meta.get(dataset_id)
+        if record is not None and record.get("role") == PRIMARY:
+            raise Conflict(f"dataset {dataset_id} is already held here as primary")
+        kept = [entry for entry in self.trashed() if entry.dataset_id == dataset_id
+                and os.path.lexists(self._trash_path(entry.key))]
+        if not kept:
+            raise BackendError(f"dataset {dataset_id} is not in the trash here")
+        entry = replace(kept[-1], restoring=True)
+        self._put_trash_record(entry)
+        # A handed-off copy or a replica left here is older than what was deleted.
+        await self.destroy(dataset_id)
+        self._finish_restore(entry)
+        return entry
+
+    def _finish_restore(self, entry):
+        """Meta first, then the rename, then the record: each step can be redone."""
+        self.meta.put(entry.dataset_id, {
+            "role": PRIMARY, "maximum_size": entry.maximum_size, "origin": entry.origin,
+            "generation": entry.generation})
+        os.rename(self._trash_path(entry.key), self.path(entry.dataset_id))
+        self._drop_trash_record(entry.key)
+
+    async def purge(self, key):
+        await self._discard(self._trash_path(key))
+        self._drop_trash_record(key)
+
+    async def recover_trash(self):
+        """At start: finish interrupted trashes and restores, drop what is not recorded
+        (leftovers of deletions interrupted before trash entries existed)."""
+        recorded = set()
+        for entry in self.trashed():
+            kept = os.path.lexists(self._trash_path(entry.key))
+            if not kept:
+                # Restored (the rename was done), or never moved here (the trash was
+                # interrupted: the copy is still in datasets/ and its delete is redone).
+                self._drop_trash_record(entry.key)
+                continue
+            recorded.add(entry.key)
+            if not entry.restoring:
+                continue
+            if os.path.lexists(self.path(entry.dataset_id)):
+                # Interrupted before a stale copy there was removed: convergence
+                # decides the restore again.
+                self._put_trash_record(replace(entry, restoring=False))
+            else:
+                log.info("finishing the restore of {dataset_id} from the trash",
+                         dataset_id=entry.dataset_id)
+                self._finish_restore(entry)
+                recorded.discard(entry.key)
+        for name in os.listdir(self.trash_dir):
+            if name not in recorded and not name.endswith(".json"):
+                log.info("removing {path}: not a recorded trash entry",
+                         path=os.path.join(self.trash_dir, name))
+                await self._discard(os.path.join(self.trash_dir, name))
+
+
+def _write_json(path, document):
+    tmp = path + f".{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(document, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -140,12 +323,7 @@ class MetadataStore:
             return None
 
     def put(self, dataset_id, record):
-        tmp = self._file(dataset_id) + f".{uuid.uuid4().hex}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._file(dataset_id))
+        _write_json(self._file(dataset_id), record)
         _fsync_dir(self.root)
 
     def update(self, dataset_id, **changes):

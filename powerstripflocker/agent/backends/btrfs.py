@@ -7,6 +7,8 @@ Layout under the data root (which must be on a btrfs file system):
                             `btrfs receive` writes into snapshots/<id>/ directly: a
                             subvolume there that is not read-only is an interrupted receive
   meta/<id>.json            role, maximum_size, origin, last snapshot
+  trash/<id>-<deleted-at>   a deleted dataset's subvolume, renamed there (no copy), kept
+                            for the agent's --keep-deleted; <key>.json its record
 
 A push: read-only snapshot of datasets/<id>, `btrfs send [-p parent]` streamed to the peer,
 `btrfs receive` there; acquire = writable snapshot of the received one as datasets/<id>.
@@ -36,6 +38,7 @@ from .base import (
     MissingParent,
     ReceivePlan,
     SendPlan,
+    TrashCan,
     check_name,
     local_from_meta,
     tree_size,
@@ -67,7 +70,7 @@ def new_snapshot_name():
 
 
 @implementer(IStorageBackend)
-class BtrfsBackend(GenerationRecords):
+class BtrfsBackend(GenerationRecords, TrashCan):
     name = "btrfs"
     formats = ("btrfs",)
 
@@ -80,6 +83,7 @@ class BtrfsBackend(GenerationRecords):
         for d in (self.datasets_dir, self.snapshots_dir):
             os.makedirs(d, exist_ok=True)
         self.meta = MetadataStore(self.data_root)
+        self._init_trash()
 
     async def start(self):
         if _fstype(self.data_root) != "btrfs":
@@ -88,6 +92,7 @@ class BtrfsBackend(GenerationRecords):
             await self._btrfs("quota", "enable", self.data_root)
         for dataset_id in os.listdir(self.snapshots_dir):
             await self._drop_partial_receives(dataset_id)
+        await self.recover_trash()
 
     def local_datasets(self):
         return local_from_meta(self, self.meta.all())
@@ -123,9 +128,24 @@ class BtrfsBackend(GenerationRecords):
     async def destroy(self, dataset_id):
         self.meta.delete(dataset_id)
         await self._delete_subvolume(self.path(dataset_id))
+        await self._discard_traces(dataset_id)
+
+    async def _discard_traces(self, dataset_id):
+        # Snapshots are incremental parents only: a restored copy moves in full once.
         for name in self.snapshots(dataset_id):
             await self._delete_subvolume(os.path.join(self._snapdir(dataset_id), name))
         _rmdir(self._snapdir(dataset_id))
+
+    async def _discard(self, path):
+        if not os.path.lexists(path):
+            return
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                await self._delete_subvolume(path)
+                return
+            except CommandFailed:
+                pass          # a plain directory, not a subvolume
+        await deferToThread(_rmtree, path)
 
     def snapshots(self, dataset_id):
         try:
@@ -263,4 +283,10 @@ def _rmdir(path):
 
 def _rmtree(path):
     import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass

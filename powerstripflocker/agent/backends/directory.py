@@ -5,6 +5,9 @@ Layout under the data root:
   meta/<id>.json            role (primary / handed-off), maximum_size, origin
   staging/<id>/<token>/     an incoming push being extracted
   staging/<id>/<token>.complete   marker: that push was received completely
+  trash/<id>-<deleted-at>   a deleted dataset, kept for the agent's --keep-deleted
+  trash/<id>-<deleted-at>.json    its record (see base.TrashCan)
+  removing/<random>         a tree being deleted (renamed here first: atomic)
 
 maximum_size is recorded and reported but not enforced (a plain directory has no quota).
 """
@@ -26,6 +29,7 @@ from .base import (
     MetadataStore,
     ReceivePlan,
     SendPlan,
+    TrashCan,
     check_name,
     local_from_meta,
     tree_size,
@@ -40,7 +44,7 @@ TAR_EXTRACT = ["tar", "--extract", "--file=-", "--numeric-owner", "--preserve-pe
 
 
 @implementer(IStorageBackend)
-class DirectoryBackend(GenerationRecords):
+class DirectoryBackend(GenerationRecords, TrashCan):
     name = "directory"
     formats = ("tar",)
 
@@ -49,17 +53,20 @@ class DirectoryBackend(GenerationRecords):
         self.data_root = os.path.abspath(data_root)
         self.datasets_dir = os.path.join(self.data_root, "datasets")
         self.staging_dir = os.path.join(self.data_root, "staging")
-        self.trash_dir = os.path.join(self.data_root, "trash")
-        for d in (self.datasets_dir, self.staging_dir, self.trash_dir):
+        self.removing_dir = os.path.join(self.data_root, "removing")
+        for d in (self.datasets_dir, self.staging_dir, self.removing_dir):
             os.makedirs(d, exist_ok=True)
         self.meta = MetadataStore(self.data_root)
+        self._init_trash()
 
     async def start(self):
         # Receives (complete or not) that were never acquired and half-deleted trees are
         # leftovers of a crash; a sender whose push was not acquired pushes again.
         for dataset_id in os.listdir(self.staging_dir):
             await self._remove(os.path.join(self.staging_dir, dataset_id))
-        await self._empty_trash()
+        for name in os.listdir(self.removing_dir):
+            await deferToThread(_rm, os.path.join(self.removing_dir, name))
+        await self.recover_trash()
 
     def local_datasets(self):
         return local_from_meta(self, self.meta.all())
@@ -154,16 +161,18 @@ class DirectoryBackend(GenerationRecords):
         self.meta.delete(dataset_id)
 
     async def _remove(self, path):
-        """Rename into the trash (atomic), then delete in a thread."""
+        """Rename into removing/ (atomic), then delete in a thread."""
         if not os.path.lexists(path):
             return
-        doomed = os.path.join(self.trash_dir, uuid.uuid4().hex)
+        doomed = os.path.join(self.removing_dir, uuid.uuid4().hex)
         os.rename(path, doomed)
         await deferToThread(_rm, doomed)
 
-    async def _empty_trash(self):
-        for name in os.listdir(self.trash_dir):
-            await deferToThread(_rm, os.path.join(self.trash_dir, name))
+    async def _discard(self, path):
+        await self._remove(path)
+
+    async def _discard_traces(self, dataset_id):
+        await self._remove(os.path.join(self.staging_dir, dataset_id))
 
 
 def _rm(path):
