@@ -1,5 +1,6 @@
 """powerstrip-flocker agent: converge this node to the cluster configuration."""
 
+import argparse
 import os
 import re
 import uuid
@@ -20,7 +21,7 @@ from .control import ControlClient
 from .faults import Faults
 from .model import REPLICA
 from .peer import PeerClient, PeerServer
-from .service import AgentService
+from .service import DEFAULT_KEEP_DELETED, AgentService
 
 HELP = "run the node agent: create, move and delete this node's datasets"
 TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
@@ -73,6 +74,24 @@ def configure(parser):
     parser.add_argument("--tls-ca", default=None,
                         help="PEM CA certificate(s) that https:// control and agent URLs "
                              "must be signed by (default: the system's trust store)")
+    parser.add_argument("--keep-deleted", type=duration, default=DEFAULT_KEEP_DELETED,
+                        metavar="DURATION",
+                        help="how long a deleted dataset's data is kept in this node's "
+                             "trash, restorable with 'powerstrip-flocker restore NAME': "
+                             "seconds, or with a unit (90s, 30m, 1h, 7d); 0 deletes at "
+                             "once (default 1h)")
+
+
+DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text):
+    """Seconds from '3600', '90s', '30m', '1h' or '7d' (argparse type)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: seconds, or a number with s, m, h or d")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
 def read_token(options, environ=None):
@@ -169,7 +188,8 @@ async def main(reactor, options):
     peers = PeerClient(reactor, me, token=token, http=http)
     agent = AgentService(reactor, backend, control, peers, me, options.address, url,
                          token=token, faults=faults, move_attempts=options.move_attempts,
-                         stall_retry=options.stall_retry_seconds)
+                         stall_retry=options.stall_retry_seconds,
+                         keep_deleted=options.keep_deleted)
     try:
         await agent.start()
         port = await serverFromString(reactor, options.listen).listen(

@@ -1,14 +1,15 @@
 """The agent's decisions: a pure function of the cluster view and the local datasets."""
 
-from .model import HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Wait
+from .model import HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Restore, Wait
 
 
-def decide(node_uuid, view, local, in_use=None):
+def decide(node_uuid, view, local, in_use=None, trashed=frozenset()):
     """What this node should do now.
 
     node_uuid: this node; view: a ClusterView; local: dataset_id -> LocalDataset;
     in_use: dataset_id -> descriptions of what uses it on this node (mounted in some
-    mount namespace, or a running container's), for the datasets in use here.
+    mount namespace, or a running container's), for the datasets in use here;
+    trashed: ids of the deleted datasets whose primary copy this node keeps in its trash.
     Returns a list of actions, at most one per dataset, in dataset id order.
 
     Rules, per dataset:
@@ -23,6 +24,8 @@ def decide(node_uuid, view, local, in_use=None):
       this node -> Push to N (then hand off). Leases held by other nodes don't block.
     - held here as a handed-off copy, and another node reports it -> Cleanup.
     - configured deleted, held here (any role) and not leased to this node -> Destroy.
+    - configured (not deleted) here, not held here as primary, in our trash and no other
+      node reports it -> Restore (the control service restored it from our trash).
     - held here but not configured at all -> left alone (still reported if primary).
     - in use here (the kernel's truth, whatever the leases say) -> never pushed away,
       cleaned up or destroyed while it is.
@@ -35,7 +38,8 @@ def decide(node_uuid, view, local, in_use=None):
     ids = sorted(set(view.datasets) | set(local))
     for dataset_id in ids:
         action = _decide_one(node_uuid, view, dataset_id, view.datasets.get(dataset_id),
-                             local.get(dataset_id), in_use.get(dataset_id))
+                             local.get(dataset_id), in_use.get(dataset_id),
+                             dataset_id in trashed)
         if action is not None:
             actions.append(action)
     return actions
@@ -56,7 +60,7 @@ def superseded(node_uuid, view, held):
     return bool(view.holders(held.dataset_id) - {node_uuid, configured.primary})
 
 
-def _decide_one(me, view, dataset_id, configured, held, users):
+def _decide_one(me, view, dataset_id, configured, held, users, in_trash):
     leased_here = view.leased_to(dataset_id, me)
     if configured is None:
         return None
@@ -71,6 +75,12 @@ def _decide_one(me, view, dataset_id, configured, held, users):
                                     "until nothing uses it")
         return Destroy(dataset_id)
     others = view.holders(dataset_id) - {me}
+    if in_trash and configured.primary == me and not others and (
+            held is None or held.role != PRIMARY):
+        if in_use:
+            return Wait(dataset_id, f"restored from the trash here but the copy here is "
+                                    f"{in_use}; restoring once nothing uses it")
+        return Restore(dataset_id)
     if held is not None and held.role == HANDED_OFF:
         if in_use:
             return Wait(dataset_id, f"handed off but {in_use}; kept until nothing uses it")

@@ -126,6 +126,14 @@ class Cleanup:
 
 @dataclass(frozen=True)
 class Destroy:
+    """The dataset is deleted: our primary copy goes to the trash (or, without a keep
+    window, away), any other copy away."""
+    dataset_id: str
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The dataset was restored with this node as primary: our trashed copy is it again."""
     dataset_id: str
 
 

@@ -7,6 +7,11 @@ up to max_backoff). A move (push) that fails move_attempts times in a row is sta
 reported in the node report's transfers with stalled, attempts and the error, and tried
 again only once its configuration changes or after stall_retry seconds; the source
 stays primary and intact meanwhile.
+
+A deleted dataset's primary copy goes to the backend's trash and is kept keep_deleted
+seconds (reported in the node report's trash, restorable meanwhile: the control service
+makes this node its primary again and convergence restores it), then purged by a check
+every TRASH_CHECK_LIMIT seconds at most, and at start.
 """
 
 import uuid
@@ -20,7 +25,7 @@ from twisted.logger import Logger
 from .backends import BackendError, Conflict
 from .convergence import decide, superseded
 from .faults import Faults
-from .model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Wait
+from .model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Restore, Wait
 from .peer import PeerError, Refused
 from .streams import CommandFailed, Progress, failure_cause
 
@@ -46,6 +51,8 @@ class InUseHere(Exception):
 ERROR_LENGTH = 1024      # the node report's limit on a transfer's error text
 IN_USE_RECHECK = 1.0     # seconds before an action found in use at the last moment is redone
 UNREACHABLE_RETRY = 30.0  # seconds before a move stalled on an unreachable target is retried
+DEFAULT_KEEP_DELETED = 3600.0  # seconds a deleted dataset's data is kept in the trash
+TRASH_CHECK_LIMIT = 60.0  # the longest between two looks for trash entries past their time
 
 def _unreachable(error):
     """Whether a failed push never got an answer from the target's agent."""
@@ -80,7 +87,8 @@ class _Held:
 class AgentService:
     def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
                  token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30,
-                 stall_timeout=300.0, move_attempts=5, stall_retry=300.0):
+                 stall_timeout=300.0, move_attempts=5, stall_retry=300.0,
+                 keep_deleted=DEFAULT_KEEP_DELETED):
         self.reactor = reactor
         self.backend = backend
         self.control = control
@@ -96,6 +104,7 @@ class AgentService:
         self.stall_timeout = stall_timeout
         self.move_attempts = move_attempts
         self.stall_retry = stall_retry
+        self.keep_deleted = keep_deleted
         self.view = None
         self.generation = None
         self.busy = {}                # dataset_id -> what is running ("push", "receive"...)
@@ -113,6 +122,7 @@ class AgentService:
         self._report_dirty = False
         self._poll = None
         self._heartbeat = None
+        self._trash_check = None
         self._waits_logged = {}
         self.reported = 0
         # users_of(dataset_id) -> descriptions of the containers using it here (in-use
@@ -133,6 +143,11 @@ class AgentService:
         self._heartbeat = task.LoopingCall(self.request_report)
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(self.heartbeat, now=True)
+        self._trash_check = task.LoopingCall(
+            lambda: defer.ensureDeferred(self.purge_expired()))
+        self._trash_check.clock = self.reactor
+        self._trash_check.start(min(max(self.keep_deleted / 4, 0.1), TRASH_CHECK_LIMIT),
+                                now=True)
         self._poll_done = defer.ensureDeferred(self._poll_loop())
         log.info("agent {node_uuid} started: backend {backend} at {root}, agent url {url}",
                  node_uuid=self.node_uuid, backend=self.backend.name,
@@ -140,8 +155,9 @@ class AgentService:
 
     def stop(self):
         self.running = False
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        for loop in (self._heartbeat, self._trash_check):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._poll is not None:
             self._poll.cancel()
 
@@ -194,8 +210,59 @@ class AgentService:
             if d.role == PRIMARY
             and not (self.view is not None and superseded(self.node_uuid, self.view, d))
         ]
-        return {"host": self.address, "agent_url": self.agent_url, "datasets": datasets,
-                "transfers": self._transfers_report()}
+        report = {"host": self.address, "agent_url": self.agent_url, "datasets": datasets,
+                  "transfers": self._transfers_report()}
+        trash = self._trash_report()
+        if trash:
+            # Only when there is one: a control service from before the trash refuses
+            # reports with fields it does not know.
+            report["trash"] = trash
+        return report
+
+    def _trash_report(self):
+        return [{"dataset_id": entry.dataset_id, "deleted_at": entry.deleted_at,
+                 "expires_at": entry.deleted_at + self.keep_deleted, "bytes": entry.bytes,
+                 **({"generation": entry.generation} if entry.generation else {})}
+                for entry in self.backend.trashed()]
+
+    # the trash
+
+    async def purge_expired(self):
+        """Purge the trash entries kept keep_deleted seconds, except those whose dataset
+        a fresh view shows restored here (their restore is under way)."""
+        now = self.reactor.seconds()
+        expired = [entry for entry in self.backend.trashed()
+                   if entry.deleted_at + self.keep_deleted <= now]
+        if not expired or not self.running:
+            return
+        try:
+            view = await self.fresh_view()
+        except Exception as e:
+            log.warn("not purging the trash now: cannot check the configuration for "
+                     "restores: {error}", error=e)
+            return
+        purged = False
+        for entry in expired:
+            configured = view.datasets.get(entry.dataset_id)
+            if configured is not None and not configured.deleted \
+                    and configured.primary == self.node_uuid:
+                continue
+            if not self.lock(entry.dataset_id, "purge"):
+                continue
+            try:
+                await self.backend.purge(entry.key)
+                purged = True
+                log.info("removed dataset {dataset_id} from the trash: deleted "
+                         "{seconds:.0f}s ago, kept {keep:g}s ({bytes} bytes)",
+                         dataset_id=entry.dataset_id, seconds=now - entry.deleted_at,
+                         keep=self.keep_deleted, bytes=entry.bytes)
+            except Exception as e:
+                log.error("cannot remove {key} from the trash: {error}", key=entry.key,
+                          error=e)
+            finally:
+                self.unlock(entry.dataset_id)
+        if purged:
+            self.request_report()
 
     def _transfers_report(self):
         """Running transfers, and the moves that failed and wait for their next attempt
@@ -260,7 +327,8 @@ class AgentService:
                   if (users := self.in_use(dataset_id))}
         now = self.reactor.seconds()
         waits = {}
-        actions = decide(self.node_uuid, self.view, local, in_use)
+        trashed = {entry.dataset_id for entry in self.backend.trashed()}
+        actions = decide(self.node_uuid, self.view, local, in_use, trashed)
         decided = {action.dataset_id: action for action in actions}
         for dataset_id in list(self.failures):
             if decided.get(dataset_id) != self.failures[dataset_id].action \
@@ -331,8 +399,18 @@ class AgentService:
                          size=action.maximum_size)
             elif isinstance(action, Destroy):
                 self._check_not_in_use(dataset_id, "destroying")
-                await self.backend.destroy(dataset_id)
-                log.info("destroyed dataset {dataset_id}", dataset_id=dataset_id)
+                await self._destroy(dataset_id)
+            elif isinstance(action, Restore):
+                self._check_not_in_use(dataset_id, "restoring")
+                entry = await self.backend.restore(dataset_id)
+                configured = self.view.datasets.get(dataset_id)
+                self.backend.record_generation(
+                    dataset_id, configured.generation if configured is not None else None)
+                log.info("restored dataset {dataset_id} from the trash at {path} (deleted "
+                         "{seconds:.0f}s ago, {bytes} bytes)", dataset_id=dataset_id,
+                         path=self.backend.path(dataset_id),
+                         seconds=self.reactor.seconds() - entry.deleted_at,
+                         bytes=entry.bytes)
             elif isinstance(action, Cleanup):
                 self._check_not_in_use(dataset_id, "deleting")
                 await self.backend.cleanup(dataset_id)
@@ -355,6 +433,20 @@ class AgentService:
             self.unlock(dataset_id)
             self.request_report()
             self.converge()
+
+    async def _destroy(self, dataset_id):
+        if self.keep_deleted <= 0:
+            await self.backend.destroy(dataset_id)
+            log.info("destroyed dataset {dataset_id}", dataset_id=dataset_id)
+            return
+        entry = await self.backend.trash(dataset_id, self.reactor.seconds())
+        if entry is None:
+            log.info("destroyed the copy of deleted dataset {dataset_id} (not its primary)",
+                     dataset_id=dataset_id)
+            return
+        log.info("moved deleted dataset {dataset_id} ({bytes} bytes) to the trash as "
+                 "{key}; kept {keep:g}s, restorable meanwhile", dataset_id=dataset_id,
+                 bytes=entry.bytes, key=entry.key, keep=self.keep_deleted)
 
     def _failed(self, action, error, configuration):
         dataset_id = action.dataset_id

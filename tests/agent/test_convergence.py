@@ -3,7 +3,7 @@
 from powerstripflocker.agent.convergence import decide
 from powerstripflocker.agent.model import (
     HANDED_OFF, PRIMARY, REPLICA, Cleanup, ClusterView, Create, Destroy, LocalDataset, Push,
-    Wait,
+    Restore, Wait,
 )
 
 ME = "11111111-1111-4111-8111-111111111111"
@@ -219,3 +219,42 @@ def test_the_only_copy_is_pushed_however_many_times_the_primary_changed():
 def test_a_copy_the_configured_primary_received_from_us_is_a_handoff_to_finish():
     # pushed and acquired there, our handoff interrupted: Push finds it and hands off
     assert decide(ME, generation_view(5, THIRD), held_at(4)) == [Push(DS, THIRD, OTHER_URL)]
+
+
+# -- the trash: a restored dataset comes back from where it was kept ---------------------
+
+TRASHED = frozenset({DS})
+
+
+def test_a_deleted_primary_is_destroyed_which_keeps_it_in_the_trash():
+    assert decide(ME, view([dataset(deleted=True, manifested=True)]), held()) == [Destroy(DS)]
+
+
+def test_a_dataset_restored_here_from_our_trash_is_restored():
+    assert decide(ME, view([dataset(manifested=True)]), {}, trashed=TRASHED) == [Restore(DS)]
+
+
+def test_a_dataset_restored_elsewhere_leaves_our_trashed_copy_alone():
+    configured = view([dataset(primary=OTHER, manifested=True)], nodes=[node(OTHER, [DS])])
+    assert decide(ME, configured, {}, trashed=TRASHED) == []
+
+
+def test_a_dataset_deleted_again_is_not_restored_from_the_trash():
+    assert decide(ME, view([dataset(deleted=True, manifested=True)]), {},
+                  trashed=TRASHED) == []
+
+
+def test_no_restore_while_another_node_serves_the_dataset():
+    configured = view([dataset(manifested=True)], nodes=[node(OTHER, [DS])])
+    [action] = decide(ME, configured, {}, trashed=TRASHED)
+    assert isinstance(action, Wait) and "push" in action.reason
+
+
+def test_a_stale_copy_here_in_use_holds_the_restore_back():
+    [action] = decide(ME, view([dataset(manifested=True)]), held(HANDED_OFF), IN_USE,
+                      trashed=TRASHED)
+    assert isinstance(action, Wait) and "in use" in action.reason
+
+
+def test_a_primary_held_here_is_not_restored_over():
+    assert decide(ME, view([dataset(manifested=True)]), held(), trashed=TRASHED) == []

@@ -6,7 +6,7 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.agent.backends import SendPlan
+from powerstripflocker.agent.backends import SendPlan, TrashEntry
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
 from powerstripflocker.agent.peer import PeerError, Refused
@@ -50,6 +50,7 @@ class StubBackend:
         self.held = {}
         self.calls = []
         self.fail_create = 0
+        self.trash_entries = {}
 
     async def start(self):
         pass
@@ -90,6 +91,35 @@ class StubBackend:
 
     async def abandon_send(self, plan):
         self.calls.append(("abandon_send", plan.dataset_id))
+
+    def trashed(self):
+        return sorted(self.trash_entries.values(), key=lambda e: e.deleted_at)
+
+    async def trash(self, dataset_id, deleted_at):
+        self.calls.append(("trash", dataset_id))
+        held = self.held.pop(dataset_id, None)
+        if held is None or held.role != PRIMARY:
+            return None
+        entry = TrashEntry(dataset_id, deleted_at, 4096, f"{dataset_id}-{int(deleted_at)}",
+                           generation=held.generation)
+        self.trash_entries[entry.key] = entry
+        return entry
+
+    async def restore(self, dataset_id):
+        self.calls.append(("restore", dataset_id))
+        [entry] = [e for e in self.trashed() if e.dataset_id == dataset_id][-1:]
+        del self.trash_entries[entry.key]
+        self.held[dataset_id] = LocalDataset(dataset_id, PRIMARY, self.path(dataset_id),
+                                             generation=entry.generation)
+        return entry
+
+    async def purge(self, key):
+        self.calls.append(("purge", key))
+        self.trash_entries.pop(key, None)
+
+    async def destroy(self, dataset_id):
+        self.calls.append(("destroy", dataset_id))
+        self.held.pop(dataset_id, None)
 
 
 class FakePeers:
@@ -259,6 +289,91 @@ class AgentServiceTests(SynchronousTestCase):
         failure = self.failureResultOf(defer.ensureDeferred(self.agent.check_receive(DS)),
                                        Refused)
         self.assertEqual(failure.value.code, 503)
+
+
+class TrashTests(SynchronousTestCase):
+    """Deleted data kept keep_deleted seconds, on a Clock: trashed, reported, restored,
+    purged once its time is up (never while the configuration restores it here)."""
+
+    KEEP = 600.0
+
+    def setUp(self):
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.control = FakeControl()
+        self.backend = StubBackend()
+        self.agent = AgentService(self.clock, self.backend, self.control, FakePeers({}), ME,
+                                  "10.0.0.1", "http://10.0.0.1:4524", faults=Faults(),
+                                  keep_deleted=self.KEEP)
+        self.successResultOf(defer.ensureDeferred(self.agent.start()))
+        self.addCleanup(self.agent.stop)
+        self.backend.held[DS] = LocalDataset(DS, PRIMARY, self.backend.path(DS),
+                                             generation=3)
+
+    def deliver(self, body):
+        self.control.polls[-1][1].callback(body)
+        self.control.fresh = body
+
+    def delete(self):
+        self.deliver(view(2, [dict(dataset(manifested=True, generation=3), deleted=True)]))
+
+    def test_a_deleted_primary_goes_to_the_trash_and_is_reported_there(self):
+        self.delete()
+        self.assertEqual(self.backend.calls, [("trash", DS)])
+        report = self.control.reports[-1]
+        self.assertEqual(report["datasets"], [])
+        self.assertEqual(report["trash"], [{
+            "dataset_id": DS, "deleted_at": 1_800_000_000, "bytes": 4096, "generation": 3,
+            "expires_at": 1_800_000_000 + self.KEEP}])
+
+    def test_a_report_without_trash_has_no_trash_field(self):
+        self.assertNotIn("trash", self.control.reports[-1])
+
+    def test_the_trash_is_purged_once_the_keep_window_is_over_and_reported(self):
+        self.delete()
+        self.clock.advance(self.KEEP - 1)
+        self.assertNotIn(("purge", f"{DS}-1800000000"), self.backend.calls)
+        self.clock.advance(self.KEEP / 4)
+        self.assertIn(("purge", f"{DS}-1800000000"), self.backend.calls)
+        self.assertEqual(self.backend.trashed(), [])
+        self.assertNotIn("trash", self.control.reports[-1])
+
+    def test_a_dataset_restored_here_comes_back_from_the_trash_and_is_reported(self):
+        self.delete()
+        self.deliver(view(3, [dataset(manifested=True, generation=3)]))
+        self.assertEqual(self.backend.calls, [("trash", DS), ("restore", DS)])
+        report = self.control.reports[-1]
+        self.assertEqual([d["dataset_id"] for d in report["datasets"]], [DS])
+        self.assertNotIn("trash", report)
+
+    def test_an_expired_entry_being_restored_here_is_not_purged(self):
+        self.delete()
+        restored = view(3, [dataset(manifested=True, generation=3)])
+        self.control.fresh = restored
+        self.clock.advance(self.KEEP * 2)
+        self.assertEqual(self.backend.calls, [("trash", DS)])
+
+    def test_no_purge_while_the_configuration_cannot_be_checked(self):
+        self.delete()
+        self.control.fresh = None
+        self.clock.advance(self.KEEP * 2)
+        self.assertEqual(self.backend.calls, [("trash", DS)])
+
+    def test_expired_entries_left_by_a_previous_run_are_purged_at_start(self):
+        old = TrashEntry(DS, self.clock.seconds() - self.KEEP - 1, 10, "old")
+        self.backend.trash_entries["old"] = old
+        self.control.fresh = view(1)
+        again = AgentService(self.clock, self.backend, self.control, FakePeers({}), ME,
+                             "10.0.0.1", "http://10.0.0.1:4524", faults=Faults(),
+                             keep_deleted=self.KEEP)
+        self.successResultOf(defer.ensureDeferred(again.start()))
+        self.addCleanup(again.stop)
+        self.assertIn(("purge", "old"), self.backend.calls)
+
+    def test_without_a_keep_window_a_delete_destroys_at_once(self):
+        self.agent.keep_deleted = 0
+        self.delete()
+        self.assertEqual(self.backend.calls, [("destroy", DS)])
 
 
 class MoveTests(SynchronousTestCase):
