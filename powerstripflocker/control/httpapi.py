@@ -238,7 +238,25 @@ class ControlAPI:
         dataset = self.service.delete_dataset(dataset_id)
         return 200, dataset.to_configuration(), self._tag_headers()
 
+    @app.route("/v1/configuration/datasets/<dataset_id>/restore", methods=["POST"])
+    @endpoint
+    def restore_dataset(self, request, dataset_id):
+        """Beyond Flocker: un-delete a dataset whose data a node keeps in its trash."""
+        self._check_tag(request)
+        dataset = self.service.restore_dataset(dataset_id)
+        return 200, dataset.to_configuration(), self._tag_headers()
+
     # -- v1: state ---------------------------------------------------------
+
+    @app.route("/v1/state/trash", methods=["GET"])
+    @endpoint
+    def state_trash(self, request):
+        """Beyond Flocker: the deleted datasets' data the nodes keep, newest first."""
+        entries = self.service.trash()
+        name = _query_text(request, b"name")
+        if name is not None:
+            entries = [e for e in entries if e["name"] == name]
+        return 200, entries
 
     @app.route("/v1/state/datasets", methods=["GET"])
     @endpoint
@@ -319,7 +337,7 @@ class ControlAPI:
         body = read_json(request, "node_report")
         generation = self.service.report(
             normalised, body["host"], body["agent_url"], body["datasets"],
-            body.get("transfers", []),
+            body.get("transfers", []), trash=body.get("trash", []),
         )
         return 200, {"generation": generation}
 

@@ -130,6 +130,23 @@ NODE_REPORT = {
                 "additionalProperties": False,
             },
         },
+        # Beyond Flocker: deleted datasets whose data the node keeps for a while.
+        "trash": {
+            "type": "array",
+            "maxItems": 4096,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "dataset_id": UUID4,
+                    "deleted_at": {"type": "number", "minimum": 0},
+                    "expires_at": {"type": "number", "minimum": 0},
+                    "bytes": {"type": "integer", "minimum": 0},
+                    "generation": {"type": "integer", "minimum": 1, "maximum": 2 ** 62},
+                },
+                "required": ["dataset_id", "deleted_at", "expires_at", "bytes"],
+                "additionalProperties": False,
+            },
+        },
     },
     "required": ["host", "agent_url", "datasets"],
     "additionalProperties": False,

@@ -87,18 +87,24 @@ class NodeReport:
     datasets: list
     transfers: list
     received: float = field(compare=False)
+    # Deleted datasets whose data the node keeps: [{dataset_id, deleted_at, expires_at,
+    # bytes[, generation]}], times on the node's clock.
+    trash: list = field(default_factory=list)
 
     def content(self):
-        return (self.host, self.agent_url, self.datasets, self.transfers)
+        return (self.host, self.agent_url, self.datasets, self.transfers, self.trash)
 
     def to_json(self):
-        return {
+        document = {
             "uuid": self.uuid,
             "host": self.host,
             "agent_url": self.agent_url,
             "datasets": self.datasets,
             "transfers": self.transfers,
         }
+        if self.trash:
+            document["trash"] = self.trash
+        return document
 
 
 class ControlService:
@@ -115,7 +121,7 @@ class ControlService:
         for node_uuid, report, received in store.node_reports():
             self.nodes[node_uuid] = NodeReport(
                 node_uuid, report["host"], report["agent_url"], report["datasets"],
-                report["transfers"], received=received,
+                report["transfers"], received=received, trash=report.get("trash", []),
             )
             self._persisted_received[node_uuid] = received
         # Random start: a restarted service never takes an agent's old generation for current.
@@ -308,6 +314,69 @@ class ControlService:
         )
         self.changed()
         return deleted
+
+    # -- the trash: deleted data the agents keep for a while ----------------
+
+    def trash(self):
+        """Every trash entry of the fresh node reports, with its node, host, dataset
+        name and whether the dataset is still deleted; most recently deleted first."""
+        entries = []
+        for report in self.fresh_nodes():
+            for kept in report.trash:
+                dataset = self.store.get_dataset(kept["dataset_id"])
+                entries.append(dict(
+                    kept, node_uuid=report.uuid, host=report.host,
+                    name=None if dataset is None else dataset.metadata.get("name"),
+                    deleted=None if dataset is None else dataset.deleted))
+        entries.sort(key=lambda entry: (-entry["deleted_at"], entry["node_uuid"]))
+        return entries
+
+    def _keeper(self, dataset):
+        """The node to restore a deleted dataset on: one whose fresh report still lists
+        it (its delete is not done there yet), else the one keeping the newest copy in
+        its trash (highest generation, then latest delete); None when no node has it."""
+        kept = []
+        for report in self.fresh_nodes():
+            if any(entry["dataset_id"] == dataset.dataset_id for entry in report.datasets):
+                return report.uuid
+            for entry in report.trash:
+                if entry["dataset_id"] == dataset.dataset_id:
+                    kept.append((entry.get("generation") or 0, entry["deleted_at"],
+                                 report.uuid))
+        return max(kept)[2] if kept else None
+
+    def restore_dataset(self, dataset_id):
+        """Un-delete a deleted dataset, primary the node keeping its data, decided in
+        one transaction: 409 when it is not deleted or its name is used by a live
+        dataset now, 404 when no node keeps its data."""
+        with self.store.transaction():
+            dataset = self._existing(dataset_id)
+            if not dataset.deleted:
+                raise APIError(409, f"dataset {dataset.dataset_id} is not deleted.")
+            name = dataset.metadata.get("name")
+            if name is not None:
+                live = [d for d in self.store.datasets_named(name) if not d.deleted]
+                if live:
+                    raise APIError(409, (
+                        f"the name {name!r} is used by dataset {live[0].dataset_id} now; "
+                        f"delete or rename that one to restore dataset "
+                        f"{dataset.dataset_id}."))
+            keeper = self._keeper(dataset)
+            if keeper is None:
+                raise APIError(404, (
+                    f"dataset {dataset.dataset_id} is in no node's trash: its data was "
+                    "removed after the agents' --keep-deleted, or its node is not "
+                    "reporting."))
+            self.store.mark_restored(dataset.dataset_id)
+            if keeper != dataset.primary:
+                self._move(dataset, keeper)
+            restored = self.store.get_dataset(dataset.dataset_id)
+        self.log.info(
+            "dataset {dataset_id} restored on {primary} (generation {generation})",
+            dataset_id=restored.dataset_id, primary=restored.primary,
+            generation=restored.generation)
+        self.changed()
+        return restored
 
     # -- leases -----------------------------------------------------------
 
@@ -544,7 +613,7 @@ class ControlService:
 
     # -- node reports and state -------------------------------------------
 
-    def report(self, node_uuid, host, agent_url, datasets, transfers):
+    def report(self, node_uuid, host, agent_url, datasets, transfers, trash=()):
         """Replace node_uuid's report; bump the generation only if its content changed."""
         now = self.clock.seconds()
         datasets = [
@@ -565,7 +634,17 @@ class ControlService:
             }, **{key: t[key] for key in TRANSFER_OUTCOME_FIELDS if key in t})
             for t in transfers
         ]
-        new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now)
+        trash = [
+            dict({
+                "dataset_id": t["dataset_id"].lower(),
+                "deleted_at": t["deleted_at"],
+                "expires_at": t["expires_at"],
+                "bytes": t["bytes"],
+            }, **({"generation": t["generation"]} if t.get("generation") else {}))
+            for t in trash
+        ]
+        new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now,
+                         trash=trash)
         old = self.nodes.get(node_uuid)
         different = old is None or old.content() != new.content()
         if different:

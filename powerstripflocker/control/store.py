@@ -190,6 +190,10 @@ class Store:
         with self._transaction() as db:
             db.execute("UPDATE datasets SET deleted = 1 WHERE dataset_id = ?", (dataset_id,))
 
+    def mark_restored(self, dataset_id):
+        with self._transaction() as db:
+            db.execute("UPDATE datasets SET deleted = 0 WHERE dataset_id = ?", (dataset_id,))
+
     def mark_manifested(self, dataset_ids):
         """Set the manifested flag; returns the ids whose flag changed."""
         changed = []
