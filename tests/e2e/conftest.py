@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import tempfile
 import urllib.request
 
@@ -35,7 +36,11 @@ class ClusterUnderTest:
         return docker(self.layout.node(node).real_docker_host, *args, **kwargs)
 
     def api(self, path):
-        with urllib.request.urlopen(self.layout.control_url + "/v1" + path, timeout=30) as r:
+        with open(self.layout.token_file) as token:
+            request = urllib.request.Request(
+                self.layout.control_url + "/v1" + path,
+                headers={"Authorization": f"Bearer {token.read().strip()}"})
+        with urllib.request.urlopen(request, timeout=30) as r:
             return json.load(r)
 
     def node_uuid(self, node):
@@ -63,6 +68,14 @@ def start_cluster(base, **layout_options):
     layout = make_layout(str(base), run_dir, control_port=free_port(), agent_port=free_port(),
                          adapter_port=free_port(), **layout_options)
     return LocalCluster(layout)
+
+
+def keep_logs(local, where):
+    """Copy the cluster's logs to where (pytest keeps its last runs' temporary
+    directories), so a failure can be read after the cluster is gone."""
+    shutil.rmtree(where, ignore_errors=True)
+    if os.path.isdir(local.layout.log_dir):
+        shutil.copytree(local.layout.log_dir, where)
 
 
 def adapters_in_containers(local, archive_dir):

@@ -15,7 +15,7 @@ from powerstripflocker.localcluster import missing_requirements, mounts_under
 from powerstripflocker.localnet import links, namespaces
 
 from ..support.processes import free_port
-from .conftest import ClusterUnderTest, start_cluster
+from .conftest import ClusterUnderTest, keep_logs, start_cluster
 
 FRONTEND_TIMEOUT = 20.0
 
@@ -61,6 +61,7 @@ def hosts(tmp_path_factory):
         local.import_images()
         yield ClusterUnderTest(local)
     finally:
+        keep_logs(local, f"{base}-logs")
         local.stop()
     assert [name for name in namespaces() if name.startswith(prefix)] == []
     assert [name for name in links() if name.startswith(prefix)] == []

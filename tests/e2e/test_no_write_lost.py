@@ -13,7 +13,7 @@ from datetime import datetime
 
 import pytest
 
-from .conftest import ClusterUnderTest, start_cluster
+from .conftest import ClusterUnderTest, keep_logs, start_cluster
 
 LEASE_SECONDS = 6.0
 FRONTEND_TIMEOUT = 30.0
@@ -64,6 +64,7 @@ def pair(tmp_path_factory):
         local.import_images()
         yield Safety(local)
     finally:
+        keep_logs(local, f"{base}-logs")
         local.stop()
 
 
