@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "units": "powerstripflocker.units",
     "plugin": "powerstripflocker.plugin_command",
     "release": "powerstripflocker.release_command",
+    "restore": "powerstripflocker.restore_command",
 }
 
 

@@ -102,6 +102,21 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class Trashed:
+    """A deleted dataset's data a node keeps in its trash (GET /v1/state/trash, beyond
+    Flocker). Times are the node's clock, in seconds since the epoch."""
+
+    dataset_id: str
+    node_uuid: str
+    host: str | None
+    name: str | None
+    deleted: bool | None      # the dataset's configuration says so (None: not configured)
+    deleted_at: float
+    expires_at: float
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Configuration:
     tag: str | None  # X-Configuration-Tag; None when the service does not send one
     datasets: list
@@ -469,6 +484,32 @@ class FlockerClient:
             _, body = await self._request("DELETE",
                                           f"/configuration/leases/{dataset_id}{holder}")
             return _lease(body)
+        return self._deferred(call())
+
+
+    # Beyond IFlockerAPI and Flocker: the trash of our control service, used by the
+    # restore command only (no frontend depends on it, so the fake has none).
+
+    def list_trash(self, name=None):
+        """Fires with [Trashed], most recently deleted first (of name only, if given)."""
+        path = "/state/trash" + ("" if name is None else "?name=" + quote(name, safe=""))
+
+        async def call():
+            _, body = await self._request("GET", path)
+            return [Trashed(entry["dataset_id"], entry["node_uuid"], entry.get("host"),
+                            entry.get("name"), entry.get("deleted"),
+                            float(entry["deleted_at"]), float(entry["expires_at"]),
+                            int(entry.get("bytes") or 0)) for entry in body]
+        return self._deferred(call())
+
+    def restore_dataset(self, dataset_id):
+        """Un-deletes a deleted dataset a node keeps in its trash; fires with its
+        DatasetConfig (primary: that node). AlreadyExists when it is not deleted or
+        its name is used by a live dataset, NotFound when no node keeps it."""
+        async def call():
+            _, restored = await self._request(
+                "POST", f"/configuration/datasets/{dataset_id}/restore")
+            return _dataset_config(restored)
         return self._deferred(call())
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 from twisted.logger import Logger
 
@@ -32,7 +33,9 @@ def configure(parser):
         help=f"cluster token (or ${TOKEN_ENV}) to read transfer progress from the "
              f"agent protocol",
     )
-    parser.add_argument("--all", action="store_true", help="also list deleted datasets")
+    parser.add_argument("--all", action="store_true",
+                        help="also list deleted datasets, and until when a node's trash "
+                             "keeps their data (needs the cluster token)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of an https control URL")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
@@ -70,8 +73,10 @@ def human_seconds(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def build_rows(configuration, state, nodes, leases, cluster=None, include_deleted=False):
-    """One row (dict of COLUMNS, lower-cased keys) per configured dataset."""
+def build_rows(configuration, state, nodes, leases, cluster=None, include_deleted=False,
+               now=None):
+    """One row (dict of COLUMNS, lower-cased keys) per configured dataset; now (the
+    time, default the clock's) says when the data of deleted ones leaves a trash."""
     hosts = {node["uuid"]: node["host"] for node in nodes}
     if cluster:
         for node in cluster.get("nodes", []):
@@ -90,6 +95,13 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
             if transfer.get("direction") == "push":
                 transfers[transfer["dataset_id"]] = transfer
 
+    trashed = {}
+    for node in (cluster or {}).get("nodes", []):
+        for entry in node.get("trash", []):
+            latest = trashed.get(entry["dataset_id"])
+            if latest is None or entry["deleted_at"] > latest[1]["deleted_at"]:
+                trashed[entry["dataset_id"]] = (node["uuid"], entry)
+
     rows = []
     for dataset in configuration:
         if dataset.get("deleted") and not include_deleted:
@@ -101,6 +113,9 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
         path = "-"
         if dataset.get("deleted"):
             state_text = "deleted" if not entries else "deleting"
+            if not entries and dataset_id in trashed:
+                keeper, kept = trashed[dataset_id]
+                state_text = trash_text(node_name(keeper), kept, now)
         elif here:
             state_text = "manifest"
             path = here[0]["path"]
@@ -138,6 +153,15 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
         })
     rows.sort(key=lambda row: (row["name"], row["dataset"]))
     return rows
+
+
+def trash_text(host, kept, now=None):
+    """'in trash on HOST until 00:35:10 UTC (58m12s left)' for a deleted dataset."""
+    now = time.time() if now is None else now
+    until = time.strftime("%H:%M:%S UTC", time.gmtime(kept["expires_at"]))
+    left = kept["expires_at"] - now
+    when = f"{human_seconds(left)} left" if left > 0 else "due for removal"
+    return f"in trash on {host} until {until} ({when})"
 
 
 def render_table(rows):

@@ -3,6 +3,8 @@ rules of POST /v1/configuration/datasets/ID/restore, decided in one transaction.
 
 from twisted.trial.unittest import TestCase
 
+from powerstripflocker.control.status import build_rows
+
 from .helpers import NODE1, NODE2, flocker_schema, harness, new_id
 
 DATASETS = "/v1/configuration/datasets"
@@ -170,3 +172,31 @@ class TrashTests(TestCase):
         await self.report(NODE1, trash=[kept(dataset_id)])
         [node] = self.h.service.cluster_view()["nodes"]
         self.assertEqual(node["trash"], [kept(dataset_id)])
+
+
+class StatusTests(TestCase):
+    """status --all: a deleted dataset still in a trash says where and until when."""
+
+    def test_a_deleted_dataset_in_a_trash_shows_its_node_and_removal_time(self):
+        gone, purged = new_id(), new_id()
+        configuration = [
+            {"dataset_id": gone, "primary": NODE2, "metadata": {"name": "gone"},
+             "deleted": True},
+            {"dataset_id": purged, "primary": NODE1, "metadata": {"name": "purged"},
+             "deleted": True}]
+        cluster = {"nodes": [
+            {"uuid": NODE1, "host": "10.0.0.1", "transfers": [],
+             "trash": [kept(gone, 1_800_000_000.0)]},
+            {"uuid": NODE2, "host": "10.0.0.2", "transfers": [],
+             "trash": [kept(gone, 1_799_999_000.0)]}]}
+        nodes = [{"uuid": NODE1, "host": "10.0.0.1"}, {"uuid": NODE2, "host": "10.0.0.2"}]
+        rows = {row["name"]: row for row in build_rows(
+            configuration, [], nodes, [], cluster, include_deleted=True,
+            now=1_800_000_000.0 + 600)}
+        self.assertEqual(rows["gone"]["state"],
+                         "in trash on 10.0.0.1 until 09:00:00 UTC (50m00s left)")
+        self.assertEqual(rows["purged"]["state"], "deleted")
+        late = build_rows(configuration, [], nodes, [], cluster, include_deleted=True,
+                          now=1_800_000_000.0 + KEEP)
+        self.assertIn("(due for removal)", late[0]["state"])
+        self.assertEqual(build_rows(configuration, [], nodes, [], cluster), [])
