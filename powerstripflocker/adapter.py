@@ -17,7 +17,7 @@ from .placement import (
     VolumeClaimedElsewhere, VolumeInUse,
 )
 from .volumes import (
-    InvalidRequest, NotJSON, decode_body, find_create_volumes, find_legacy_start_volumes,
+    InvalidRequest, NotJSON, check_json_depth, decode_body, find_create_volumes, find_legacy_start_volumes,
     is_container_create, is_container_start, rewrite, unique_names,
 )
 
@@ -62,6 +62,10 @@ def _field(container, key, kinds, where):
 
 def parse_hook(raw):
     """Parse a Powerstrip protocol 1 hook envelope; raise HookError(400) saying what's wrong."""
+    try:
+        check_json_depth(raw)
+    except InvalidRequest as reason:
+        raise HookError(400, str(reason)) from None
     try:
         envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -144,6 +148,11 @@ def _read_body(request, limit):
     if len(body) > limit:
         raise HookError(413, f"the hook request is larger than {limit} bytes")
     return body
+
+
+def hook_error_document(message):
+    """The body of a refusal: Powerstrip's {"message": ...}."""
+    return {"message": message}
 
 
 def _json(request, status, document):

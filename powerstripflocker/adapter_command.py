@@ -1,15 +1,14 @@
 """powerstrip-flocker adapter: serve the Powerstrip hook endpoint for this node."""
 
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import react
 from twisted.logger import Logger
-from twisted.web.server import Site
 
-from .adapter import FlockerAdapter
+from .adapter import MAX_HOOK_BYTES, FlockerAdapter, hook_error_document
 from .frontend_options import (
     add_control_options, build_api, build_placement, check_control_options, check_maximum_size,
 )
+from .listening import BoundedSite, server_endpoint
 from .metrics import Metrics
 
 HELP = "serve the Powerstrip hook that makes /flocker/NAME volumes local to this node"
@@ -41,7 +40,8 @@ def run(options):
 
     async def serve(reactor):
         adapter = build_adapter(reactor, options)
-        port = await serverFromString(reactor, options.listen).listen(Site(adapter.resource()))
+        site = BoundedSite(adapter.resource(), MAX_HOOK_BYTES, error_document=hook_error_document)
+        port = await server_endpoint(reactor, options.listen).listen(site)
         log.info("powerstrip-flocker adapter listening on {address}, control service "
                  "{control_url}", address=port.getHost(), control_url=options.control_url)
         await Deferred()

@@ -3,6 +3,7 @@ where the control service is, who this node is, and how long to wait."""
 
 import os
 
+from .credentials import TokenError, client_token
 from .flocker import MINIMUM_SIZE, FlockerClient, tls_policy
 from .placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
 
@@ -42,8 +43,10 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     )
     parser.add_argument(
         "--cluster-token-file", default=None,
-        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN), sent as a bearer "
-             "token with every request to the control service",
+        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; else, for a "
+             "control service on this machine, the one it made in "
+             "/var/lib/powerstrip-flocker/cluster.token), sent as a bearer token with every "
+             "request to the control service",
     )
     parser.add_argument("--tls-ca", help="cluster CA certificate: talk HTTPS to the control "
                                          "service and trust only this CA")
@@ -76,13 +79,10 @@ def build_api(reactor, options):
 
 
 def cluster_token(options):
-    if options.cluster_token_file:
-        try:
-            with open(options.cluster_token_file, encoding="utf-8") as token_file:
-                return token_file.read().strip() or None
-        except OSError as reason:
-            raise SystemExit(f"cannot read --cluster-token-file: {reason}") from None
-    return os.environ.get("POWERSTRIP_FLOCKER_CLUSTER_TOKEN") or None
+    try:
+        return client_token(options.cluster_token_file, options.control_url)
+    except TokenError as reason:
+        raise SystemExit(str(reason)) from None
 
 
 def build_placement(reactor, api, options, metrics=None, maximum_size=None):

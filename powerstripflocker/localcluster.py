@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from .credentials import TOKEN_ENV
 from .localnet import (
     HostsNetwork, HostsNetworkControl, NetworkError, cluster_prefix, in_namespace,
 )
@@ -108,6 +109,12 @@ class ClusterLayout:
     network: HostsNetwork | None = None  # in "netns" mode: the namespaces and their bridge
     frontend_timeout: float | None = None  # adapters' and plugins' deadline; theirs if None
     lease_seconds: float | None = None  # agents' lease expiry; theirs if None
+    # Plain HTTP on a control address other than loopback: the netns bridge this machine
+    # made, never a real network (units leaves it False).
+    insecure_http: bool = False
+    # Where the control service's TLS files are (control.crt, control.key and the
+    # cluster CA's cluster-ca.crt): it serves HTTPS and every client checks it.
+    tls_dir: str = ""
 
     @property
     def hosts(self):
@@ -119,11 +126,31 @@ class ClusterLayout:
 
     @property
     def control_url(self):
-        return f"http://{self.control_address}:{self.control_port}"
+        scheme = "https" if self.tls_dir else "http"
+        return f"{scheme}://{self.control_address}:{self.control_port}"
+
+    def tls_file(self, name):
+        return os.path.join(self.tls_dir, name)
+
+    def control_tls(self):
+        """The control service's TLS options, if it serves TLS."""
+        if not self.tls_dir:
+            return []
+        return ["--tls-cert", self.tls_file("control.crt"),
+                "--tls-key", self.tls_file("control.key")]
+
+    def client_tls(self):
+        """The options that make a client check the control service's certificate."""
+        return ["--tls-ca", self.tls_file("cluster-ca.crt")] if self.tls_dir else []
 
     @property
     def token_file(self):
         return self.token_path or os.path.join(self.state_dir, "cluster.token")
+
+    @property
+    def token_env_file(self):
+        """The token as a docker --env-file, for an adapter run as a container."""
+        return self.token_file + ".env"
 
     @property
     def log_dir(self):
@@ -161,6 +188,7 @@ def make_layout(state_dir, run_dir, control_port=4523, agent_port=4524, adapter_
         except NetworkError as error:
             raise ClusterError(str(error)) from None
         options.setdefault("control_address", network.bridge_address)
+        options.setdefault("insecure_http", True)
     elif not 1 <= node_count <= MAXIMUM_LOOPBACK_NODES:
         raise ClusterError(f"a cluster has 1 to {MAXIMUM_LOOPBACK_NODES} nodes, "
                            f"not {node_count}")
@@ -182,7 +210,8 @@ def control_command(layout):
     return [*POWERSTRIP_FLOCKER, "control", "--listen",
             f"tcp:{layout.control_port}:interface={layout.control_address}",
             "--db", os.path.join(layout.state_dir, "control.db"),
-            "--cluster-token-file", layout.token_file]
+            "--cluster-token-file", layout.token_file, *layout.control_tls(),
+            *(["--insecure-http"] if layout.insecure_http else [])]
 
 
 DOCKER_PLUGIN_DIRECTORY = "/run/docker/plugins"
@@ -210,7 +239,7 @@ def agent_command(layout, node):
             "--address", node.address,
             "--listen", f"tcp:{node.agent_port}:interface={node.address}",
             "--cluster-token-file", layout.token_file, "--docker", node.real_docker_host,
-            *lease]
+            *layout.client_tls(), *lease]
 
 
 def _frontend_timeout(layout):
@@ -222,7 +251,7 @@ def _frontend_timeout(layout):
 def adapter_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "adapter", "--control-url", layout.control_url,
             "--node-address", node.address, "--cluster-token-file", layout.token_file,
-            "--listen",
+            *layout.client_tls(), "--listen",
             f"tcp:{node.adapter_port}:interface={node.adapter_address or node.address}",
             *_frontend_timeout(layout)]
 
@@ -231,18 +260,20 @@ def adapter_container_command(layout, node, image):
     """The same adapter command line, run as a container of image on the node's dockerd
     (host network: it listens on the node's address and reaches the control service)."""
     arguments = adapter_command(layout, node)[len(POWERSTRIP_FLOCKER):]
-    # The token file is root's and the image runs unprivileged: without it, in-use
-    # errors name the node holding a volume but not its containers.
+    # The token file is root's and the image runs unprivileged: the docker CLI (root)
+    # reads the token from a root-only env file and hands it to the container's
+    # environment, out of every process list.
     token_at = arguments.index("--cluster-token-file")
     del arguments[token_at:token_at + 2]
     return ["docker", "-H", node.real_docker_host, "run", "--rm", "--network", "host",
+            "--env-file", layout.token_env_file,
             "--name", f"powerstrip-flocker-adapter-{node.name}", image, *arguments]
 
 
 def plugin_command(layout, node):
     return [*POWERSTRIP_FLOCKER, "plugin", "--control-url", layout.control_url,
             "--node-address", node.address, "--cluster-token-file", layout.token_file,
-            "--socket", plugin_socket(node), *_frontend_timeout(layout)]
+            *layout.client_tls(), "--socket", plugin_socket(node), *_frontend_timeout(layout)]
 
 
 def plugin_socket(node):
@@ -280,9 +311,11 @@ def _docker_answers(host):
         return False
 
 
-def _registered_nodes(control_url):
+def _registered_nodes(control_url, token):
+    request = urllib.request.Request(control_url + "/v1/state/nodes",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
-        with urllib.request.urlopen(control_url + "/v1/state/nodes", timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             return {entry["host"] for entry in json.load(response)}
     except (OSError, ValueError, urllib.error.URLError):
         return set()
@@ -423,12 +456,21 @@ class LocalCluster:
     def _pid_file(self, service):
         return os.path.join(self.layout.run_dir, "pids", f"{service}.pid")
 
+    def token(self):
+        """The cluster token every part is given (made by start())."""
+        with open(self.layout.token_file, encoding="utf-8") as token_file:
+            return token_file.read().strip()
+
     def _spawn(self, service, argv, node=None, env=None):
         os.makedirs(self.layout.log_dir, exist_ok=True)
         os.makedirs(os.path.dirname(self._pid_file(service)), exist_ok=True)
         if node is not None:
             argv = self.layout.command_in_place(node, argv)
-        with open(os.path.join(self.layout.log_dir, f"{service}.log"), "ab") as log:
+        log_path = os.path.join(self.layout.log_dir, f"{service}.log")
+        # Logs name datasets, nodes and containers: not for every local user.
+        with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640),
+                  "ab") as log:
+            os.fchmod(log.fileno(), 0o640)
             process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=dict(os.environ, **(env or {})),
@@ -476,6 +518,9 @@ class LocalCluster:
                 with open(os.open(layout.token_file, os.O_WRONLY | os.O_CREAT, 0o600),
                           "w") as token:
                     token.write(secrets.token_hex(32))
+            with open(os.open(layout.token_env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                              0o600), "w") as env_file:
+                env_file.write(f"{TOKEN_ENV}={self.token()}\n")
             if self._network is not None:
                 self._network.remove()
                 self._progress(f"network: {len(layout.nodes)} namespaces on bridge "
@@ -529,7 +574,7 @@ class LocalCluster:
             self._progress(f"{node.name}: agent ({layout.backend}) on "
                            f"{node.address}:{node.agent_port}")
             command, ready = agent_command(layout, node), lambda: (
-                node.address in _registered_nodes(layout.control_url))
+                node.address in _registered_nodes(layout.control_url, self.token()))
         elif part == "adapter":
             self._progress(f"{node.name}: adapter on {node.adapter_url}")
             command = (self._start_options.get("adapter_commands", {}).get(node.name)

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 
 from .flocker import MINIMUM_SIZE, FlockerAPIError
 from .placement import PlacementError
-from .volumes import InvalidVolumeName, validate_name
+from .volumes import InvalidRequest, InvalidVolumeName, check_json_depth, validate_name
 
 log = Logger()
 
@@ -64,12 +64,21 @@ def _request_body(request):
     if not raw.strip():
         return {}
     try:
+        check_json_depth(raw)
+    except InvalidRequest as reason:
+        raise PluginError(str(reason)) from None
+    try:
         body = json.loads(raw)
     except ValueError:
         raise PluginError("request body is not JSON") from None
     if not isinstance(body, dict):
         raise PluginError("request body must be a JSON object")
     return body
+
+
+def plugin_error_document(message):
+    """The body of a refusal, in the VolumeDriver protocol's words."""
+    return {"Err": message}
 
 
 def _name(body):

@@ -6,11 +6,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.task import react
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from .frontend_options import add_control_options, build_api, build_placement, check_control_options
 from .inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper
-from .plugin import VolumePlugin
+from .listening import LISTEN_BACKLOG, BoundedSite
+from .plugin import MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document
 
 HELP = "serve the Docker volume plugin protocol (docker run --volume-driver flocker)"
 PLUGIN_DIRECTORY = "/run/docker/plugins"
@@ -50,7 +50,9 @@ def run(options):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)  # a stale socket from an earlier run would stop us listening
-        await UNIXServerEndpoint(reactor, path, mode=0o600).listen(Site(plugin.resource()))
+        site = BoundedSite(plugin.resource(), MAX_REQUEST_BYTES,
+                           error_document=plugin_error_document)
+        await UNIXServerEndpoint(reactor, path, backlog=LISTEN_BACKLOG, mode=0o600).listen(site)
         log.info("volume plugin {driver} listening on {path}", driver=options.driver_name,
                  path=path)
         reactor.addSystemEventTrigger("before", "shutdown", plugin.stop)

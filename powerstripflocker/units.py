@@ -2,8 +2,11 @@
 
 The units run the command lines that the local cluster (demo and end-to-end tests)
 runs, built by the same functions in localcluster, only with a real node's layout.
+A control service other nodes reach serves TLS (never plain HTTP on the network):
+its certificate and the cluster CA are files in --config-dir.
 """
 
+import ipaddress
 import os
 import shlex
 import sys
@@ -47,9 +50,19 @@ def configure(parser):
                         help="the agent's data and the control database go here (default "
                              "%(default)s)")
     parser.add_argument("--config-dir", default="/etc/powerstrip-flocker",
-                        help="adapters.yml and cluster.token live here (default %(default)s)")
+                        help="adapters.yml and cluster.token live here, and, unless the "
+                             "control address is loopback, the control service's TLS files "
+                             "control.crt, control.key and the cluster CA's cluster-ca.crt "
+                             "(default %(default)s)")
     parser.add_argument("--output", default="/etc/systemd/system",
                         help="directory the .service files are written to (default %(default)s)")
+
+
+def _is_loopback(address):
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
 
 
 def node_layout(options):
@@ -62,6 +75,7 @@ def node_layout(options):
         state_dir=options.data_dir, run_dir="/var/run", control_port=4523,
         backend=options.backend, nodes=(node,), control_address=options.control_address,
         token_path=os.path.join(options.config_dir, "cluster.token"),
+        tls_dir="" if _is_loopback(options.control_address) else options.config_dir,
     )
     return cluster, node
 

@@ -6,16 +6,17 @@ import re
 import uuid
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
 
+from ..credentials import TokenError, client_token
 from ..docker import DockerEngineClient
 from ..flocker import FlockerClient, tls_policy
 from ..inuse import (
     DEFAULT_LEASE_SECONDS, DEFAULT_POLL_SECONDS, Fencer, KernelMounts, LeaseKeeper, UseTracker,
 )
+from ..listening import server_endpoint
 from .backends import BACKENDS, BackendError, make_backend
 from .control import ControlClient
 from .faults import Faults
@@ -50,8 +51,10 @@ def configure(parser):
                         help="how other agents reach this one (default: from --listen, "
                              "with --address when it listens on all interfaces)")
     parser.add_argument("--cluster-token-file", default=None,
-                        help=f"file holding the shared cluster token (or set {TOKEN_ENV}); "
-                             "without one, nothing is authenticated")
+                        help=f"file holding the shared cluster token (or set {TOKEN_ENV}; "
+                             "with neither and a control service on this machine, the token "
+                             "it made in /var/lib/powerstrip-flocker/cluster.token); without "
+                             "one, the agent protocol of this agent is open")
     parser.add_argument("--docker", default=None, metavar="ENDPOINT",
                         help="this node's dockerd (unix:///path or tcp://host:port): names "
                              "the containers using each dataset, counts their starts and "
@@ -96,13 +99,10 @@ def duration(text):
 
 def read_token(options, environ=None):
     environ = os.environ if environ is None else environ
-    if options.cluster_token_file:
-        with open(options.cluster_token_file, encoding="utf-8") as f:
-            token = f.read().strip()
-        if not token:
-            raise SystemExit(f"{options.cluster_token_file} is empty")
-        return token
-    return environ.get(TOKEN_ENV) or None
+    try:
+        return client_token(options.cluster_token_file, options.control_url, environ)
+    except TokenError as error:
+        raise SystemExit(str(error))
 
 
 def node_uuid(data_root):
@@ -171,7 +171,10 @@ def http_client(reactor, tls_ca=None):
 
 async def main(reactor, options):
     data_root = os.path.abspath(options.data_root)
-    os.makedirs(data_root, exist_ok=True)
+    # Nobody but root reaches a dataset: the directories inside keep the modes their
+    # containers need, and Docker binds them as root.
+    os.makedirs(data_root, mode=0o700, exist_ok=True)
+    os.chmod(data_root, 0o700)
     token = read_token(options)
     me = node_uuid(data_root)
     url = options.advertise_url or advertise_url(options.listen, options.address)
@@ -184,6 +187,9 @@ async def main(reactor, options):
     http = http_client(reactor, options.tls_ca)
     backend = make_backend(options.backend, reactor, data_root,
                            btrfs_quota=options.btrfs_quota)
+    datasets = os.path.join(data_root, "datasets")
+    if os.path.isdir(datasets):
+        os.chmod(datasets, 0o700)
     control = ControlClient(options.control_url, token=token, http=http)
     peers = PeerClient(reactor, me, token=token, http=http)
     agent = AgentService(reactor, backend, control, peers, me, options.address, url,
@@ -192,7 +198,7 @@ async def main(reactor, options):
                          keep_deleted=options.keep_deleted)
     try:
         await agent.start()
-        port = await serverFromString(reactor, options.listen).listen(
+        port = await server_endpoint(reactor, options.listen).listen(
             PeerServer(agent).site())
     except (BackendError, CannotListenError, OSError, ValueError) as e:
         log.critical("agent cannot start: {error}", error=e)

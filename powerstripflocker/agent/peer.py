@@ -1,7 +1,8 @@
 """The agent <-> agent protocol: JSON over HTTP on the agent's --listen endpoint.
 
-Every endpoint except /agent/v1/health needs `Authorization: Bearer <cluster token>` when
-a token is configured.
+Every endpoint except /agent/v1/health needs `Authorization: Bearer <cluster token>` (or a
+client certificate of the cluster CA, on an ssl: listener that asks for one) when a token is
+configured; it is checked from the request head, before any of the body is read.
 
 GET  /agent/v1/health                      {"node_uuid", "backend"}
 GET  /agent/v1/metrics                     byte counters, the last transfers, waits
@@ -23,12 +24,12 @@ POST /agent/v1/datasets/<id>/acquire       {"received": token, "maximum_size": i
 The push body goes straight into a subprocess (tar -x / btrfs receive) chunk by chunk:
 twisted.web would buffer a request body before calling the resource, so PushRequest swaps
 its content for a ProcessSink as soon as the headers are in (gotLength), and a full pipe
-pauses the TCP transport.
+pauses the TCP transport. Every other body is bounded by MAX_JSON_BODY (listening.py).
 """
 
-import hmac
 import inspect
 import json
+import math
 import re
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -37,6 +38,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from ..credentials import refusal as credentials_refusal
+from ..listening import BoundedRequest, BoundedSite
+from ..volumes import check_json_depth
 from .backends import BackendError, Conflict, MissingParent
 from .streams import DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause
 
@@ -46,6 +50,7 @@ UUID_RE = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA
 PUSH_PATH = re.compile(rb"^/agent/v1/datasets/(" + UUID_RE.encode() + rb")/push(\?.*)?$")
 MAX_JSON_BODY = 64 * 1024
 MAX_REFUSED_BODY = 1 << 20      # read at most this much of a refused push, then hang up
+OPEN_PATHS = (b"/agent/v1/health",)
 
 
 class Refused(Exception):
@@ -57,14 +62,12 @@ class Refused(Exception):
         self.description = description
 
 
-def check_token(request, token):
-    if not token:
-        return True
-    header = request.getHeader(b"authorization") or ""
-    if isinstance(header, bytes):
-        header = header.decode("latin-1")
-    expected = f"Bearer {token}"
-    return hmac.compare_digest(header.encode(), expected.encode())
+def head_refusal(request, token):
+    """None when a peer request may be served, else the credentials Refusal (from the
+    head alone). Without a cluster token the agent protocol is open."""
+    if not token or request.head_path() in OPEN_PATHS:
+        return None
+    return credentials_refusal(request.requestHeaders, request.channel.transport, token)
 
 
 def peer_uuid(request):
@@ -137,8 +140,6 @@ class IncomingPush:
         log.debug("push of {dataset_id} from {peer}: headers in, deciding",
                   dataset_id=self.dataset_id, peer=self.peer_name())
         try:
-            if not check_token(self.request, self.agent.token):
-                raise Refused(401, "a valid cluster token is required")
             fmt = self.params.get("format", "")
             if fmt not in self.agent.backend.formats:
                 raise Refused(400, f"this node's {self.agent.backend.name} backend receives "
@@ -288,10 +289,14 @@ class IncomingPush:
             self.agent.unlock(self.dataset_id)
 
 
-class PushRequest(server.Request):
-    """A Request that streams PUT .../push bodies instead of buffering them."""
+class PushRequest(BoundedRequest):
+    """A Request that streams PUT .../push bodies (of any size) instead of buffering
+    them; every other body is bounded."""
 
     incoming = None
+
+    def body_limit(self):
+        return math.inf if self.incoming is not None else super().body_limit()
 
     def gotLength(self, length):
         command = getattr(self.channel, "_command", b"")
@@ -300,9 +305,18 @@ class PushRequest(server.Request):
         peer = getattr(self.channel.site, "peer", None)
         if match is None or peer is None:
             return super().gotLength(length)
+        refused = self.channel.site.check_head(self)
+        if refused is not None:
+            return super().gotLength(length)   # answers the refusal, reads nothing
         query = (match.group(2) or b"?")[1:].decode("latin-1")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         self.incoming = IncomingPush(peer, self, match.group(1).decode(), params)
+
+    def handleContentChunk(self, data):
+        if self.incoming is not None:
+            self.content.write(data)    # the push's buffer, then its sink
+            return
+        super().handleContentChunk(data)
 
     def connectionLost(self, reason):
         if self.incoming is not None:
@@ -332,9 +346,6 @@ class PeerResource(_Leaf):
         if rest == ["health"] and method == "GET":
             return _json(request, 200, {"node_uuid": self.agent.node_uuid,
                                         "backend": self.agent.backend.name})
-        streamed = getattr(request, "incoming", None) is not None   # checked its own token
-        if not streamed and not check_token(request, self.agent.token):
-            return _json(request, 401, {"description": "a valid cluster token is required"})
         if rest == ["metrics"] and method == "GET":
             return _json(request, 200, self.agent.metrics())
         if rest == ["faults", "resume"] and method == "POST" and self.agent.faults.active():
@@ -354,13 +365,15 @@ class PeerResource(_Leaf):
                 return server.NOT_DONE_YET
             if action == "acquire" and method == "POST":
                 try:
-                    body = json.loads(request.content.read(MAX_JSON_BODY) or b"{}")
+                    raw = request.content.read(MAX_JSON_BODY)
+                    check_json_depth(raw)
+                    body = json.loads(raw or b"{}")
                     received = str(body["received"])
                     maximum_size = body.get("maximum_size")
                     generation = body.get("generation")
                     if generation is not None and not isinstance(generation, int):
                         raise TypeError("generation")
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError):  # InvalidRequest is a ValueError
                     return _json(request, 400, {"description": "expected JSON "
                                                 "{\"received\": ..., \"maximum_size\": ...}"})
                 self._later(request, self.agent.acquire_for_peer(
@@ -387,7 +400,7 @@ class PeerResource(_Leaf):
         d.addCallbacks(ok, failed)
 
 
-class QuietSite(server.Site):
+class QuietSite(BoundedSite):
     """No access log and no factory start/stop lines: the agent logs what matters."""
     noisy = False
 
@@ -407,10 +420,10 @@ class PeerServer:
         # twisted.web drops a connection after 60 s without bytes; a receive whose pipe is
         # back-pressured by a slow disk can be quiet longer than that. The sender has its
         # own stall watchdog.
-        site = QuietSite(root, timeout=self.idle_timeout)
-        site.requestFactory = PushRequest
+        site = QuietSite(root, MAX_JSON_BODY, requestFactory=PushRequest,
+                         authorise=lambda request: head_refusal(request, self.agent.token),
+                         timeout=self.idle_timeout)
         site.peer = self
-        site.displayTracebacks = False
         return site
 
 

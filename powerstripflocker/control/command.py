@@ -1,14 +1,16 @@
 """powerstrip-flocker control: the Flocker-compatible control service."""
 
+import ipaddress
 import os
+import re
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
-from twisted.web.server import Site
 
-from .httpapi import ControlAPI, LimitedRequest
+from ..credentials import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, make_token_file, read_token_file
+from ..listening import BoundedSite, server_endpoint
+from .httpapi import MAX_BODY, ControlAPI
 from .service import DEFAULT_STATE_EXPIRY, ControlService
 from .store import Store
 
@@ -16,7 +18,6 @@ HELP = "run the Flocker-compatible control service (v1 REST API, SQLite, agent p
 
 DEFAULT_LISTEN = "tcp:4523:interface=127.0.0.1"
 DEFAULT_DB = "/var/lib/powerstrip-flocker/control.db"
-TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
 
 log = Logger()
 
@@ -37,14 +38,21 @@ def configure(parser):
     )
     parser.add_argument(
         "--cluster-token-file", metavar="PATH",
-        help=f"file holding the cluster token agents must send as 'Authorization: Bearer' "
-             f"(or set {TOKEN_ENV}); without one the agent protocol is open",
+        help=f"file holding the cluster token every v1 and agent request must carry as "
+             f"'Authorization: Bearer' (or set {TOKEN_ENV}); without either, the token in "
+             f"{TOKEN_FILE_NAME} next to --db, made on first start",
+    )
+    parser.add_argument(
+        "--insecure-http", action="store_true",
+        help="allow plain HTTP on an address other than loopback (the token then "
+             "crosses the network in clear text); without it such a --listen needs TLS",
     )
     parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
     parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     parser.add_argument(
         "--tls-ca", metavar="PEM",
-        help="require client certificates signed by this CA (mutual TLS, as Flocker 1.x)",
+        help="accept client certificates signed by this CA as credentials (mutual TLS, "
+             "as Flocker 1.x); a client without one needs the token",
     )
 
 
@@ -52,22 +60,64 @@ class ConfigurationError(Exception):
     pass
 
 
+def token_path(db):
+    """Where the control service keeps the token it made: next to its database."""
+    if db == ":memory:":
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(db)), TOKEN_FILE_NAME)
+
+
 def read_token(options, environ=os.environ):
-    if options.cluster_token_file:
-        try:
-            with open(options.cluster_token_file, encoding="utf-8") as token_file:
-                token = token_file.read().strip()
-        except OSError as error:
-            raise ConfigurationError(f"cannot read --cluster-token-file: {error}")
-    else:
+    """(token, where it came from, made now?): the given token, else the one kept next to
+    the database, made on first start."""
+    try:
+        if options.cluster_token_file:
+            return read_token_file(options.cluster_token_file), options.cluster_token_file, False
         token = environ.get(TOKEN_ENV, "").strip()
-    if options.cluster_token_file and not token:
-        raise ConfigurationError(f"{options.cluster_token_file} holds no token")
-    return token or None
+        if token:
+            return token, f"${TOKEN_ENV}", False
+        path = token_path(options.db)
+        if path is None:
+            raise ConfigurationError(
+                f"--db :memory: keeps no token: give --cluster-token-file or {TOKEN_ENV}")
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        token, made = make_token_file(path)
+        return token, path, made
+    except TokenError as error:
+        raise ConfigurationError(str(error))
+    except OSError as error:
+        raise ConfigurationError(f"cannot make the cluster token: {error}")
+
+
+def is_loopback_listen(description):
+    """Whether a Twisted server endpoint listens on loopback only (or a unix socket)."""
+    kind, *fields = re.split(r"(?<!\\):", description)
+    if kind == "unix":
+        return True
+    interface = next((field.partition("=")[2] for field in fields
+                      if field.startswith("interface=")), "").replace("\\:", ":")
+    if kind not in ("tcp", "tcp6", "ssl") or not interface:
+        return False
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return interface == "localhost"
+
+
+def secure_database_files(path):
+    """Database, WAL, SHM and lock file readable by this user only (SQLite gives the WAL
+    and SHM the database's mode); an older 0644 database is tightened too."""
+    if path == ":memory:":
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + ".lock"):
+        if os.path.exists(name):
+            os.chmod(name, 0o600)
 
 
 def tls_options(cert_path, key_path, ca_path):
-    """Server TLS context; with a CA, clients must present a certificate it signed."""
+    """Server TLS context; with a CA, a client certificate it signed is credentials."""
     from twisted.internet import ssl
 
     def read(path, what):
@@ -88,10 +138,16 @@ def tls_options(cert_path, key_path, ca_path):
             authorities = [ssl.Certificate.loadPEM(read(ca_path, "--tls-ca"))]
     except Exception as error:
         raise ConfigurationError(f"invalid TLS certificate or key: {error}")
-    return certificate.options(*authorities)
+    # A certificate is asked for and verified, not required: a client without one is
+    # answered 401 by the API (or served, with the token), not cut off in the handshake.
+    return ssl.CertificateOptions(
+        privateKey=certificate.privateKey.original, certificate=certificate.original,
+        verify=bool(authorities), caCerts=[ca.original for ca in authorities] or None,
+        requireCertificate=False,
+    )
 
 
-class QuietSite(Site):
+class QuietSite(BoundedSite):
     """Access log lines at debug level: agents poll and report all the time."""
 
     def log(self, request):
@@ -113,8 +169,8 @@ def lock_database(path):
         return open(os.devnull)
     lock_path = path + ".lock"
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        lock = open(lock_path, "a")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        lock = open(os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a")
     except OSError as error:
         raise ConfigurationError(f"cannot open {lock_path}: {error}")
     try:
@@ -128,20 +184,32 @@ def lock_database(path):
 
 
 def make_site(service, token):
-    site = QuietSite(ControlAPI(service, token).resource(), requestFactory=LimitedRequest)
-    site.displayTracebacks = False
-    return site
+    """The v1 API and the agent protocol, bounded, with credentials checked from the head."""
+    api = ControlAPI(service, token)
+    return QuietSite(api.resource(), MAX_BODY,
+                     authorise=lambda request: api.refusal(request.head_path(), request))
 
 
 async def serve(reactor, options):
     if options.tls_ca and not options.tls_cert:
         raise ConfigurationError("--tls-ca needs --tls-cert and --tls-key")
-    token = read_token(options)
     context = None
     if options.tls_cert or options.tls_key:
         context = tls_options(options.tls_cert, options.tls_key, options.tls_ca)
+    plain_http = context is None and not options.listen.startswith("ssl:")
+    if plain_http and not options.insecure_http and not is_loopback_listen(options.listen):
+        raise ConfigurationError(
+            f"--listen {options.listen} is not loopback: serve TLS there (--tls-cert, "
+            f"--tls-key) or, on a network you trust, give --insecure-http")
     lock = lock_database(options.db)
+    token, token_source, token_made = read_token(options)
+    if token_made:
+        log.info("made the cluster token in {path} (mode 0600): give it to the agents and "
+                 "clients with --cluster-token-file", path=token_source)
+    else:
+        log.info("the cluster token is the one in {source}", source=token_source)
     try:
+        secure_database_files(options.db)
         store = Store(options.db)
     except Exception as error:
         raise ConfigurationError(f"cannot open database {options.db}: {error}")
@@ -151,7 +219,7 @@ async def serve(reactor, options):
         from twisted.protocols.tls import TLSMemoryBIOFactory
         factory = TLSMemoryBIOFactory(context, False, factory)
     try:
-        endpoint = serverFromString(reactor, options.listen)
+        endpoint = server_endpoint(reactor, options.listen)
         port = await endpoint.listen(factory)
     except (ValueError, TypeError, KeyError, CannotListenError) as error:
         store.close()
@@ -159,12 +227,13 @@ async def serve(reactor, options):
     service.start()
     address = port.getHost()
     log.info(
-        "control service listening on {address} ({scheme}; agent protocol {auth}; "
-        "database {db})",
+        "control service listening on {address} ({scheme}; every request but /v1/version "
+        "and /metrics needs {auth}; database {db})",
         address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
         scheme="https" + (" with client certificates" if options.tls_ca else "")
         if context else "http",
-        auth="needs the cluster token" if token else "open (no cluster token)",
+        auth="the cluster token or a client certificate" if options.tls_ca
+        else "the cluster token",
         db=options.db,
     )
     factory.noisy = False

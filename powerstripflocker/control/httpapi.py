@@ -7,7 +7,6 @@ unexpected is logged and answered with a JSON 500 that says where to look.
 """
 
 import functools
-import hmac
 import json
 import math
 import re
@@ -15,11 +14,12 @@ import re
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
-from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
 from .. import __version__
+from ..credentials import refusal as credentials_refusal
+from ..volumes import check_json_depth
 from .metrics import ControlMetrics
 from .schema import UUID4_PATTERN, schema_errors
 from .service import DEFAULT_CLAIM_SECONDS, APIError, normalise_uuid
@@ -37,6 +37,9 @@ NOT_JSON = (
 )
 SCHEMA_MISMATCH = "The provided JSON doesn't match the required schema."
 INTERNAL_ERROR = "internal error, see the control service log"
+
+# Health checks and Prometheus scrapes need no credentials; everything else does.
+OPEN_PATHS = (b"/v1/version", b"/metrics")
 
 log = Logger()
 UUID4 = re.compile(UUID4_PATTERN)
@@ -59,10 +62,11 @@ def read_json(request, schema_name):
     if len(body) > MAX_BODY:
         raise APIError(413, f"The request body is larger than {MAX_BODY} bytes.")
     try:
+        check_json_depth(body)
         document = json.loads(
             body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite_float,
         )
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # InvalidRequest: a ValueError
         raise APIError(400, NOT_JSON)
     errors = schema_errors(schema_name, document)
     if errors:
@@ -95,6 +99,7 @@ def endpoint(handler):
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
         def call():
+            self._authorise(request)
             _check_size(request)
             result = handler(self, request, *args, **kwargs)
             if hasattr(result, "__await__"):
@@ -147,6 +152,22 @@ class ControlAPI:
 
     def resource(self):
         return self.app.resource()
+
+    def refusal(self, path, request):
+        """None when a request for path may be served, else the credentials Refusal.
+        The listener asks from the head (before any body is read); the endpoints ask
+        again, for the resource served in-process."""
+        if self.cluster_token is None or path in OPEN_PATHS:
+            return None
+        return credentials_refusal(request.requestHeaders, request.channel.transport,
+                                   self.cluster_token)
+
+    def _authorise(self, request):
+        refused = self.refusal(request.path, request)
+        if refused is not None:
+            error = APIError(refused.code, refused.description)
+            error.headers = refused.headers
+            raise error
 
     def _count(self, route, code):
         self.metrics.requests.labels(route=route, code=str(code)).inc()
@@ -317,20 +338,9 @@ class ControlAPI:
 
     # -- agent protocol ----------------------------------------------------
 
-    def _authorise(self, request):
-        if self.cluster_token is None:
-            return
-        given = request.getHeader(b"authorization") or b""
-        expected = b"Bearer " + self.cluster_token.encode("utf-8")
-        if not hmac.compare_digest(given, expected):
-            error = APIError(401, "A valid cluster token is required: Authorization: Bearer <token>.")
-            error.headers = [(b"WWW-Authenticate", b'Bearer realm="powerstrip-flocker"')]
-            raise error
-
     @app.route("/agent/v1/nodes/<node_uuid>", methods=["PUT"])
     @endpoint
     def put_node(self, request, node_uuid):
-        self._authorise(request)
         if not UUID4.fullmatch(node_uuid):
             raise APIError(400, f"The node UUID {node_uuid!r} is not a version 4 UUID.")
         normalised = node_uuid.lower()
@@ -344,7 +354,6 @@ class ControlAPI:
     @app.route("/agent/v1/cluster", methods=["GET"])
     @endpoint
     async def cluster(self, request):
-        self._authorise(request)
         generation = _query_number(request, b"generation", int, None)
         timeout = _query_number(request, b"timeout", float, DEFAULT_POLL_TIMEOUT)
         if not (math.isfinite(timeout) and timeout >= 0):
@@ -383,17 +392,3 @@ def _query_number(request, name, kind, default):
         return kind(values[0].decode("ascii"))
     except (ValueError, UnicodeDecodeError):
         raise APIError(400, f"{name.decode()} must be a number, not {values[0]!r}.")
-
-
-class LimitedRequest(Request):
-    """A request that keeps at most MAX_BODY + 1 bytes of its body (the rest is
-    read and dropped), so an oversized upload costs neither memory nor disk and
-    is answered 413 by read_json."""
-
-    _received = 0
-
-    def handleContentChunk(self, data):
-        room = MAX_BODY + 1 - self._received
-        self._received += len(data)
-        if room > 0:
-            Request.handleContentChunk(self, data[:room])

@@ -6,6 +6,8 @@ import time
 
 from twisted.logger import Logger
 
+from ..credentials import TokenError, client_token
+
 HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, moves, leases"
 
 DEFAULT_URL = "http://127.0.0.1:4523"
@@ -30,8 +32,8 @@ def configure(parser):
     )
     parser.add_argument(
         "--cluster-token-file", metavar="PATH",
-        help=f"cluster token (or ${TOKEN_ENV}) to read transfer progress from the "
-             f"agent protocol",
+        help=f"cluster token (or ${TOKEN_ENV}; else, for a control service on this "
+             f"machine, the one it made in /var/lib/powerstrip-flocker/cluster.token)",
     )
     parser.add_argument("--all", action="store_true",
                         help="also list deleted datasets, and until when a node's trash "
@@ -203,11 +205,11 @@ async def fetch(client, url, token=None):
                 return None
             raise StatusError(f"GET {root}{path} answered something that is not JSON")
 
-    configuration = await get_json("/v1/configuration/datasets")
-    state = await get_json("/v1/state/datasets")
-    nodes = await get_json("/v1/state/nodes")
-    leases = await get_json("/v1/configuration/leases")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    configuration = await get_json("/v1/configuration/datasets", headers)
+    state = await get_json("/v1/state/datasets", headers)
+    nodes = await get_json("/v1/state/nodes", headers)
+    leases = await get_json("/v1/configuration/leases", headers)
     cluster = await get_json("/agent/v1/cluster", headers=headers, optional=True)
     return configuration, state, nodes, leases, cluster
 
@@ -252,10 +254,10 @@ def make_client(reactor, options):
 
 
 def read_token(options, environ=os.environ):
-    if options.cluster_token_file:
-        with open(options.cluster_token_file, encoding="utf-8") as f:
-            return f.read().strip() or None
-    return environ.get(TOKEN_ENV, "").strip() or None
+    try:
+        return client_token(options.cluster_token_file, options.control_url, environ)
+    except TokenError as error:
+        raise StatusError(str(error))
 
 
 def run(options):

@@ -73,11 +73,11 @@ class Harness:
         )
 
     async def request(self, method, path, body=None, raw=None, headers=None):
-        """(response, decoded JSON body) for one request."""
+        """(response, decoded JSON body) for one request; headers None: the cluster token's."""
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        response = await self.treq.request(
-            method, BASE + path, data=data, headers=headers or {},
-        )
+        if headers is None:
+            headers = self.agent_headers()
+        response = await self.treq.request(method, BASE + path, data=data, headers=headers)
         content = await response.content()
         self.treq.flush()
         return response, json.loads(content)
@@ -96,9 +96,7 @@ class Harness:
         body = {"host": host, "agent_url": agent_url, "datasets": list(datasets)}
         if transfers is not None:
             body["transfers"] = transfers
-        response, answer = await self.request(
-            "PUT", f"/agent/v1/nodes/{node}", body, headers=self.agent_headers()
-        )
+        response, answer = await self.request("PUT", f"/agent/v1/nodes/{node}", body)
         assert response.code == 200, answer
         return answer
 

@@ -309,15 +309,16 @@ class TokenTests(TestCase):
         self.h = harness(self, token="s3cret-token")
 
     async def test_agent_protocol_needs_the_token(self):
-        for headers in [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
-                        {"Authorization": "Bearer s3cret-token-and-more"}]:
+        for headers, code in [({}, 401), ({"Authorization": "Bearer wrong"}, 403),
+                              ({"Authorization": "s3cret-token"}, 403),
+                              ({"Authorization": "Bearer s3cret-token-and-more"}, 403)]:
             response, body = await self.h.request(
                 "PUT", f"/agent/v1/nodes/{NODE1}",
                 {"host": "127.0.0.1", "agent_url": "http://x", "datasets": []}, headers=headers)
-            self.assertEqual(response.code, 401, headers)
+            self.assertEqual(response.code, code, headers)
             self.assertEqual(list(body), ["description"])
             response, body = await self.h.request("GET", "/agent/v1/cluster", headers=headers)
-            self.assertEqual(response.code, 401, headers)
+            self.assertEqual(response.code, code, headers)
         self.assertEqual(self.h.service.nodes, {})
 
     async def test_right_token_is_accepted(self):
@@ -326,6 +327,12 @@ class TokenTests(TestCase):
         self.assertEqual(code, 200)
         self.assertEqual([n["uuid"] for n in view["nodes"]], [NODE1])
 
-    async def test_v1_api_stays_open(self):
-        response, _ = await self.h.request("GET", "/v1/state/nodes")
+    async def test_v1_api_needs_the_token_but_its_version(self):
+        for method, path in [("GET", "/v1/state/nodes"), ("GET", "/v1/configuration/datasets"),
+                             ("POST", "/v1/configuration/datasets")]:
+            response, body = await self.h.request(method, path, {"primary": NODE1}, headers={})
+            self.assertEqual(response.code, 401, path)
+            self.assertIn("cluster token", body["description"])
+        self.assertEqual(self.h.store.datasets(), [])
+        response, _ = await self.h.request("GET", "/v1/version", headers={})
         self.assertEqual(response.code, 200)

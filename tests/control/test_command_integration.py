@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from tests.support.limits import MIB, chunked_piece, send_body
 from tests.support.processes import ManagedProcess, free_port
 
 from .helpers import NODE1, NODE2
@@ -46,7 +47,7 @@ class Control:
 
     def answers(self):
         try:
-            return self.request("GET", "/v1/version")[0] == 200
+            return self.request("GET", "/v1/version", headers={})[0] == 200
         except (OSError, ssl.SSLError):
             return False
 
@@ -56,10 +57,25 @@ class Control:
         else:
             self.process.stop()
 
+    def token(self):
+        """The token the service uses: from its options, its environment, or the one it
+        made next to its database."""
+        if "--cluster-token-file" in self.extra:
+            path = self.extra[self.extra.index("--cluster-token-file") + 1]
+        elif self.env and "POWERSTRIP_FLOCKER_CLUSTER_TOKEN" in self.env:
+            return self.env["POWERSTRIP_FLOCKER_CLUSTER_TOKEN"]
+        else:
+            path = os.path.join(os.path.dirname(self.db), "cluster.token")
+        with open(path, encoding="utf-8") as token_file:
+            return token_file.read().strip()
+
     def request(self, method, path, body=None, headers=None, timeout=10):
+        """(status, JSON body, headers); headers None: with the cluster token."""
         data = None if body is None else json.dumps(body).encode()
+        if headers is None:
+            headers = {"Authorization": f"Bearer {self.token()}"}
         request = urllib.request.Request(self.url + path, data=data, method=method,
-                                         headers=headers or {})
+                                         headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout, context=self.context) as r:
                 return r.status, json.loads(r.read()), dict(r.headers)
@@ -166,7 +182,8 @@ def test_a_restarted_service_does_not_answer_an_old_generation_as_current(contro
 def test_cluster_token_from_environment(control):
     service = control(env={"POWERSTRIP_FLOCKER_CLUSTER_TOKEN": "tok-env"}).start()
     report = {"host": "127.0.0.1", "agent_url": "http://127.0.0.1:4524", "datasets": []}
-    code, body, headers = service.request("PUT", f"/agent/v1/nodes/{NODE1}", report)
+    code, body, headers = service.request("PUT", f"/agent/v1/nodes/{NODE1}", report,
+                                          headers={})
     assert code == 401 and "description" in body
     code, body, _ = service.request("PUT", f"/agent/v1/nodes/{NODE1}", report,
                                     headers={"Authorization": "Bearer tok-env"})
@@ -175,13 +192,63 @@ def test_cluster_token_from_environment(control):
     assert nodes == [{"host": "127.0.0.1", "uuid": NODE1}]
 
 
+def test_a_token_is_made_on_first_start_kept_0600_and_logged(control):
+    service = control().start()
+    path = os.path.join(os.path.dirname(service.db), "cluster.token")
+    token = service.token()
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert f"made the cluster token in {path}" in service.process.tail(50)
+    service.stop()
+    service.start()
+    assert service.token() == token
+    assert service.request("GET", "/v1/configuration/datasets")[0] == 200
+
+
+def test_database_wal_shm_and_lock_are_0600(control):
+    service = control().start()
+    service.request("POST", "/v1/configuration/datasets", {"primary": NODE1})
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        path = service.db + suffix
+        assert os.stat(path).st_mode & 0o777 == 0o600, path
+
+
+def test_an_older_world_readable_database_is_tightened(control):
+    service = control().start()
+    service.stop()
+    os.chmod(service.db, 0o644)
+    service.start()
+    assert os.stat(service.db).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("listen", ["tcp:{port}", "tcp:{port}:interface=0.0.0.0"])
+def test_plain_http_beyond_loopback_needs_insecure_http(tmp_path, listen):
+    command = [sys.executable, "-m", "powerstripflocker", "control", "--db",
+               str(tmp_path / "c.db"), "--listen", listen.format(port=free_port())]
+    result = subprocess.run(command, capture_output=True, timeout=30, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "is not loopback: serve TLS there" in result.stderr
+    assert "--insecure-http" in result.stderr
+
+
+def test_insecure_http_listens_beyond_loopback(tmp_path):
+    port = free_port()
+    process = ManagedProcess.command(
+        ["control", "--db", str(tmp_path / "c.db"), "--listen", f"tcp:{port}",
+         "--insecure-http"], str(tmp_path / "control.log")).start()
+    try:
+        process.wait_for_http(f"http://127.0.0.1:{port}/v1/version")
+    finally:
+        process.stop()
+
+
 def test_cluster_token_file(control, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("tok-file\n")
     service = control("--cluster-token-file", str(token_file)).start()
     code, _, _ = service.request("GET", "/agent/v1/cluster",
                                  headers={"Authorization": "Bearer tok-env"})
-    assert code == 401
+    assert code == 403
     code, _, _ = service.request("GET", "/agent/v1/cluster",
                                  headers={"Authorization": "Bearer tok-file"})
     assert code == 200
@@ -276,11 +343,15 @@ def test_mutual_tls(control, tmp_path):
                                     {"primary": NODE1, "metadata": {"name": "tls"}})
     assert code == 201
 
-    anonymous = ssl.create_default_context(cafile=paths["cluster"][0])
-    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
-        with urllib.request.urlopen(service.url + "/v1/version", timeout=10,
-                                    context=anonymous) as response:
-            response.read()
+    # Without a client certificate: the token, or a 401 (and /v1/version for health checks).
+    anonymous = Control(tmp_path, scheme="https",
+                        context=ssl.create_default_context(cafile=paths["cluster"][0]))
+    anonymous.url = service.url
+    assert anonymous.request("GET", "/v1/version", headers={})[0] == 200
+    code, refused, _ = anonymous.request("GET", "/v1/configuration/datasets", headers={})
+    assert code == 401 and "client certificate" in refused["description"]
+    token = {"Authorization": f"Bearer {service.token()}"}
+    assert anonymous.request("GET", "/v1/configuration/datasets", headers=token)[0] == 200
 
     result = subprocess.run(
         [sys.executable, "-m", "powerstripflocker", "status", "--control-url", service.url,
@@ -309,7 +380,8 @@ def test_status_command_prints_the_table(control):
     service.request("PUT", f"/agent/v1/nodes/{NODE1}", {
         "host": "10.9.9.9", "agent_url": "http://127.0.0.1:4524",
         "datasets": [{"dataset_id": created["dataset_id"], "path": "/srv/shown"}]})
-    env = dict(os.environ, FLOCKER_CONTROL_SERVICE_BASE_URL=service.url + "/v1")
+    env = dict(os.environ, FLOCKER_CONTROL_SERVICE_BASE_URL=service.url + "/v1",
+               POWERSTRIP_FLOCKER_CLUSTER_TOKEN=service.token())
     result = subprocess.run([sys.executable, "-m", "powerstripflocker", "status"],
                             capture_output=True, timeout=60, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -320,24 +392,15 @@ def test_status_command_prints_the_table(control):
 
 
 def test_oversized_bodies_get_413_whether_sized_or_chunked(control):
-    import http.client
-
     service = control().start()
-    big = b'{"primary": "' + b"x" * (3 * 1024 * 1024) + b'"}'
-
-    def chunks():
-        for start in range(0, len(big), 65536):
-            yield big[start:start + 65536]
-
-    for body, headers in [(big, {}), (chunks(), {"Transfer-Encoding": "chunked"})]:
-        connection = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
-        connection.request("POST", "/v1/configuration/datasets", body=body, headers=headers,
-                           encode_chunked=bool(headers))
-        response = connection.getresponse()
-        assert response.status == 413
-        assert json.loads(response.read()) == {
-            "description": "The request body is larger than 1048576 bytes."}
-        connection.close()
+    head = (b"POST /v1/configuration/datasets HTTP/1.1\r\nHost: c\r\n"
+            b"Authorization: Bearer %s\r\n" % service.token().encode())
+    for framing, piece in [(b"Content-Length: %d\r\n\r\n" % (3 * MIB), b"x" * 65536),
+                           (b"Transfer-Encoding: chunked\r\n\r\n", chunked_piece(65536))]:
+        answer, _ = send_body(("127.0.0.1", service.port), head + framing, piece, 3 * MIB)
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {
+            "description": "the request body is larger than 1048576 bytes"}
     assert service.request("GET", "/v1/configuration/datasets")[1] == []
 
 

@@ -1,9 +1,6 @@
 """Unexpected errors and odd requests: always a JSON object, never a traceback."""
 
 from twisted.trial.unittest import TestCase
-from twisted.web.test.requesthelper import DummyChannel
-
-from powerstripflocker.control.httpapi import MAX_BODY, LimitedRequest
 
 from .helpers import NODE1, harness, header
 
@@ -40,26 +37,6 @@ class UnexpectedErrorTests(TestCase):
         response, body = await self.h.request("GET", "/v1//version")
         # StubTreq follows the redirect: it came with a Location header.
         self.assertEqual((response.code, body["flocker"] is not None), (200, True))
-
-
-class LimitedRequestTests(TestCase):
-
-    def test_keeps_at_most_one_byte_more_than_the_limit(self):
-        request = LimitedRequest(DummyChannel())
-        request.gotLength(None)
-        for _ in range(3):
-            request.handleContentChunk(b"x" * MAX_BODY)
-        request.content.seek(0)
-        self.assertEqual(len(request.content.read()), MAX_BODY + 1)
-        self.assertEqual(request._received, 3 * MAX_BODY)
-
-    def test_small_body_is_untouched(self):
-        request = LimitedRequest(DummyChannel())
-        request.gotLength(5)
-        request.handleContentChunk(b"ab")
-        request.handleContentChunk(b"cde")
-        request.content.seek(0)
-        self.assertEqual(request.content.read(), b"abcde")
 
 
 class MetricsTests(TestCase):

@@ -114,9 +114,10 @@ class FetchTests(TestCase):
         [row] = build_rows(*documents)
         self.assertEqual((row["name"], row["state"], row["path"], row["primary"]),
                          ("demo", "manifest", "/srv/demo", "10.0.0.1"))
-        # Without the token the cluster view is skipped, the table still comes.
-        documents = await fetch(h.treq, BASE, token=None)
-        self.assertIsNone(documents[4])
+        # Without the token nothing is shown: the v1 API needs it too.
+        with self.assertRaises(status.StatusError) as refused:
+            await fetch(h.treq, BASE, token=None)
+        self.assertIn("answered 401", str(refused.exception))
 
     async def test_error_answers_become_status_errors(self):
         h = harness(self)
