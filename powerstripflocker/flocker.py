@@ -18,7 +18,7 @@ from twisted.internet.defer import (
 )
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import Interface, implementer
 
 from .leases import after_use_ended, granted
@@ -291,6 +291,11 @@ _RETRIED_ERRORS = (neterror.ConnectError,)
 
 
 @implementer(IFlockerAPI)
+class _QuietFactory(_HTTP11ClientFactory):
+    # No "Starting factory" line per connection: a command's output stays its own line.
+    noisy = False
+
+
 class FlockerClient:
     """IFlockerAPI over HTTP(S) with treq.
 
@@ -307,6 +312,7 @@ class FlockerClient:
         self._connect_retries = connect_retries
         if http_client is None:
             pool = HTTPConnectionPool(reactor, persistent=True)
+            pool._factory = _QuietFactory
             pool.maxPersistentPerHost = 4
             if tls_policy is None:
                 agent = Agent(reactor, pool=pool)

@@ -65,7 +65,7 @@ async def restore(api, reactor, name, timeout=DEFAULT_TIMEOUT):
         restored = await api.restore_dataset(latest.dataset_id)
     except (AlreadyExists, NotFound) as refusal:
         return 1, f"cannot restore {name!r}: {refusal.description}"
-    log.info("restored volume {volume} (dataset {dataset_id}) in the configuration; "
+    log.debug("restored volume {volume} (dataset {dataset_id}) in the configuration; "
              "waiting for node {node_uuid} to report it", volume=name,
              dataset_id=restored.dataset_id, node_uuid=restored.primary)
     path = await _reported_path(api, reactor, restored, timeout)
