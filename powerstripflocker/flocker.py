@@ -290,12 +290,12 @@ def api_base_url(control_url):
 _RETRIED_ERRORS = (neterror.ConnectError,)
 
 
-@implementer(IFlockerAPI)
 class _QuietFactory(_HTTP11ClientFactory):
     # No "Starting factory" line per connection: a command's output stays its own line.
     noisy = False
 
 
+@implementer(IFlockerAPI)
 class FlockerClient:
     """IFlockerAPI over HTTP(S) with treq.
 
