@@ -150,7 +150,8 @@ class Cluster:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
             self.layout.control_url + "/v1" + path, data=data, method=method,
-            headers={"Content-Type": "application/json"})
+            headers={"Content-Type": "application/json",
+                     "Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.load(response)
 

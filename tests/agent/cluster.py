@@ -2,6 +2,7 @@
 
 import json
 import os
+import secrets
 import ssl
 import time
 import urllib.error
@@ -112,13 +113,12 @@ class Cluster:
     def __init__(self, base, backend="directory", token=None, tls=None):
         self.base = base
         self.backend = backend
-        self.token = token
+        # The control service needs one: a cluster always has a token.
+        self.token = token or secrets.token_hex(32)
         self.tls = tls          # {"ca", "cert", "key"} PEM paths: agents talk https
-        self.token_file = None
-        if token:
-            self.token_file = os.path.join(base, "cluster-token")
-            with open(self.token_file, "w") as f:
-                f.write(token + "\n")
+        self.token_file = os.path.join(base, "cluster-token")
+        with open(self.token_file, "w") as f:
+            f.write(self.token + "\n")
         self.control_port = free_port()
         self.control_url = f"http://127.0.0.1:{self.control_port}"
         self.db = os.path.join(base, "control.sqlite")
@@ -158,7 +158,7 @@ class Cluster:
     # the v1 API
 
     def api(self, method, path, body=None):
-        return http(method, f"{self.control_url}/v1{path}", body)
+        return http(method, f"{self.control_url}/v1{path}", body, token=self.token)
 
     def create_dataset(self, primary, **extra):
         return self.api("POST", "/configuration/datasets", dict(primary=primary, **extra))

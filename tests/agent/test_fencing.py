@@ -62,8 +62,8 @@ def test_a_restarted_agent_keeps_the_lease_of_a_mounted_dataset_for_many_expirie
         assert node1.uuid in refused_move(cluster, dataset_id, node2)
         time.sleep(0.3)
     assert user.process.poll() is None, "a process with its lease renewed is not fenced"
-    [entry] = [d for n in http("GET", f"{cluster.control_url}/agent/v1/cluster?timeout=0")
-               ["nodes"] if n["uuid"] == node1.uuid for d in n["datasets"]]
+    view = http("GET", f"{cluster.control_url}/agent/v1/cluster?timeout=0", token=cluster.token)
+    [entry] = [d for n in view["nodes"] if n["uuid"] == node1.uuid for d in n["datasets"]]
     assert entry.get("users") and entry["users"][0].startswith(f"pid {user.process.pid} ")
     user.stop()
     wait_for(lambda: dataset_id not in leases(cluster), 5, "the lease to be released")

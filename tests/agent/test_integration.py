@@ -304,14 +304,16 @@ def test_agent_protocol_needs_the_cluster_token(make_cluster):
     assert http("GET", f"{node1.url}/agent/v1/health")["node_uuid"] == node1.uuid
     for method, path in [("GET", "metrics"), ("GET", f"datasets/{dataset_id}/snapshots"),
                          ("POST", f"datasets/{dataset_id}/acquire")]:
-        for token in (None, "wrong"):
+        for token, code in ((None, 401), ("wrong", 403)):
             with pytest.raises(HTTPFailure) as failure:
                 http(method, f"{node2.url}/agent/v1/{path}",
                      body={} if method == "POST" else None, token=token)
-            assert failure.value.code == 401
-    with pytest.raises(HTTPFailure) as failure:
-        http("PUT", f"{node2.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={})
-    assert failure.value.code == 401
+            assert failure.value.code == code
+    for token, code in ((None, 401), ("wrong", 403)):
+        with pytest.raises(HTTPFailure) as failure:
+            http("PUT", f"{node2.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={},
+                 token=token)
+        assert failure.value.code == code
     # a push for a dataset that is not moving to that node is refused, even with the token
     with pytest.raises(HTTPFailure) as failure:
         http("PUT", f"{node1.url}/agent/v1/datasets/{dataset_id}/push?format=tar", body={},

@@ -62,7 +62,7 @@ class Adapter:
         self.process = ManagedProcess.command(
             ["adapter", "--control-url", self.cluster.control_url,
              "--node-uuid", self.node_uuid, "--timeout", str(self.timeout),
-             "--request-timeout", "5",
+             "--request-timeout", "5", "--cluster-token-file", self.cluster.token_file,
              "--listen", f"tcp:{self.port}:interface=127.0.0.1"], self.log_path).start()
         self.process.wait_until(lambda: http("GET", f"{self.url}/healthz", timeout=5),
                                 what="answering /healthz")
@@ -116,7 +116,8 @@ class ReliabilityCluster(Cluster):
 
     def configuration(self):
         """(tag, [datasets]) of /v1/configuration/datasets."""
-        request = urllib.request.Request(f"{self.control_url}/v1/configuration/datasets")
+        request = urllib.request.Request(f"{self.control_url}/v1/configuration/datasets",
+                                         headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.headers["X-Configuration-Tag"], json.loads(response.read())
 

@@ -195,9 +195,10 @@ def expiring_lease(method, path, raw):
         and isinstance(body, dict) and body.get("expires") is not None
 
 
-def raw_request(method, url, raw):
+def raw_request(method, url, raw, token):
     request = urllib.request.Request(url, data=raw, method=method)
     request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -213,7 +214,7 @@ def test_real_control_service_refusals_change_nothing(real, request):
     # would be blamed on a later example: leave those to the in-memory test above.
     assume(not expiring_lease(method, path, raw))
     before = everything(real)
-    status, body = raw_request(method, real.control_url + path, raw)
+    status, body = raw_request(method, real.control_url + path, raw, real.token)
     assert status < 500, (status, body)
     text = body.decode("utf-8", "replace")
     assert "Traceback" not in text and "<html" not in text.lower(), text

@@ -183,12 +183,12 @@ def test_adapter_killed_while_a_hook_waits_for_a_move_then_a_retry_succeeds(loca
             line)
         assert "Traceback" not in err
         # nothing ran on node2 and node1 still holds the data
-        configured = [d for d in _json(layout.control_url + "/v1/configuration/datasets")
+        configured = [d for d in _json(local, "/v1/configuration/datasets")
                       if d.get("metadata", {}).get("name") == name]
         assert len(configured) == 1
-        [state] = [s for s in _json(layout.control_url + "/v1/state/datasets")
+        [state] = [s for s in _json(local, "/v1/state/datasets")
                    if s["dataset_id"] == configured[0]["dataset_id"]]
-        node1_uuid = [n["uuid"] for n in _json(layout.control_url + "/v1/state/nodes")
+        node1_uuid = [n["uuid"] for n in _json(local, "/v1/state/nodes")
                       if n["host"] == layout.node("node1").address][0]
         assert state["primary"] == node1_uuid
     finally:
@@ -202,6 +202,8 @@ def test_adapter_killed_while_a_hook_waits_for_a_move_then_a_retry_succeeds(loca
     restart_agent(local, node2)
 
 
-def _json(url):
-    with urllib.request.urlopen(url, timeout=30) as response:
+def _json(local, path):
+    request = urllib.request.Request(local.layout.control_url + path,
+                                     headers={"Authorization": f"Bearer {token(local)}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
