@@ -53,6 +53,8 @@ IN_USE_RECHECK = 1.0     # seconds before an action found in use at the last mom
 UNREACHABLE_RETRY = 30.0  # seconds before a move stalled on an unreachable target is retried
 DEFAULT_KEEP_DELETED = 3600.0  # seconds a deleted dataset's data is kept in the trash
 TRASH_CHECK_LIMIT = 60.0  # the longest between two looks for trash entries past their time
+TRASH_REPORT_LIMIT = 2048  # trash entries in a report (the newest): it must stay well
+                           # within the control service's body limit
 
 def _unreachable(error):
     """Whether a failed push never got an answer from the target's agent."""
@@ -143,8 +145,7 @@ class AgentService:
         self._heartbeat = task.LoopingCall(self.request_report)
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(self.heartbeat, now=True)
-        self._trash_check = task.LoopingCall(
-            lambda: defer.ensureDeferred(self.purge_expired()))
+        self._trash_check = task.LoopingCall(self._purge_safely)
         self._trash_check.clock = self.reactor
         self._trash_check.start(min(max(self.keep_deleted / 4, 0.1), TRASH_CHECK_LIMIT),
                                 now=True)
@@ -223,7 +224,13 @@ class AgentService:
         return [{"dataset_id": entry.dataset_id, "deleted_at": entry.deleted_at,
                  "expires_at": entry.deleted_at + self.keep_deleted, "bytes": entry.bytes,
                  **({"generation": entry.generation} if entry.generation else {})}
-                for entry in self.backend.trashed()]
+                for entry in self.backend.trashed()[-TRASH_REPORT_LIMIT:]]
+
+    def _purge_safely(self):
+        # An error must not end the LoopingCall: the trash would then grow for good.
+        return defer.ensureDeferred(self.purge_expired()).addErrback(
+            lambda failure: log.failure("checking the trash failed; trying again later",
+                                        failure))
 
     # the trash
 

@@ -133,7 +133,7 @@ NODE_REPORT = {
         # Beyond Flocker: deleted datasets whose data the node keeps for a while.
         "trash": {
             "type": "array",
-            "maxItems": 4096,
+            "maxItems": 2048,       # the agent reports its newest 2048
             "items": {
                 "type": "object",
                 "properties": {

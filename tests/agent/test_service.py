@@ -10,7 +10,7 @@ from powerstripflocker.agent.backends import SendPlan, TrashEntry
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
 from powerstripflocker.agent.peer import PeerError, Refused
-from powerstripflocker.agent.service import AgentService
+from powerstripflocker.agent.service import TRASH_REPORT_LIMIT, AgentService
 
 ME = "11111111-1111-4111-8111-111111111111"
 OTHER = "22222222-2222-4222-8222-222222222222"
@@ -369,6 +369,31 @@ class TrashTests(SynchronousTestCase):
         self.successResultOf(defer.ensureDeferred(again.start()))
         self.addCleanup(again.stop)
         self.assertIn(("purge", "old"), self.backend.calls)
+
+    def test_a_report_lists_the_newest_entries_only_so_it_stays_small(self):
+        for i in range(TRASH_REPORT_LIMIT + 5):
+            key = f"k{i}"
+            self.backend.trash_entries[key] = TrashEntry(DS, 1_000_000.0 + i, 1, key)
+        trash = self.agent.build_report()["trash"]
+        self.assertEqual(len(trash), TRASH_REPORT_LIMIT)
+        self.assertEqual(trash[-1]["deleted_at"], 1_000_000.0 + TRASH_REPORT_LIMIT + 4)
+
+    def test_a_failing_trash_check_is_tried_again(self):
+        self.delete()
+        purge, calls = self.agent.purge_expired, []
+
+        async def failing_once():
+            calls.append(self.clock.seconds())
+            if len(calls) == 1:
+                raise OSError("disk on fire")
+            await purge()
+
+        self.agent.purge_expired = failing_once
+        self.clock.advance(self.KEEP / 4)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.clock.advance(self.KEEP)
+        self.assertGreater(len(calls), 1)
+        self.assertEqual(self.backend.trashed(), [])
 
     def test_without_a_keep_window_a_delete_destroys_at_once(self):
         self.agent.keep_deleted = 0

@@ -182,6 +182,9 @@ class TrashCan:
     def _init_trash(self):
         self.trash_dir = os.path.join(self.data_root, "trash")
         os.makedirs(self.trash_dir, exist_ok=True)
+        # trashed() is asked on every convergence and report: read the records once,
+        # again only after this backend changed them.
+        self._trashed = None
 
     def _trash_path(self, key):
         return os.path.join(self.trash_dir, check_name(key, "trash key"))
@@ -190,16 +193,23 @@ class TrashCan:
         return self._trash_path(key) + ".json"
 
     def _put_trash_record(self, entry):
+        self._trashed = None
         _write_json(self._trash_record(entry.key), entry.to_record())
         _fsync_dir(self.trash_dir)
 
     def _drop_trash_record(self, key):
+        self._trashed = None
         try:
             os.unlink(self._trash_record(key))
         except FileNotFoundError:
             pass
 
     def trashed(self):
+        if self._trashed is None:
+            self._trashed = self._read_trash_records()
+        return list(self._trashed)
+
+    def _read_trash_records(self):
         entries = []
         for name in os.listdir(self.trash_dir):
             if not name.endswith(".json"):
