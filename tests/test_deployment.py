@@ -82,3 +82,24 @@ def test_the_vagrant_ruby_files_parse():
              os.path.join(REPO, "vagrant-aws", "Vagrantfile")]
     result = subprocess.run(["ruby", "-c", *files], capture_output=True, text=True)
     assert result.returncode == 0 and "Syntax OK" in result.stdout, result.stderr
+
+
+def test_units_serve_a_reachable_control_service_over_tls_never_plain_http(tmp_path):
+    config_dir = str(tmp_path / "etc")
+    for control_address, scheme in (("192.168.56.11", "https"), ("127.0.0.1", "http")):
+        options = build_parser().parse_args(
+            ["units", "--node-name", "node1", "--address", "192.168.56.11",
+             "--control-address", control_address, "--config-dir", config_dir])
+        cluster, node = node_layout(options)
+        control = control_command(cluster)
+        assert "--insecure-http" not in control
+        assert cluster.control_url == f"{scheme}://{control_address}:4523"
+        for command in (agent_command(cluster, node), adapter_command(cluster, node),
+                        plugin_command(cluster, node)):
+            assert command[command.index("--control-url") + 1] == cluster.control_url
+            assert ("--tls-ca" in command) == (scheme == "https")
+        if scheme == "https":
+            assert control[control.index("--tls-cert") + 1] == f"{config_dir}/control.crt"
+            assert control[control.index("--tls-key") + 1] == f"{config_dir}/control.key"
+            agent = agent_command(cluster, node)
+            assert agent[agent.index("--tls-ca") + 1] == f"{config_dir}/cluster-ca.crt"
