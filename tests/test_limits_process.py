@@ -1,8 +1,9 @@
 """The real adapter, plugin, agent and control service processes under hostile clients:
 a 1 GiB body (sized or chunked; with and without credentials) is refused before 64 MiB
 was read, nothing grows in /tmp and peak memory stays bounded; deeply nested JSON is a
-400 (or a plugin Err); listen backlogs are at least 512; a head that trickles in is dropped at 10 s while other clients
-are served. The proxy's own versions are tests/powerstrip/test_limits_process.py.
+400 (or a plugin Err); listen backlogs are at least 512; a head that trickles in is
+dropped at 10 s while other clients are served. The proxy's own versions are in
+tests/powerstrip/test_limits_process.py.
 """
 
 import json
