@@ -206,7 +206,8 @@ class AgentService:
     def build_report(self):
         datasets = [
             dict({"dataset_id": d.dataset_id, "path": d.path, "maximum_size": d.maximum_size},
-                 **({"users": users[:16]} if (users := self.users_of(d.dataset_id)) else {}))
+                 **({"users": users[:16]} if (users := self.users_of(d.dataset_id)) else {}),
+                 **({"generation": d.generation} if d.generation else {}))
             for d in sorted(self.backend.local_datasets().values(), key=lambda d: d.dataset_id)
             if d.role == PRIMARY
             and not (self.view is not None and superseded(self.node_uuid, self.view, d))

@@ -107,6 +107,7 @@ NODE_REPORT = {
                         "type": "array", "maxItems": 16,
                         "items": {"type": "string", "minLength": 1, "maxLength": 256},
                     },
+                    "generation": {"type": "integer", "minimum": 1},
                 },
                 "required": ["dataset_id", "path"],
                 "additionalProperties": False,

@@ -510,7 +510,8 @@ class ControlService:
                     changed = True
                     code, answer = 202, self._pending(dataset, source)
                 else:
-                    path = self._reported_path(dataset.dataset_id, node_uuid)
+                    path = self._reported_path(dataset.dataset_id, node_uuid,
+                                               dataset.generation)
                     if path is None:
                         code, answer = 202, self._pending(dataset, self._source_of(dataset))
                     else:
@@ -526,13 +527,17 @@ class ControlService:
             self.changed()
         return code, answer
 
-    def _reported_path(self, dataset_id, node_uuid):
-        """The path node_uuid's fresh report gives the dataset, or None."""
+    def _reported_path(self, dataset_id, node_uuid, generation):
+        """The path node_uuid's fresh report gives the dataset's copy of generation, or
+        None. A report of an older copy is one the agent may be handing off or deleting
+        right now (the dataset moved away and back): its path is not to be handed out.
+        Agents that do not report generations are believed."""
         report = self.nodes.get(node_uuid)
         if report is None or self.clock.seconds() - report.received > self.state_expiry:
             return None
         for entry in report.datasets:
-            if entry["dataset_id"] == dataset_id and entry["path"]:
+            if entry["dataset_id"] == dataset_id and entry["path"] and (
+                    entry.get("generation") in (None, generation)):
                 return entry["path"]
         return None
 
@@ -621,7 +626,8 @@ class ControlService:
                 "dataset_id": d["dataset_id"].lower(),
                 "path": d["path"],
                 "maximum_size": d.get("maximum_size"),
-            }, **({"users": list(d["users"])} if d.get("users") else {}))
+            }, **({"users": list(d["users"])} if d.get("users") else {}),
+                **({"generation": d["generation"]} if d.get("generation") else {}))
             for d in datasets
         ]
         transfers = [
