@@ -42,7 +42,8 @@ from ..credentials import refusal as credentials_refusal
 from ..listening import BoundedRequest, BoundedSite
 from ..volumes import check_json_depth
 from .backends import BackendError, Conflict, MissingParent
-from .streams import DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause
+from .streams import (DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause,
+                      splice_request_body)
 
 log = Logger()
 
@@ -311,6 +312,7 @@ class PushRequest(BoundedRequest):
         query = (match.group(2) or b"?")[1:].decode("latin-1")
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         self.incoming = IncomingPush(peer, self, match.group(1).decode(), params)
+        splice_request_body(self)
 
     def handleContentChunk(self, data):
         if self.incoming is not None:
