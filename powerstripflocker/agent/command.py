@@ -53,8 +53,8 @@ def configure(parser):
     parser.add_argument("--cluster-token-file", default=None,
                         help=f"file holding the shared cluster token (or set {TOKEN_ENV}; "
                              "with neither and a control service on this machine, the token "
-                             "it made in /var/lib/powerstrip-flocker/cluster.token); without "
-                             "one, the agent protocol of this agent is open")
+                             "it made in /var/lib/powerstrip-flocker/cluster.token); the "
+                             "agent does not start without one")
     parser.add_argument("--docker", default=None, metavar="ENDPOINT",
                         help="this node's dockerd (unix:///path or tcp://host:port): names "
                              "the containers using each dataset, counts their starts and "
@@ -182,8 +182,11 @@ async def main(reactor, options):
     if faults.active():
         log.warn("fault injection active: {faults}", faults=faults)
     if token is None:
-        log.warn("no cluster token: the agent protocol is unauthenticated; keep --listen on "
-                 "loopback or set {env} / --cluster-token-file", env=TOKEN_ENV)
+        # The control service answers nothing without it, and peers would be open.
+        log.critical("agent not started: no cluster token; give --cluster-token-file (the "
+                     "control service makes cluster.token next to its database) or set "
+                     "{env}", env=TOKEN_ENV)
+        raise SystemExit(2)
     http = http_client(reactor, options.tls_ca)
     backend = make_backend(options.backend, reactor, data_root,
                            btrfs_quota=options.btrfs_quota)

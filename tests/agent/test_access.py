@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -127,3 +128,14 @@ def test_the_token_works_for_any_user(cluster):
     assert status == 201, text
     status, text = curl_as_nobody("GET", f"{node1.url}/agent/v1/metrics", token=cluster.token)
     assert status == 200, text
+
+
+def test_an_agent_without_a_token_does_not_start(tmp_path):
+    env = {key: value for key, value in os.environ.items()
+           if key != "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "agent", "--control-url",
+         "http://192.0.2.1:4523", "--data-root", str(tmp_path / "agent")],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "agent not started: no cluster token" in result.stderr
