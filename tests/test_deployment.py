@@ -103,3 +103,35 @@ def test_units_serve_a_reachable_control_service_over_tls_never_plain_http(tmp_p
             assert control[control.index("--tls-key") + 1] == f"{config_dir}/control.key"
             agent = agent_command(cluster, node)
             assert agent[agent.index("--tls-ca") + 1] == f"{config_dir}/cluster-ca.crt"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("ruby") is None, reason="ruby is not installed")
+def test_the_vagrant_clusters_tls_files_serve_the_control_service(tmp_path):
+    import ssl
+    import urllib.request
+
+    from tests.support.processes import ManagedProcess, free_port
+
+    script = ('require ARGV[0]; PowerstripFlockerCluster.tls(ARGV[1], "127.0.0.1")'
+              '.each { |name, pem| File.write(File.join(ARGV[1], name), pem) }')
+    made = subprocess.run(["ruby", "-e", script, os.path.join(REPO, "vagrant", "cluster.rb"),
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert os.stat(tmp_path / ".tls-127.0.0.1" / "control.key").st_mode & 0o777 == 0o600
+    port = free_port()
+    control = ManagedProcess.command(
+        ["control", "--listen", f"tcp:{port}:interface=127.0.0.1", "--db",
+         str(tmp_path / "state" / "control.db"), "--tls-cert", str(tmp_path / "control.crt"),
+         "--tls-key", str(tmp_path / "control.key")], str(tmp_path / "control.log")).start()
+    context = ssl.create_default_context(cafile=str(tmp_path / "cluster-ca.crt"))
+
+    def answers():
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/version", timeout=5,
+                                    context=context) as response:
+            return response.status == 200
+
+    try:
+        control.wait_until(answers, what="answering over TLS")
+    finally:
+        control.stop()

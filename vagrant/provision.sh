@@ -5,7 +5,10 @@
 # /var/run/docker.sock) and, on one node, the control service.
 #
 # Environment: NODE_NAME, NODE_ADDRESS, CONTROL_ADDRESS, RUN_CONTROL (yes/no),
-# CLUSTER_TOKEN (shared by all nodes), SOURCE (path of this repository on the node).
+# CLUSTER_TOKEN (shared by all nodes), CLUSTER_CA (the PEM of the CA every node checks
+# the control service's certificate against), CONTROL_CERT and CONTROL_KEY (PEM, on the
+# control node: the control service serves HTTPS), SOURCE (path of this repository on
+# the node).
 set -euo pipefail
 
 : "${NODE_NAME:?set NODE_NAME, e.g. node1}"
@@ -13,6 +16,9 @@ set -euo pipefail
 : "${CONTROL_ADDRESS:?set CONTROL_ADDRESS to the address of the control service node}"
 : "${RUN_CONTROL:=no}"
 : "${CLUSTER_TOKEN:?set CLUSTER_TOKEN (the same secret on every node)}"
+: "${CLUSTER_CA:?set CLUSTER_CA to the PEM of the cluster CA certificate}"
+: "${CONTROL_CERT:=}"
+: "${CONTROL_KEY:=}"
 : "${SOURCE:?set SOURCE to the repository checkout on this node}"
 
 export DEBIAN_FRONTEND=noninteractive
@@ -36,12 +42,17 @@ python3 -m venv /opt/powerstrip-flocker
 
 install -d -m 0700 /etc/powerstrip-flocker
 (umask 077 && printf '%s' "${CLUSTER_TOKEN}" > /etc/powerstrip-flocker/cluster.token)
+(umask 077 && printf '%s\n' "${CLUSTER_CA}" > /etc/powerstrip-flocker/cluster-ca.crt)
 
 units_arguments=(--node-name "${NODE_NAME}" --address "${NODE_ADDRESS}"
                  --control-address "${CONTROL_ADDRESS}")
 services=(powerstrip-flocker-agent powerstrip-flocker-adapter powerstrip-flocker-plugin
           powerstrip-flocker-proxy)
 if [ "${RUN_CONTROL}" = "yes" ]; then
+    : "${CONTROL_CERT:?set CONTROL_CERT and CONTROL_KEY on the control node}"
+    : "${CONTROL_KEY:?set CONTROL_KEY on the control node}"
+    (umask 077 && printf '%s\n' "${CONTROL_CERT}" > /etc/powerstrip-flocker/control.crt)
+    (umask 077 && printf '%s\n' "${CONTROL_KEY}" > /etc/powerstrip-flocker/control.key)
     units_arguments+=(--control)
     services=(powerstrip-flocker-control "${services[@]}")
 fi
