@@ -737,17 +737,18 @@ class MemoryFlockerAPI:
         def decide():
             _check_claim(name, node_uuid, expires, create)
             _check_maximum_size(maximum_size)
+            self._expire_leases()
             candidates = [d for d in self._datasets.values() if d.name == name and not d.deleted]
             if not candidates:
                 if not create:
                     raise NotFound(404, f"No dataset is named {name!r}.")
                 created = self._add(node_uuid, {"name": name}, maximum_size,
                                     str(uuid.uuid4()))
+                # From its first answer on, a claim holds the lease (the control service's
+                # rule): another node asking meanwhile waits.
+                self._grant(created.dataset_id, node_uuid, expires, claim=True)
                 return Claim("creating", created.dataset_id, 1)
             dataset = min(candidates, key=lambda d: d.dataset_id)
-            lease = self._leases.get(dataset.dataset_id)
-            if lease is not None and lease[0] != node_uuid:
-                raise self._held_elsewhere(f"volume {name!r}", dataset.dataset_id, name)
             current = self._generations[dataset.dataset_id]
             if generation is not None and current != generation and (
                     dataset.primary != node_uuid):
@@ -756,13 +757,17 @@ class MemoryFlockerAPI:
                     f"volume {name!r} was claimed by {claimant.host or 'node ' + claimant.uuid}"
                     f" (node {claimant.uuid}) while this node waited for it; run the "
                     f"container on one node at a time"), claimant)
+            lease = self._leases.get(dataset.dataset_id)
+            if lease is not None and lease[0] != node_uuid:
+                raise self._held_elsewhere(f"volume {name!r}", dataset.dataset_id, name)
             if dataset.primary != node_uuid:
                 self._set_primary(dataset, node_uuid)
+                self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
                 return self._pending(dataset.dataset_id, dataset.primary)
+            self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
             holder = self._state.get(dataset.dataset_id)
             if holder != node_uuid:
                 return self._pending(dataset.dataset_id, holder)
-            self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
             return Claim("ready", dataset.dataset_id, self._generations[dataset.dataset_id],
                          path=f"/flocker/{dataset.dataset_id}",
                          lease=self._lease_view(dataset.dataset_id))

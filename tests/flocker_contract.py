@@ -266,12 +266,27 @@ def make_flocker_api_tests(start_cluster):
             ready, _ = await self.claim_until_ready(cluster, name, second)
             self.assertEqual((ready.dataset_id, ready.generation), (created.dataset_id, 2))
 
+        async def test_a_pending_claim_makes_another_node_wait(self):
+            cluster = await start_cluster(self)
+            first, second = cluster.nodes
+            name = f"contested-{uuid.uuid4().hex[:8]}"
+            mine = await cluster.api.claim(name, first.uuid)
+            self.addCleanup(cluster.api.release_lease, mine.dataset_id)
+            with self.assertRaises(HeldElsewhere) as waiting:
+                await cluster.api.claim(name, second.uuid)
+            self.assertEqual((waiting.exception.holder.node_uuid, waiting.exception.holder.users),
+                             (first.uuid, ()), "no user yet: the other node waits")
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual(dataset.primary, first.uuid)
+
         async def test_a_claim_asked_again_never_takes_back_what_another_node_claimed(self):
             cluster = await start_cluster(self)
             first, second = cluster.nodes
             name = f"contested-{uuid.uuid4().hex[:8]}"
             mine = await cluster.api.claim(name, first.uuid)
+            await cluster.api.release_lease(mine.dataset_id)  # an operator breaks the claim
             theirs = await cluster.api.claim(name, second.uuid)
+            self.addCleanup(cluster.api.release_lease, theirs.dataset_id)
             self.assertEqual((theirs.dataset_id, theirs.generation),
                              (mine.dataset_id, mine.generation + 1))
             with self.assertRaises(ClaimedElsewhere) as raised:

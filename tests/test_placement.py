@@ -2,7 +2,6 @@ import uuid
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from powerstripflocker.flocker import DatasetConfig, MemoryFlockerAPI
@@ -224,21 +223,34 @@ class PlacementTests(SynchronousTestCase):
                       if sample.name.endswith("_count")]
         self.assertEqual(placements, [1.0], "the second request joined the first's claim")
 
-    def test_two_nodes_asking_at_the_same_moment_leave_one_dataset_and_one_winner(self):
+    def test_two_nodes_asking_at_the_same_moment_are_served_one_after_the_other(self):
         self.api.latency = 0.01
         here = self.placement.ensure_local(["shared"])
         there = self.placement_for(self.there).ensure_local(["shared"])
         self.settle(here)
-        self.settle(there)
         self.api.latency = 0
+        self.assertFalse(there.called, "the other node waits while the first one's claim holds")
         named = [d for d in self.successResultOf(self.api.list_datasets_configuration()).datasets
                  if d.name == "shared"]
         self.assertEqual(len(named), 1, "exactly one dataset for the name")
-        outcomes = sorted([here, there], key=lambda d: isinstance(d.result, Failure))
-        winner = self.successResultOf(outcomes[0])
-        self.assertEqual(winner, {"shared": f"/flocker/{named[0].dataset_id}"})
-        loser = self.failureResultOf(outcomes[1], VolumeClaimedElsewhere)
-        self.assertIn("was claimed by", str(loser.value))
+        self.assertEqual(self.successResultOf(here), {"shared": f"/flocker/{named[0].dataset_id}"})
+        # No container ever used it here: the claim lapses and the other node gets it.
+        self.settle(there, seconds=40.0)
+        self.assertEqual(self.successResultOf(there),
+                         {"shared": f"/flocker/{named[0].dataset_id}"})
+        [dataset] = self.successResultOf(self.api.datasets_named("shared")).datasets
+        self.assertEqual(dataset.primary, self.there.uuid)
+
+    def test_a_volume_taken_by_another_node_while_this_one_waited_is_refused(self):
+        self.api.convergence_delay = 60.0  # the create takes long: the wait goes on
+        here = self.placement.ensure_local(["taken"])
+        self.settle(here, seconds=1.0)
+        [dataset] = self.successResultOf(self.api.datasets_named("taken")).datasets
+        self.successResultOf(self.api.release_lease(dataset.dataset_id))  # an operator
+        self.successResultOf(self.api.claim("taken", self.there.uuid))
+        self.settle(here)
+        refused = self.failureResultOf(here, VolumeClaimedElsewhere)
+        self.assertIn("was claimed by 10.0.0.2", str(refused.value))
 
     def test_one_request_creates_one_volume_and_moves_another_at_once(self):
         remote = self.dataset_on(self.there, "remote")

@@ -473,10 +473,14 @@ class ControlService:
         """(code, answer) for POST /v1/configuration/claims, decided in one transaction:
         create the name here, move it here, or lease it to node_uuid once it is here.
 
+        From its first answer on, a claim holds the lease for the claimant (for
+        expires seconds, renewed by each poll): another node asking meanwhile is
+        refused with a holder that reports no user, and waits, instead of moving the
+        volume back and forth with it (first come, first served).
+
         generation: the claimant is asking again about the claim answered with that
         generation; if another node has since moved the dataset away, refuse (409)
-        rather than move it back, so two nodes asking at once cannot keep taking it
-        from each other."""
+        rather than move it back."""
         node_uuid = node_uuid.lower()
         changed = False
         with self.store.transaction():
@@ -485,14 +489,12 @@ class ControlService:
                 if not create:
                     raise APIError(404, f"No dataset is named {name!r}.")
                 dataset = self._create(node_uuid, None, {"name": name}, maximum_size)
+                self._grant(dataset.dataset_id, node_uuid, expires, None, claim=True)
                 answer = {"status": "creating", "dataset_id": dataset.dataset_id,
                           "generation": dataset.generation}
                 code, changed = 202, True
             else:
                 dataset = min(candidates, key=lambda d: d.dataset_id)
-                lease = self._live_lease(dataset.dataset_id)
-                if lease is not None and lease.node_uuid != node_uuid:
-                    raise self._held_elsewhere(f"volume {name!r}", lease, name)
                 if (generation is not None and dataset.generation != generation
                         and dataset.primary != node_uuid):
                     report = self.nodes.get(dataset.primary)
@@ -503,21 +505,25 @@ class ControlService:
                         f"container on one node at a time",
                         {"node_uuid": dataset.primary, "host": host},
                     )
+                lease = self._live_lease(dataset.dataset_id)
+                if lease is not None and lease.node_uuid != node_uuid:
+                    raise self._held_elsewhere(f"volume {name!r}", lease, name)
                 if dataset.primary != node_uuid:
                     source = dataset.primary
                     self._move(dataset, node_uuid)
                     dataset = self.store.get_dataset(dataset.dataset_id)
+                    self._grant(dataset.dataset_id, node_uuid, expires, lease, claim=True)
                     changed = True
                     code, answer = 202, self._pending(dataset, source)
                 else:
                     path = self._reported_path(dataset.dataset_id, node_uuid,
                                                dataset.generation)
+                    lease = self._grant(dataset.dataset_id, node_uuid, expires, lease,
+                                        claim=True)
+                    changed = True
                     if path is None:
                         code, answer = 202, self._pending(dataset, self._source_of(dataset))
                     else:
-                        lease = self._grant(dataset.dataset_id, node_uuid, expires, lease,
-                                            claim=True)
-                        changed = True
                         code, answer = 200, {
                             "status": "ready", "dataset_id": dataset.dataset_id,
                             "generation": dataset.generation, "path": path,

@@ -41,12 +41,14 @@ class ClaimTests(TestCase, SchemaChecks):
                          self.h.service.configuration_tag())
         response, again = await self.claim("db", NODE1)
         self.assertEqual((response.code, again), (202, body), "no report yet: still creating")
-        self.assertEqual(self.h.store.leases(), [])
+        self.assertEqual([(lease.node_uuid, lease.claimed_until) for lease in self.h.store.leases()],
+                         [(NODE1, self.h.clock.seconds() + 30)], "the pending claim holds it")
         path = await self.report_here(NODE1, dataset_id, "10.0.0.1")
         response, ready = await self.claim("db", NODE1, expires=12.5)
         self.assertEqual((response.code, ready), (200, {
             "status": "ready", "dataset_id": dataset_id, "generation": 1, "path": path,
-            "lease": {"dataset_id": dataset_id, "node_uuid": NODE1, "expires": 12.5}}))
+            "lease": {"dataset_id": dataset_id, "node_uuid": NODE1, "expires": 30.0}}),
+            "a claim never cuts short the one its pending answers took")
         self.assertValid("lease", ready["lease"])
         self.h.clock.advance(10)
         _, renewed = await self.claim("db", NODE1)
@@ -65,7 +67,8 @@ class ClaimTests(TestCase, SchemaChecks):
             "progress": {"bytes_done": 0, "bytes_total": None}}))
         self.assertEqual(self.h.store.get_dataset(dataset["dataset_id"]).primary, NODE2)
         self.assertGreater(self.h.service.generation, generation, "agents are woken")
-        self.assertEqual(self.h.store.leases(), [])
+        self.assertEqual([lease.node_uuid for lease in self.h.store.leases()], [NODE2],
+                         "the claimant holds it while it moves")
 
     async def test_progress_and_a_stall_come_from_the_senders_report(self):
         dataset = await self.h.create(primary=NODE1, metadata={"name": "db"})
@@ -145,6 +148,10 @@ class ClaimTests(TestCase, SchemaChecks):
     async def test_a_claim_asked_again_after_another_node_moved_it_is_refused(self):
         _, mine = await self.claim("db", NODE1)
         await self.h.report(NODE2, [], host="10.0.0.2")
+        response, waiting = await self.claim("db", NODE2)
+        self.assertEqual((response.code, waiting["holder"]["users"]), (409, []),
+                         "NODE1's pending claim makes NODE2 wait")
+        self.h.clock.advance(31)  # NODE1's hook gave up: its claim lapses
         _, theirs = await self.claim("db", NODE2)
         self.assertEqual(theirs["generation"], 2)
         before = self.h.snapshot()

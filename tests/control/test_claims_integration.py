@@ -34,10 +34,14 @@ def test_two_nodes_claiming_one_new_name_at_once_make_exactly_one_dataset(contro
     service = control().start()
     answers = at_once([claim(service, "shared", NODE1 if i % 2 else NODE2)
                        for i in range(CLIENTS)])
-    assert {code for code, _ in answers} <= {202}, answers
+    assert {code for code, _ in answers} <= {202, 409}, answers
     code, named, _ = service.request("GET", "/v1/configuration/datasets?name=shared")
     assert code == 200 and len(named) == 1, named
-    assert {body["dataset_id"] for _, body in answers} == {named[0]["dataset_id"]}
+    assert {body["dataset_id"] for code, body in answers if code == 202} == {
+        named[0]["dataset_id"]}
+    # The first claim holds the lease: the other node waits rather than taking it.
+    assert {body["holder"]["node_uuid"] for code, body in answers if code == 409} <= {
+        named[0]["primary"]}
 
 
 def test_a_claim_racing_moves_never_leaves_a_lease_away_from_the_primary(control):  # noqa: F811
