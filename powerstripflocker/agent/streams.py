@@ -25,8 +25,10 @@ doWrite is taken over for the duration of the body, as the proxy does for hijack
 streams). A thread per transfer would need a second file descriptor of the socket that
 outlives Twisted's close of it, and every progress report, fault pause and cancellation
 crossing threads; on the reactor a transfer is a few system calls per MiB and cancels
-like any other Deferred. Sending waits a millisecond before taking a pipe that holds less
-than COALESCE_BYTES, so one wake-up moves up to a MiB instead of one 10 KiB write of tar.
+like any other Deferred. Wake-ups are kept few: sending waits a millisecond before taking
+a pipe that holds less than COALESCE_BYTES, and receiving, once the pipe was full, waits
+for ROOM_BYTES of room the same way, so one wake-up moves hundreds of KiB instead of one
+10 KiB read or write of tar's.
 
 Progress counts bytes and logs "done / total, rate" every few seconds.
 """
@@ -55,12 +57,14 @@ PIPE_SIZE = 1 << 20             # the pipes to and from tar/btrfs; also the larg
 COPY_SIZE = 1 << 20             # one read of the pipe where splice does not apply
 COALESCE_BYTES = 256 * 1024     # a pipe holding less than this is looked at again...
 COALESCE_DELAY = 0.001          # ...after this long (once), so wake-ups move large pieces
+ROOM_BYTES = 256 * 1024         # a receiving pipe with less room is looked at again later
 FRAMING_READ = 64               # a read for a chunk size line: little of the body with it
 MAX_SIZE_LINE = 1024            # twisted.web's limit on a chunk size line, kept
 
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
 
 
 class Progress:
@@ -157,6 +161,11 @@ def _pipe():
     except OSError:
         pass        # above /proc/sys/fs/pipe-max-size: the default size still works
     return read_end, write_end
+
+
+def _pipe_bytes(fd):
+    """How many bytes wait in a pipe (FIONREAD; either end)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
 def _close(fd):
@@ -329,8 +338,7 @@ class ProcessBodyProducer:
         if self._transport is None:
             self._copy()
             return
-        available = struct.unpack("i", fcntl.ioctl(
-            self._pipe.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+        available = _pipe_bytes(self._pipe.fd)
         if not available:
             self._pipe_closed()
             return
@@ -597,8 +605,10 @@ class ProcessSink(_BodySink):
         self._stdin = _PipeEnd(write_end, self._stdin_writable, self._stdin_broken)
         self._poll = select.poll()
         self._poll.register(write_end, select.POLLOUT)
+        self._capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
         self._pending = []            # bytes written while the pipe was full
         self._writing = False
+        self._waiting = None          # the delayed look at a pipe that had little room
         try:
             self.transport = _spawn(reactor, self.protocol, self.argv, cwd=cwd,
                                     stdin=read_end)
@@ -659,11 +669,18 @@ class ProcessSink(_BodySink):
 
     def _wait_for_stdin(self):
         self.pauser.pause("pipe")
-        if not self._writing:
+        if not self._writing and self._waiting is None:
             self._writing = True
             self.reactor.addWriter(self._stdin)
 
     def _stdin_writable(self):
+        if self._capacity - _pipe_bytes(self._stdin.fd) < ROOM_BYTES:
+            # Writable as soon as the reader took one page: wait for room for a large
+            # piece instead of waking up for every read of tar's.
+            self._writing = False
+            self.reactor.removeWriter(self._stdin)
+            self._waiting = self.reactor.callLater(COALESCE_DELAY, self._look_again)
+            return
         while self._pending:
             data = self._pending.pop(0)
             try:
@@ -682,6 +699,12 @@ class ProcessSink(_BodySink):
             self._close_stdin()
         self.pauser.resume("pipe")
 
+    def _look_again(self):
+        self._waiting = None
+        if self._stdin.fd >= 0 and not self._writing:
+            self._writing = True
+            self.reactor.addWriter(self._stdin)
+
     def _stdin_broken(self):
         """The subprocess closed its stdin (it exited): the rest of the body is
         dropped; _ended decides what that means."""
@@ -689,6 +712,9 @@ class ProcessSink(_BodySink):
         self._close_stdin()
 
     def _close_stdin(self):
+        if self._waiting is not None and self._waiting.active():
+            self._waiting.cancel()
+        self._waiting = None
         if self._writing:
             self._writing = False
             self.reactor.removeWriter(self._stdin)
