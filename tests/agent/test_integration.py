@@ -3,6 +3,7 @@
 
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -429,6 +430,14 @@ def test_a_move_onto_a_full_disk_stalls_with_the_receivers_error_and_the_source_
     assert (transfer["peer"], transfer["stalled"], transfer["attempts"]) == (
         node2.uuid, True, 5)
     assert transfer["error"] == "No space left on device on 127.0.0.1"
+    # and `status` names the stall and its cause
+    shown = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "status", "--control-url",
+         cluster.control_url], capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, POWERSTRIP_FLOCKER_CLUSTER_TOKEN=cluster.token or ""))
+    assert shown.returncode == 0, shown.stderr
+    [line] = [line for line in shown.stdout.splitlines() if dataset_id in line]
+    assert "stalled: No space left on device on 127.0.0.1" in line, shown.stdout
 
     # the source stays primary and intact, nothing is tried again for now
     assert cluster.primary_in_state(dataset_id)["primary"] == node1.uuid
