@@ -36,7 +36,7 @@ class RealCluster:
         self.nodes = [Node(agent.uuid, "127.0.0.1") for agent in agents]
 
     def client(self, testcase):
-        api = FlockerClient(reactor, self.processes.control_url)
+        api = FlockerClient(reactor, self.processes.control_url, token=self.processes.token)
         testcase.addCleanup(api.http_client._agent._pool.closeCachedConnections)
         return api
 
