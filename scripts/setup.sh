@@ -19,6 +19,10 @@ fi
 if command -v systemctl >/dev/null && systemctl is-active --quiet docker 2>/dev/null; then
     systemctl stop docker.socket docker.service || true
 fi
+# Likewise Debian's etcd-server: the tests start their own three-member clusters.
+if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+    systemctl stop etcd.service || true
+fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || { echo "Python >= 3.11 is required" >&2; exit 1; }
