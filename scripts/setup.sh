@@ -4,7 +4,7 @@
 # lets a test check that the Vagrantfiles parse). Run as root on Debian.
 
 apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ruby ca-certificates iproute2 socat
-              python3-venv etcd-server)
+              python3-venv etcd-server curl)
 missing=()
 for package in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
