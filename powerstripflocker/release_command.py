@@ -30,8 +30,10 @@ def configure(parser):
                         help="seconds one control service request may take (default "
                              "%(default)g)")
     parser.add_argument("--cluster-token-file", default=None,
-                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN), "
-                             "sent as a bearer token to the control service")
+                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; "
+                             "else, for a control service on this machine, the one it made "
+                             "in /var/lib/powerstrip-flocker/cluster.token), sent as a "
+                             "bearer token to the control service")
     parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
     parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", help="client private key for mutual TLS")
