@@ -24,7 +24,8 @@ POST /agent/v1/datasets/<id>/acquire       {"received": token, "maximum_size": i
 The push body goes straight into a subprocess (tar -x / btrfs receive) chunk by chunk:
 twisted.web would buffer a request body before calling the resource, so PushRequest swaps
 its content for a ProcessSink as soon as the headers are in (gotLength), and a full pipe
-pauses the TCP transport. Every other body is bounded by MAX_JSON_BODY (listening.py).
+pauses the TCP transport. On plain TCP the chunks' bytes go socket -> pipe by splice(2)
+(splice_request_body, streams.py). Every other body is bounded by MAX_JSON_BODY (listening.py).
 """
 
 import inspect

@@ -241,8 +241,8 @@ def _queued(transport):
 
 
 def spliceable(transport):
-    """True when transport is a plain TCP connection of Twisted's (not TLS) on which
-    this kernel can splice."""
+    """True when transport is one of Twisted's plain (not TLS) socket connections and
+    this kernel has splice(2)."""
     return (_SPLICE is not None and not ISSLTransport.providedBy(transport)
             and isinstance(getattr(transport, "socket", None), socket.socket)
             and hasattr(transport, "_tempDataBuffer"))
@@ -483,7 +483,7 @@ class ProcessBodyProducer:
                 transport.stopWriting()
                 self._waiting_for_socket = False
             transport.__dict__.pop("doWrite", None)
-            if _queued(transport):
+            if _queued(transport) and transport.connected:
                 transport.startWriting()
 
     def _close_pipe(self):

@@ -44,7 +44,8 @@ class SinkRequest(server.Request):
     def gotLength(self, length):
         super().gotLength(length)
         site = self.channel.site
-        self.sink = ProcessSink(reactor, site.command, self.channel.transport, progress=site.received,
+        self.sink = ProcessSink(reactor, site.command, self.channel.transport,
+                                progress=site.received,
                                 pause_after_bytes=site.receive_pause_after_bytes,
                                 on_fault_pause=site.paused.append)
         self.content = self.sink
@@ -236,9 +237,35 @@ class StreamTests(TestCase):
         while producer._exit_status is None:
             await deferLater(0.02)
         self.assertEqual(producer._exit_status, "signal 9")    # the sender's cat, killed
-        await sink.finished                  # aborted: nobody is told but the log
-        self.assertTrue(sink._aborted)
+        while not sink._aborted:
+            await deferLater(0.02)
         self.assertNotEqual(site.decoders[0].state, "FINISHED")
+
+    async def test_a_failing_sender_never_sends_the_last_chunk(self):
+        site = await self.serve()
+        producer = ProcessBodyProducer(
+            reactor, ["sh", "-c", 'head -c 3145728 "$0"; exit 3', self.source])
+        with self.assertRaises(Exception):
+            await self.push(producer)
+        [sink] = site.sinks
+        while not sink._aborted:        # the receiver sees the connection go, unfinished
+            await deferLater(0.02)
+        self.assertNotEqual(site.decoders[0].state, "FINISHED")
+
+    async def test_pushes_one_after_another_on_one_kept_alive_connection(self):
+        site = await self.serve()
+        pool = client.HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        self.agent = client.Agent(reactor, pool=pool)
+        for _ in range(3):
+            producer = ProcessBodyProducer(reactor, ["cat", self.source])
+            code, body = await self.push(producer)
+            self.assertEqual(code, 200, body)
+            self.assertTrue(producer.spliced)
+            self.assertEqual(sha256(self.output), sha256(self.source))
+        self.assertEqual(site.spliced, [True] * 3)
+        peers = {sink.pauser.transport.getPeer().port for sink in site.sinks}
+        self.assertEqual(len(peers), 1)
 
     async def test_a_malformed_chunk_size_is_answered_400(self):
         site = await self.serve()
@@ -253,6 +280,9 @@ class StreamTests(TestCase):
         answer = await threads.deferToThread(send)
         self.assertTrue(answer.startswith(b"HTTP/1.1 400"), answer)
         self.assertIsInstance(site.decoders[0], SplicedChunkedDecoder)
+        [sink] = site.sinks
+        await sink.protocol.ended          # the receiving process was killed, not left
+        self.assertTrue(sink._aborted)
 
 
 def deferLater(seconds):
