@@ -101,11 +101,13 @@ class BoundedRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def refuse(self, answer):
-        """Answer now, with the head alone, and close the connection unread."""
+        """Answer now, from the head (and what was read of the body), and close the
+        connection without reading on."""
         self.refused = True
         channel = self.channel
         channel.refused = True
-        log.info("refused {method} {path} from the head: {code} {description}",
+        log.info("refused {method} {path} and closed the connection unread: {code} "
+                 "{description}",
                  method=self.head_method().decode("latin-1"),
                  path=self.head_path().decode("latin-1"), code=answer.code,
                  description=answer.description)
