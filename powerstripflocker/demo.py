@@ -227,7 +227,8 @@ def _up(options):
     _say("\nThe cluster is up. Use a node's docker from this shell:")
     for node in layout.nodes:
         _say(f"  export DOCKER_HOST={node.docker_host}   # {node.name}")
-    _say(f"See its volumes:\n  {_command()} status --control-url {layout.control_url}")
+    _say(f"See its volumes:\n  {_command()} status --control-url {layout.control_url} "
+         f"--cluster-token-file {layout.token_file}")
     if options.hosts == "netns":
         _say(f"Break it (then see what the cluster does):\n"
              f"  {_command()} demo partition node2{again}   # and: demo heal node2{again}\n"
