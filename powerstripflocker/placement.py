@@ -26,6 +26,10 @@ DEFAULT_DEADLINE = 120.0
 DEFAULT_CLAIM_SECONDS = 30.0
 FIRST_POLL = 0.05
 LONGEST_POLL = 1.0
+# A container that just stopped on the holder is released by its agent within moments
+# of `docker stop` returning; a refusal naming it is asked again for this long (at
+# FIRST_POLL) before it is final, so `docker stop` there then `docker run` here works.
+IN_USE_RECHECK = 0.3
 CONDITIONAL_CREATE_ATTEMPTS = 20
 
 
@@ -324,6 +328,7 @@ class Placement:
         delay = FIRST_POLL
         generation = None  # of the last answer: a later claim must not take it back
         last = None  # the last answer or refusal, for the deadline's message
+        in_use_since = None
         while True:
             try:
                 claim = await self._call(
@@ -332,8 +337,12 @@ class Placement:
                     name, deadline_at)
             except HeldElsewhere as refusal:
                 if refusal.holder.users:
-                    raise VolumeInUse(refusal.description) from None
-                # The holder reports no running user: its release is on its way.
+                    if in_use_since is None:
+                        in_use_since = self._clock.seconds()
+                    elif self._clock.seconds() - in_use_since >= IN_USE_RECHECK:
+                        raise VolumeInUse(refusal.description) from None
+                    delay = FIRST_POLL
+                # Else the holder reports no running user: its release is on its way.
                 last = refusal
             except ClaimedElsewhere as refusal:
                 raise VolumeClaimedElsewhere(refusal.description) from None
