@@ -11,7 +11,7 @@ ProcessBodyProducer (sending): the stdout of tar -c / btrfs send is a pipe this 
 makes (1 MiB). On a plain TCP connection each chunk's bytes go from that pipe to the
 socket with splice(2): the size line is written with send(), the bytes follow by splice,
 so they never enter Python. Over TLS (splice cannot go through it) the pipe is read in
-1 MiB blocks and written to the transport.
+blocks of up to 1 MiB (what it holds) and written to the transport.
 
 ProcessSink (receiving): the stdin of tar -x / btrfs receive is a pipe this module makes.
 A push body on a plain TCP connection is decoded by SplicedChunkedDecoder: chunk size
@@ -54,7 +54,6 @@ from zope.interface import implementer
 log = Logger()
 
 PIPE_SIZE = 1 << 20             # the pipes to and from tar/btrfs; also the largest chunk
-COPY_SIZE = 1 << 20             # one read of the pipe where splice does not apply
 COALESCE_BYTES = 256 * 1024     # a pipe holding less than this is looked at again...
 COALESCE_DELAY = 0.001          # ...after this long (once), so wake-ups move large pieces
 ROOM_BYTES = 256 * 1024         # a receiving pipe with less room is looked at again later
@@ -290,6 +289,8 @@ class ProcessBodyProducer:
     def startProducing(self, consumer):
         read_end, write_end = _pipe()
         os.set_blocking(read_end, False)
+        # a pipe smaller than asked for (pipe-max-size) is still taken in large pieces
+        self._coalesce_bytes = min(COALESCE_BYTES, fcntl.fcntl(read_end, _F_GETPIPE_SZ) // 2)
         self._pipe = _PipeEnd(read_end, self._pipe_readable, self._pipe_closed)
         self._protocol = _Collect()
         try:
@@ -335,19 +336,19 @@ class ProcessBodyProducer:
         self._read_pipe()
 
     def _pipe_readable(self):
-        if self._transport is None:
-            self._copy()
-            return
         available = _pipe_bytes(self._pipe.fd)
         if not available:
             self._pipe_closed()
             return
-        if available < COALESCE_BYTES and not self._coalesced:
+        if available < self._coalesce_bytes and not self._coalesced:
             self._stop_reading_pipe()
             self._coalescing = self.reactor.callLater(COALESCE_DELAY, self._look_again)
             return
         self._coalesced = False
         count = self._within_fault_limit(available)
+        if self._transport is None:
+            self._copy(count)
+            return
         self._framing += b"%x\r\n" % count
         self._chunk_left = count
         self._pump()
@@ -357,9 +358,9 @@ class ProcessBodyProducer:
             return count
         return max(1, min(count, self.pause_after_bytes - self.bytes))
 
-    def _copy(self):
+    def _copy(self, count):
         try:
-            data = os.read(self._pipe.fd, self._within_fault_limit(COPY_SIZE))
+            data = os.read(self._pipe.fd, count)
         except BlockingIOError:
             return
         except OSError:
@@ -605,7 +606,9 @@ class ProcessSink(_BodySink):
         self._stdin = _PipeEnd(write_end, self._stdin_writable, self._stdin_broken)
         self._poll = select.poll()
         self._poll.register(write_end, select.POLLOUT)
-        self._capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+        capacity = fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+        self._capacity = capacity
+        self._room_bytes = min(ROOM_BYTES, capacity // 2)    # reachable in a small pipe
         self._pending = []            # bytes written while the pipe was full
         self._writing = False
         self._waiting = None          # the delayed look at a pipe that had little room
@@ -674,7 +677,7 @@ class ProcessSink(_BodySink):
             self.reactor.addWriter(self._stdin)
 
     def _stdin_writable(self):
-        if self._capacity - _pipe_bytes(self._stdin.fd) < ROOM_BYTES:
+        if self._capacity - _pipe_bytes(self._stdin.fd) < self._room_bytes:
             # Writable as soon as the reader took one page: wait for room for a large
             # piece instead of waking up for every read of tar's.
             self._writing = False

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import client, resource, server
 from zope.interface import implementer
 
+from powerstripflocker.agent import streams
 from powerstripflocker.agent.streams import (
     FRAMING_READ, ProcessBodyProducer, ProcessSink, SplicedChunkedDecoder,
     splice_request_body)
@@ -182,6 +183,15 @@ class StreamTests(TestCase):
     async def test_a_slow_receiver_gets_every_byte_in_order(self):
         # the receiving pipe fills while its reader sleeps, so both ends wait on it
         await self.serve(command='sleep 0.5; exec cat > "$0"')
+        producer = ProcessBodyProducer(reactor, ["cat", self.source])
+        code, body = await self.push(producer)
+        self.assertEqual(code, 200, body)
+        self.assertEqual(sha256(self.output), sha256(self.source))
+
+    async def test_pipes_smaller_than_asked_for_still_carry_every_byte(self):
+        # pipe-max-size below PIPE_SIZE: the thresholds for large pieces scale down
+        self.patch(streams, "PIPE_SIZE", 64 * 1024)
+        await self.serve(command='sleep 0.2; exec cat > "$0"')
         producer = ProcessBodyProducer(reactor, ["cat", self.source])
         code, body = await self.push(producer)
         self.assertEqual(code, 200, body)
