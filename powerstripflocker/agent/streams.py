@@ -42,8 +42,7 @@ import struct
 import termios
 
 from twisted.internet import defer, main
-from twisted.internet.interfaces import IPushProducer, IReadDescriptor, ISSLTransport, \
-    IWriteDescriptor
+from twisted.internet.interfaces import IReadDescriptor, ISSLTransport, IWriteDescriptor
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -527,7 +526,6 @@ class ProcessBodyProducer:
         self._close_pipe()
 
 
-@implementer(IPushProducer)
 class _NetworkPauser:
     """Pauses the network transport while any reason to pause remains: "pipe" (the
     subprocess's stdin is full) and "fault" (fault injection, until release)."""
@@ -556,15 +554,6 @@ class _NetworkPauser:
         if self.reasons:
             self.reasons.clear()
             self.transport.resumeProducing()
-
-    def pauseProducing(self):
-        self.pause("pipe")
-
-    def resumeProducing(self):
-        self.resume("pipe")
-
-    def stopProducing(self):
-        pass
 
 
 class _BodySink:
