@@ -35,13 +35,21 @@ class ClusterUnderTest:
         """The docker CLI straight to the node's dockerd, bypassing the proxy."""
         return docker(self.layout.node(node).real_docker_host, *args, **kwargs)
 
-    def api(self, path):
+    def api(self, path, prefix="/v1"):
         with open(self.layout.token_file) as token:
             request = urllib.request.Request(
-                self.layout.control_url + "/v1" + path,
+                self.layout.control_url + prefix + path,
                 headers={"Authorization": f"Bearer {token.read().strip()}"})
         with urllib.request.urlopen(request, timeout=30) as r:
             return json.load(r)
+
+    def reported_users(self, node, dataset_id):
+        """What node's agent last reported as using dataset_id (container names)."""
+        view = self.api("/cluster?timeout=0", prefix="/agent/v1")
+        uuid = self.node_uuid(node)
+        return [user for report in view["nodes"] if report["uuid"] == uuid
+                for entry in report["datasets"] if entry["dataset_id"] == dataset_id
+                for user in entry.get("users", [])]
 
     def node_uuid(self, node):
         address = self.layout.node(node).address

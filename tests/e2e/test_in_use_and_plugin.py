@@ -52,6 +52,11 @@ def test_a_volume_in_use_on_node1_is_refused_on_node2_until_its_container_ends(
                        "sh", "-c", f"echo precious > /data/file; exec sleep {lifetime}")).strip()
     wait_until(lambda: leased_to(cluster, dataset["dataset_id"]) == [node1],
                "leased to node1")
+    # The kernel shows the mount first; Docker's answer, with the container's name, may
+    # come a moment later (the refusal names the process until then).
+    wait_until(lambda: any(user.startswith(f"web-{name}") for user in
+                           cluster.reported_users("node1", dataset["dataset_id"])),
+               "the container named in node1's report")
 
     began = time.monotonic()
     refused = cluster.docker("node2", "run", "--rm", "-v", volume, "busybox", "cat",
