@@ -54,6 +54,27 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     parser.add_argument("--tls-key", help="client private key for mutual TLS")
 
 
+def add_operator_options(parser):
+    """How an operator's one-shot command (release, restore) reaches the control
+    service: its URL, one request's timeout, the cluster token and TLS."""
+    parser.add_argument(
+        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
+                                                DEFAULT_CONTROL_URL),
+        help="the Flocker v1 control service (env FLOCKER_CONTROL_SERVICE_BASE_URL; default "
+             "%(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=10.0,
+                        help="seconds one control service request may take (default "
+                             "%(default)g)")
+    parser.add_argument("--cluster-token-file", default=None,
+                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; "
+                             "else, for a control service on this machine, the one it made "
+                             "in /var/lib/powerstrip-flocker/cluster.token), sent as a "
+                             "bearer token to the control service")
+    parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
+    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    parser.add_argument("--tls-key", help="client private key for mutual TLS")
+
+
 def check_control_options(command, options):
     """Exit with a clear message on option values that cannot work."""
     if options.timeout <= 0 or options.request_timeout <= 0 or options.claim_seconds <= 0:

@@ -2,7 +2,6 @@
 the node holding it is gone. Logged loudly: the next move may take the volume away
 from a container that is in fact still running."""
 
-import os
 import sys
 
 from twisted.internet.defer import Deferred
@@ -10,7 +9,7 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 
 from .flocker import ControlServiceUnreachable, FlockerAPIError, NotFound
-from .frontend_options import DEFAULT_CONTROL_URL, build_api
+from .frontend_options import add_operator_options, build_api
 from .placement import choose_dataset, live_datasets_named
 from .volumes import InvalidVolumeName, validate_name
 
@@ -21,22 +20,7 @@ log = Logger()
 
 def configure(parser):
     parser.add_argument("name", help="the volume name, as in -v /flocker/NAME:/data")
-    parser.add_argument(
-        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
-                                                DEFAULT_CONTROL_URL),
-        help="the Flocker v1 control service (env FLOCKER_CONTROL_SERVICE_BASE_URL; default "
-             "%(default)s)")
-    parser.add_argument("--request-timeout", type=float, default=10.0,
-                        help="seconds one control service request may take (default "
-                             "%(default)g)")
-    parser.add_argument("--cluster-token-file", default=None,
-                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; "
-                             "else, for a control service on this machine, the one it made "
-                             "in /var/lib/powerstrip-flocker/cluster.token), sent as a "
-                             "bearer token to the control service")
-    parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
-    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key for mutual TLS")
+    add_operator_options(parser)
 
 
 async def release(api, name):

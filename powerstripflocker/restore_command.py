@@ -2,7 +2,6 @@
 keeps in its trash (for the agents' --keep-deleted after the delete), on that node, data
 as it was when deleted."""
 
-import os
 import sys
 import time
 
@@ -12,7 +11,7 @@ from twisted.logger import Logger
 
 from .control.status import human_seconds
 from .flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
-from .frontend_options import DEFAULT_CONTROL_URL, build_api
+from .frontend_options import add_operator_options, build_api
 from .placement import choose_dataset, live_datasets_named
 from .volumes import InvalidVolumeName, validate_name
 
@@ -26,23 +25,10 @@ log = Logger()
 
 def configure(parser):
     parser.add_argument("name", help="the volume name, as in -v /flocker/NAME:/data")
-    parser.add_argument(
-        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
-                                                DEFAULT_CONTROL_URL),
-        help="the Flocker v1 control service (env FLOCKER_CONTROL_SERVICE_BASE_URL; default "
-             "%(default)s)")
+    add_operator_options(parser)
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds to wait for the node to report the restored volume "
                              "(default %(default)g)")
-    parser.add_argument("--request-timeout", type=float, default=10.0,
-                        help="seconds one control service request may take (default "
-                             "%(default)g)")
-    parser.add_argument("--cluster-token-file", default=None,
-                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN), "
-                             "sent as a bearer token to the control service")
-    parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
-    parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
-    parser.add_argument("--tls-key", help="client private key for mutual TLS")
 
 
 async def restore(api, reactor, name, timeout=DEFAULT_TIMEOUT):

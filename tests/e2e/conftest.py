@@ -2,6 +2,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -76,6 +77,26 @@ def start_cluster(base, **layout_options):
     layout = make_layout(str(base), run_dir, control_port=free_port(), agent_port=free_port(),
                          adapter_port=free_port(), **layout_options)
     return LocalCluster(layout)
+
+
+def daemon_error(stderr):
+    """The one line the docker CLI prints for a daemon's refusal, or fail."""
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not line.startswith("Run 'docker run --help'")]
+    assert len(lines) == 1 and lines[0].startswith("docker: Error response from daemon: "), \
+        stderr
+    return lines[0]
+
+
+def wait_for(condition, timeout, what, interval=0.2):
+    """condition()'s first truthy value within timeout seconds, or fail naming what."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout:g}s: {what}")
 
 
 def keep_logs(local, where):

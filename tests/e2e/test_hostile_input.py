@@ -5,27 +5,16 @@ container is ever created with a bind whose cleaned source is under /flocker/.""
 import json
 import os
 import socket
-import uuid
 
 import pytest
 
-
-def unique(prefix):
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
+from .conftest import daemon_error
+from .test_killer_demo import ok, unique
 
 
 def one_daemon_error(result):
     assert result.returncode == 125, (result.returncode, result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines()
-             if line.strip() and not line.startswith("Run 'docker run --help'")]
-    assert len(lines) == 1 and lines[0].startswith("docker: Error response from daemon: "), \
-        result.stderr
-    return lines[0]
+    return daemon_error(result.stderr)
 
 
 def raw_request(socket_path, method, path, body):

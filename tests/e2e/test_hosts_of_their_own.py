@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import pytest
 
@@ -15,18 +14,10 @@ from powerstripflocker.localcluster import missing_requirements, mounts_under
 from powerstripflocker.localnet import links, namespaces
 
 from ..support.processes import free_port
-from .conftest import ClusterUnderTest, keep_logs, start_cluster
+from .conftest import ClusterUnderTest, keep_logs, start_cluster, wait_for
+from .test_killer_demo import ok, unique
 
 FRONTEND_TIMEOUT = 20.0
-
-
-def unique(prefix):
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
 
 
 def proc_mounts(*roots):
@@ -37,16 +28,6 @@ def proc_mounts(*roots):
         return sorted(line for line in mounts.read().splitlines()
                       if any(line.split()[1] == root or line.split()[1].startswith(root + "/")
                              for root in watched))
-
-
-def wait_for(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"not within {timeout:g}s: {what}")
 
 
 @pytest.fixture(scope="module")

@@ -8,43 +8,15 @@ import os
 import random
 import subprocess
 import time
-import uuid
 from datetime import datetime
 
 import pytest
 
-from .conftest import ClusterUnderTest, keep_logs, start_cluster
+from .conftest import ClusterUnderTest, daemon_error, keep_logs, start_cluster, wait_for
+from .test_killer_demo import ok, unique
 
 LEASE_SECONDS = 6.0
 FRONTEND_TIMEOUT = 30.0
-
-
-def unique(prefix):
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def wait_for(condition, timeout, what, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout:g}s: {what}")
-
-
-def daemon_error(stderr):
-    """The one line the docker CLI prints for a daemon's refusal, or fail."""
-    lines = [line for line in stderr.splitlines()
-             if line.strip() and not line.startswith("Run 'docker run --help'")]
-    assert len(lines) == 1 and lines[0].startswith("docker: Error response from daemon: "), \
-        stderr
-    return lines[0]
 
 
 def docker_time(text):
