@@ -108,7 +108,7 @@ class NodeReport:
 
 
 class ControlService:
-    """Configuration (persisted in a Store), leases, node reports and the generation."""
+    """Configuration (persisted in an IStore), leases, node reports and the generation."""
 
     log = Logger()
 

@@ -1,9 +1,13 @@
-"""SQLite persistence of the cluster configuration: datasets and leases.
+"""The control service's persistence: IStore, and SQLiteStore, its embedded provider.
 
-One small transaction per change, WAL journal, synchronous calls (local disk,
-a handful of rows): fast enough to run on the reactor thread. A decision that
-reads and then writes (a claim, a lease, a move) runs inside one
-``with store.transaction():``; the changes it makes join that transaction.
+IStore is what the control service uses: datasets, leases, node reports, the
+configuration tag, and transactions for decisions that read and then write (a
+claim, a lease, a move). tests/control/store_contract.py is its contract.
+
+SQLiteStore: one small transaction per change, WAL journal, synchronous calls
+(local disk, a handful of rows): fast enough to run on the reactor thread. A
+decision runs inside one ``with store.transaction():``; the changes it makes
+join that transaction.
 """
 
 import hashlib
@@ -11,6 +15,8 @@ import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
+
+from zope.interface import Interface, implementer
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS datasets (
@@ -78,15 +84,111 @@ class Lease:
         return {"dataset_id": self.dataset_id, "node_uuid": self.node_uuid, "expires": expires}
 
 
-class Store:
-    """Datasets and leases in one SQLite file (or ":memory:")."""
+class DatasetExists(Exception):
+    """add_dataset of a dataset_id the store already holds (deleted or not)."""
 
-    def __init__(self, path):
+
+class StoreBusy(Exception):
+    """Another handle on the same data is in the middle of a transaction."""
+
+
+class IStore(Interface):
+    """The cluster configuration (datasets, leases), node reports and the tag.
+
+    Synchronous: every call returns its answer. Every change is durable when it
+    returns (or, inside a transaction, when the outermost one ends). Lists come
+    in a stable order: datasets oldest first, leases by dataset_id, node
+    reports by node_uuid.
+    """
+
+    def close():
+        """Release the store; no call after this one."""
+
+    def transaction():
+        """A context manager for a decision that reads and then writes.
+
+        Everything done inside commits together when the block ends, or not at all
+        when it raises (the exception passes through). Transactions nest: an inner
+        one (and every changing call, which is one) joins the outermost. While one
+        is open, another handle on the same data neither changes what it reads nor
+        sees its changes: a change there raises StoreBusy (or waits for the end);
+        a read there sees the state before it."""
+
+    def datasets():
+        """[Dataset], deleted ones too, oldest first."""
+
+    def datasets_named(name):
+        """[Dataset] whose metadata "name" is name, deleted ones too, oldest first."""
+
+    def get_dataset(dataset_id):
+        """The Dataset, or None."""
+
+    def leases():
+        """[Lease] by dataset_id, expired ones too until expire_leases drops them."""
+
+    def get_lease(dataset_id):
+        """The Lease, or None."""
+
+    def configuration_tag():
+        """A string that changes with every change of the datasets (not of their
+        manifested flags) and leases (not of claimed_until), and only then. Two
+        different states may have the same tag only if both hold the same content
+        (as a restore brings back the content from before the deletion)."""
+
+    def add_dataset(dataset):
+        """Store a new Dataset (its manifested flag ignored: new datasets are not
+        manifested); DatasetExists for a dataset_id already held."""
+
+    def set_primary(dataset_id, primary):
+        """Change the primary and raise the generation by one; nothing for the same
+        primary or an unknown dataset."""
+
+    def mark_deleted(dataset_id):
+        """Set deleted (nothing for an unknown dataset)."""
+
+    def mark_restored(dataset_id):
+        """Clear deleted (nothing for an unknown dataset)."""
+
+    def mark_manifested(dataset_ids):
+        """Set the manifested flags; returns, in the order given, the ids whose flag
+        changed (not the unknown ones nor those already set)."""
+
+    def put_lease(lease):
+        """Create or replace the dataset's Lease (whether or not the dataset exists)."""
+
+    def delete_lease(dataset_id):
+        """Drop the lease (nothing when there is none)."""
+
+    def expire_leases(now):
+        """Drop the leases whose expiration is at or before now; returns them."""
+
+    def node_reports():
+        """[(node_uuid, report dict, received)] by node_uuid."""
+
+    def put_node_report(node_uuid, report, received):
+        """Create or replace node_uuid's report (a JSON-able dict) and when it came."""
+
+    def touch_node_report(node_uuid, received):
+        """Only the time of node_uuid's report (nothing when there is none)."""
+
+    def delete_node_report(node_uuid):
+        """Drop node_uuid's report (nothing when there is none)."""
+
+
+@implementer(IStore)
+class SQLiteStore:
+    """Datasets, leases and node reports in one SQLite file (or ":memory:")."""
+
+    def __init__(self, path, busy_timeout=5.0):
+        """busy_timeout: how long a transaction waits for another handle's to end
+        before StoreBusy (blocking: one control service owns its file, so only a
+        second process on the same file ever waits)."""
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
@@ -104,6 +206,7 @@ class Store:
             "CREATE INDEX IF NOT EXISTS datasets_by_name "
             "ON datasets (json_extract(metadata, '$.name'))")
         self._tag = None
+        self._tag_data_version = None
         self._depth = 0
 
     def close(self):
@@ -155,7 +258,11 @@ class Store:
 
     def configuration_tag(self):
         """32 hex chars, a hash of every dataset and lease (not of the manifested flags)."""
-        if self._tag is None:
+        # data_version moves when another handle commits, which this one's own
+        # transactions (they clear _tag) cannot see.
+        data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if self._tag is None or self._tag_data_version != data_version:
+            self._tag_data_version = data_version
             document = {
                 "datasets": [
                     [d.dataset_id, d.primary, d.metadata, d.maximum_size, d.deleted]
@@ -171,6 +278,9 @@ class Store:
 
     def add_dataset(self, dataset):
         with self._transaction() as db:
+            if db.execute("SELECT 1 FROM datasets WHERE dataset_id = ?",
+                          (dataset.dataset_id,)).fetchone():
+                raise DatasetExists(dataset.dataset_id)
             db.execute(
                 "INSERT INTO datasets (dataset_id, primary_node, metadata, maximum_size, deleted, "
                 "origin) VALUES (?, ?, ?, ?, ?, ?)",
@@ -228,7 +338,6 @@ class Store:
                     db.execute("DELETE FROM leases WHERE dataset_id = ?", (lease.dataset_id,))
         return expired
 
-
     # -- node reports (kept so that state survives a restart until it expires) --
 
     def node_reports(self):
@@ -261,7 +370,12 @@ class _Transaction:
 
     def __enter__(self):
         if self.store._depth == 0:
-            self.store._db.execute("BEGIN IMMEDIATE")
+            try:
+                self.store._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                    raise
+                raise StoreBusy(f"{self.store.path}: {error}") from error
         self.store._depth += 1
         return self.store._db
 
@@ -276,6 +390,9 @@ class _Transaction:
             self.store._tag = None
         return False
 
+
+# The name the control service and the tests have always imported.
+Store = SQLiteStore
 
 DATASET_COLUMNS = (
     "dataset_id, primary_node, metadata, maximum_size, deleted, manifested, origin, generation"
