@@ -263,15 +263,7 @@ class SQLiteStore:
         data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         if self._tag is None or self._tag_data_version != data_version:
             self._tag_data_version = data_version
-            document = {
-                "datasets": [
-                    [d.dataset_id, d.primary, d.metadata, d.maximum_size, d.deleted]
-                    for d in self.datasets()
-                ],
-                "leases": [[l.dataset_id, l.node_uuid, l.expiration] for l in self.leases()],
-            }
-            encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-            self._tag = hashlib.sha256(encoded).hexdigest()[:32]
+            self._tag = configuration_tag_of(self.datasets(), self.leases())
         return self._tag
 
     # -- changing ---------------------------------------------------------
@@ -389,6 +381,20 @@ class _Transaction:
         if self.tag_changes:
             self.store._tag = None
         return False
+
+
+def configuration_tag_of(datasets, leases):
+    """32 hex chars, a hash of the datasets (oldest first) and leases (by dataset_id)
+    without manifested flags and claims: every store's tag, so that equal content has
+    equal tags whichever store holds it."""
+    document = {
+        "datasets": [
+            [d.dataset_id, d.primary, d.metadata, d.maximum_size, d.deleted] for d in datasets
+        ],
+        "leases": [[l.dataset_id, l.node_uuid, l.expiration] for l in leases],
+    }
+    encoded = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(encoded).hexdigest()[:32]
 
 
 # The name the control service and the tests have always imported.

@@ -1,0 +1,84 @@
+"""The IAsyncStore contract on EtcdStore over MemoryEtcd, and on AsyncStore over SQLite."""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore, EtcdStore
+from powerstripflocker.control.store import Dataset, SQLiteStore, StoreBusy
+from powerstripflocker.etcd import MemoryEtcd
+
+from .async_store_contract import make_async_store_tests
+from .helpers import NODE1, new_id
+
+
+class MemoryEtcdStores:
+    def __init__(self):
+        self.etcd = MemoryEtcd(Clock())
+        self.store = EtcdStore(self.etcd)
+
+    def another(self):
+        return EtcdStore(self.etcd)
+
+
+async def open_memory_etcd_store(testcase):
+    return MemoryEtcdStores()
+
+
+class SQLiteStores:
+    def __init__(self, testcase):
+        self.testcase = testcase
+        self.path = os.path.join(testcase.mktemp(), "control.db")
+        self.store = AsyncStore(SQLiteStore(self.path))
+        testcase.addCleanup(self.store.close)
+
+    def another(self):
+        other = AsyncStore(SQLiteStore(self.path, busy_timeout=0))
+        self.testcase.addCleanup(other.close)
+        return other
+
+
+async def open_sqlite_store(testcase):
+    return SQLiteStores(testcase)
+
+
+class MemoryEtcdStoreContractTests(make_async_store_tests(open_memory_etcd_store)):
+    pass
+
+
+class AsyncSQLiteStoreContractTests(make_async_store_tests(open_sqlite_store)):
+    pass
+
+
+class DecisionLimitTests(TestCase):
+
+    async def test_a_decision_whose_reads_keep_changing_ends_busy_having_changed_nothing(self):
+        etcd = MemoryEtcd(Clock())
+        store, other = EtcdStore(etcd), EtcdStore(etcd)
+        runs = []
+
+        async def outrun_every_time(view):
+            runs.append(1)
+            await view.datasets()
+            await other.add_dataset(Dataset(new_id(), NODE1))
+            await view.add_dataset(Dataset(new_id(), NODE1, {"name": "mine"}))
+
+        with self.assertRaises(StoreBusy):
+            await store.decide(outrun_every_time)
+        self.assertEqual(len(runs), DECISION_ATTEMPTS)
+        self.assertEqual(await store.datasets_named("mine"), [])
+        self.assertEqual(len(await store.datasets()), DECISION_ATTEMPTS)
+
+    async def test_a_decision_on_sqlite_may_wait_on_nothing_but_its_view(self):
+        store = AsyncStore(SQLiteStore(":memory:"))
+        self.addCleanup(store.close)
+
+        async def waits_elsewhere(view):
+            await view.add_dataset(Dataset(new_id(), NODE1))
+            await Deferred()
+
+        with self.assertRaises(RuntimeError):
+            await store.decide(waits_elsewhere)
+        self.assertEqual(await store.datasets(), [])
