@@ -10,13 +10,14 @@ awaited and returns a harness with:
               StoreBusy at once, or go ahead and make that decision run again)
 """
 
+from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from powerstripflocker.control.asyncstore import IAsyncStore
 from powerstripflocker.control.store import Dataset, DatasetExists, Lease, StoreBusy
 
-from .helpers import NODE1, NODE2
+from .helpers import NODE1, NODE2, new_id
 
 # Ids whose sorted order is not their creation order below.
 FIRST, SECOND, THIRD = ("c0000000-0000-4000-8000-000000000003",
@@ -356,6 +357,25 @@ def make_async_store_tests(open_store):
             else:
                 self.assertEqual((moved, primary, await other.leases()),
                                  (False, NODE1, [Lease(FIRST, NODE1, None)]))
+
+        async def test_racing_creates_of_one_name_make_one_dataset(self):
+            harness = await self.open()
+            stores = [harness.store, self.another(harness)]
+
+            def create_unless_named(dataset_id):
+                async def decision(view):
+                    named = await view.datasets_named("x")
+                    if named:
+                        return named[0].dataset_id
+                    await view.add_dataset(Dataset(dataset_id, NODE1, {"name": "x"}))
+                    return dataset_id
+                return decision
+
+            answers = await gatherResults(
+                [stores[i % 2].decide(create_unless_named(new_id())) for i in range(10)],
+                consumeErrors=True)
+            [dataset] = await stores[0].datasets_named("x")
+            self.assertEqual(set(answers), {dataset.dataset_id})
 
         async def test_a_handles_tag_follows_another_handles_changes(self):
             harness = (await self.open())
