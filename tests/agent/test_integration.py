@@ -422,11 +422,16 @@ def test_a_move_onto_a_full_disk_stalls_with_the_receivers_error_and_the_source_
     pushes = [h for h in node1.metrics()["history"] if h["direction"] == "push"]
     assert [h["result"] for h in pushes] == ["failed"] * 5
 
-    # the stall is in node1's report, as the control service passes it on
-    view = http("GET", f"{cluster.control_url}/agent/v1/cluster?timeout=0",
-                token=cluster.token)
-    [reporting] = [n for n in view["nodes"] if n["uuid"] == node1.uuid]
-    [transfer] = [t for t in reporting["transfers"] if t["dataset_id"] == dataset_id]
+    # the stall is in node1's report, as the control service passes it on (the report
+    # follows the agent's own record within moments)
+    def reported_transfer():
+        view = http("GET", f"{cluster.control_url}/agent/v1/cluster?timeout=0",
+                    token=cluster.token)
+        [reporting] = [n for n in view["nodes"] if n["uuid"] == node1.uuid]
+        [transfer] = [t for t in reporting["transfers"] if t["dataset_id"] == dataset_id]
+        return transfer if transfer.get("stalled") else None
+    transfer = wait_for(reported_transfer, 30, "the stall in node1's report", interval=0.2,
+                        on_timeout=cluster.logs)
     assert (transfer["peer"], transfer["stalled"], transfer["attempts"]) == (
         node2.uuid, True, 5)
     assert transfer["error"] == "No space left on device on 127.0.0.1"
