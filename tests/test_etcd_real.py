@@ -13,27 +13,9 @@ from powerstripflocker.etcd import EtcdClient, EtcdUnavailable, TLSFiles
 
 from .etcd_contract import make_etcd_tests
 from .support import etcd as etcd_support
-from .support.etcd import EtcdCluster, make_certificates
+from .support.etcd import EtcdCluster, SharedCluster, make_certificates
 
 WAIT_SECONDS = 10.0
-
-
-class SharedCluster:
-    """One cluster for the whole class: starting one takes a second or two."""
-
-    cluster = None
-
-    @classmethod
-    def get(cls):
-        if cls.cluster is None:
-            cls.cluster = EtcdCluster().start()
-        return cls.cluster
-
-    @classmethod
-    def stop(cls):
-        if cls.cluster is not None:
-            cls.cluster.stop()
-            cls.cluster = None
 
 
 class RealHarness:

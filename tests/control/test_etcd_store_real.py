@@ -9,26 +9,8 @@ from twisted.internet import reactor
 from powerstripflocker.control.asyncstore import EtcdStore
 from powerstripflocker.etcd import EtcdClient
 
-from ..support.etcd import EtcdCluster
+from ..support.etcd import SharedCluster
 from .async_store_contract import make_async_store_tests
-
-
-class SharedCluster:
-    """One cluster for the whole class: starting one takes a second or two."""
-
-    cluster = None
-
-    @classmethod
-    def get(cls):
-        if cls.cluster is None:
-            cls.cluster = EtcdCluster().start()
-        return cls.cluster
-
-    @classmethod
-    def stop(cls):
-        if cls.cluster is not None:
-            cls.cluster.stop()
-            cls.cluster = None
 
 
 class RealEtcdStores:

@@ -298,3 +298,21 @@ class EtcdCluster:
         for member in self.members:
             member.kill()
         shutil.rmtree(self.base_dir, ignore_errors=True)
+
+
+class SharedCluster:
+    """One cluster for a whole test class: starting one takes a second or two."""
+
+    cluster = None
+
+    @classmethod
+    def get(cls):
+        if cls.cluster is None:
+            cls.cluster = EtcdCluster().start()
+        return cls.cluster
+
+    @classmethod
+    def stop(cls):
+        if cls.cluster is not None:
+            cls.cluster.stop()
+            cls.cluster = None

@@ -1,6 +1,5 @@
-"""Helpers for the bounded-listener tests: send a huge body while reading the answer,
-peak memory of a process, files that grew in /tmp. (The proxy's own process tests,
-tests/powerstrip/test_limits_process.py, work the same way.)"""
+"""Helpers for the bounded-listener tests (the proxy's and the other listeners'): send a
+huge body while reading the answer, peak memory of a process, files that grew in /tmp."""
 
 import os
 import socket
