@@ -34,6 +34,6 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["powerstrip-flocker=powerstripflocker.cli:main"],
+        "console_scripts": ["powerstrip-flocker=powerstripflocker.cli.main:main"],
     },
 )

@@ -19,10 +19,10 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from powerstripflocker.localcluster import (  # noqa: E402
+from powerstripflocker.localcluster.cluster import (  # noqa: E402
     LocalCluster, docker, make_layout, missing_requirements,
 )
-from powerstripflocker.localnet import free_slot  # noqa: E402
+from powerstripflocker.localcluster.netns import free_slot  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results")

@@ -28,7 +28,7 @@ import time
 from common import cannot_run, median, print_rows, row, running_cluster, write_result
 from move_large import fill, sync, tree_digest
 
-from powerstripflocker.localnet import in_namespace
+from powerstripflocker.localcluster.netns import in_namespace
 
 TARGET = 0.9
 BASELINE_PORT = 5599

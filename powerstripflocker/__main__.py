@@ -1,3 +1,3 @@
-from .cli import main
+from powerstripflocker.cli.main import main
 
 main()

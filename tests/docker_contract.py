@@ -15,7 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from powerstripflocker.docker import IDockerEngine
+from powerstripflocker.clients.docker import IDockerEngine
 
 
 async def eventually(condition, what, clock=reactor, timeout=30.0):

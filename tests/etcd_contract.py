@@ -16,7 +16,7 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from powerstripflocker.etcd import (
+from powerstripflocker.clients.etcd import (
     Compacted, Compare, Delete, DeleteResult, EtcdRequestError, IEtcd, IEtcdWatch,
     LeaseNotFound, Put, PutResult, Range, RangeResult,
 )

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from powerstripflocker.flocker import (
+from powerstripflocker.clients.flocker import (
     AlreadyExists, BadRequest, ClaimedElsewhere, ConfigurationChanged, DatasetDeleted, HeldElsewhere,
     IFlockerAPI, NotFound,
 )

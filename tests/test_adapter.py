@@ -7,10 +7,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.adapter import FlockerAdapter
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.metrics import Metrics
-from powerstripflocker.placement import Placement
+from powerstripflocker.frontends.adapter import FlockerAdapter
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.frontends.metrics import Metrics
+from powerstripflocker.core.placement import Placement
 
 HOOK_URL = "http://adapter/flocker-adapter"
 

@@ -6,7 +6,7 @@ import os
 import pytest
 from twisted.web.http_headers import Headers
 
-from powerstripflocker.credentials import (
+from powerstripflocker.serving.credentials import (
     TOKEN_ENV, TokenError, client_token, is_local_url, make_token_file, read_token_file,
     refusal,
 )

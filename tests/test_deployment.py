@@ -10,12 +10,12 @@ import sys
 import pytest
 import yaml
 
-from powerstripflocker.cli import build_parser
-from powerstripflocker.localcluster import (
+from powerstripflocker.cli.main import build_parser
+from powerstripflocker.localcluster.cluster import (
     adapter_command, adapters_config, agent_command, control_command, plugin_command,
     proxy_command,
 )
-from powerstripflocker.units import node_layout
+from powerstripflocker.cli.units import node_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

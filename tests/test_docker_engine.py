@@ -6,10 +6,10 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.docker import (
+from powerstripflocker.clients.docker import (
     DockerEngineClient, DockerUnavailable, MemoryDockerEngine, Mount,
 )
-from powerstripflocker.localcluster import import_busybox_image, missing_requirements
+from powerstripflocker.localcluster.cluster import import_busybox_image, missing_requirements
 
 from .docker_contract import make_docker_engine_tests
 from .support.dockerd import DockerDaemon

@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.python.failure import Failure
 
-from powerstripflocker.etcd import (
+from powerstripflocker.clients.etcd import (
     BadEndpoint, Compacted, Compare, EtcdClient, EtcdEndpoints, EtcdRequestError, EtcdUnavailable,
     OutcomeUnknown, Put, Range, TLSFiles, parse_endpoints,
 )

@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.etcd import (
+from powerstripflocker.clients.etcd import (
     Compare, EtcdClient, EtcdUnavailable, OutcomeUnknown, Put, parse_endpoints,
 )
 

@@ -8,7 +8,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.flocker import ControlServiceUnreachable, FlockerClient
+from powerstripflocker.clients.flocker import ControlServiceUnreachable, FlockerClient
 
 
 class Silent(Protocol):

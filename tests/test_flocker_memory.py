@@ -3,7 +3,7 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.flocker import HeldElsewhere, MemoryFlockerAPI
+from powerstripflocker.clients.flocker import HeldElsewhere, MemoryFlockerAPI
 
 from .flocker_contract import make_flocker_api_tests
 

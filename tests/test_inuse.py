@@ -15,9 +15,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from powerstripflocker.docker import DockerEngineClient, MemoryDockerEngine, Mount
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.inuse import (
+from powerstripflocker.clients.docker import DockerEngineClient, MemoryDockerEngine, Mount
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.core.inuse import (
     Fencer, KernelMounts, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
     parse_mountinfo,
 )

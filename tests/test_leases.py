@@ -1,8 +1,8 @@
-"""The pure rules of leases and the claims that keep them (powerstripflocker/leases.py)."""
+"""The pure rules of leases and the claims that keep them (powerstripflocker/protocol/leases.py)."""
 
 from hypothesis import given, strategies as st
 
-from powerstripflocker.leases import after_use_ended, granted
+from powerstripflocker.protocol.leases import after_use_ended, granted
 
 NOW = 1000.0
 seconds = st.floats(min_value=0.1, max_value=1e4, allow_nan=False)

@@ -9,11 +9,11 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 
-from powerstripflocker.credentials import Refusal
-from powerstripflocker.listening import (
+from powerstripflocker.serving.credentials import Refusal
+from powerstripflocker.serving.listening import (
     LISTEN_BACKLOG, BoundedRequest, BoundedSite, with_backlog,
 )
-from powerstripflocker.powerstrip.head_deadline import HEAD_TIMEOUT
+from powerstripflocker.serving.head_deadline import HEAD_TIMEOUT
 
 
 class Echo(Resource):

@@ -2,7 +2,7 @@
 
 import os
 
-from powerstripflocker.localcluster import LocalCluster, control_command, make_layout
+from powerstripflocker.localcluster.cluster import LocalCluster, control_command, make_layout
 
 
 def test_logs_are_0640_whatever_the_umask(tmp_path):

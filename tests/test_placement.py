@@ -4,9 +4,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.flocker import DatasetConfig, MemoryFlockerAPI
-from powerstripflocker.metrics import Metrics
-from powerstripflocker.placement import (
+from powerstripflocker.clients.flocker import DatasetConfig, MemoryFlockerAPI
+from powerstripflocker.frontends.metrics import Metrics
+from powerstripflocker.core.placement import (
     FIRST_POLL, IN_USE_RECHECK, ControlServiceUnavailable, NodeUnknown, Placement,
     PlacementError, PlacementTimeout, VolumeClaimedElsewhere, VolumeInUse, VolumeStalled,
     choose_dataset,
@@ -295,7 +295,7 @@ class PlacementTests(SynchronousTestCase):
         class WithoutClaims(MemoryFlockerAPI):
             def claim(self, *args, **kwargs):
                 from twisted.internet.defer import fail
-                from powerstripflocker.flocker import NotFound
+                from powerstripflocker.clients.flocker import NotFound
                 return fail(NotFound(404, "Not found."))
         api = WithoutClaims(self.clock)
         api.nodes = [self.here]

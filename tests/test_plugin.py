@@ -7,10 +7,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.inuse import LeaseKeeper
-from powerstripflocker.placement import Placement
-from powerstripflocker.plugin import PluginError, VolumePlugin, parse_size
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.core.inuse import LeaseKeeper
+from powerstripflocker.core.placement import Placement
+from powerstripflocker.frontends.plugin import PluginError, VolumePlugin, parse_size
 
 GiB = 1024 ** 3
 

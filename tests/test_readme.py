@@ -4,7 +4,7 @@ import argparse
 import os
 import re
 
-from powerstripflocker.cli import build_parser
+from powerstripflocker.cli.main import build_parser
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 

@@ -2,8 +2,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.release_command import release
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.cli.release import release
 
 
 class ReleaseTests(SynchronousTestCase):

@@ -6,8 +6,8 @@ import time
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.flocker import FlockerClient
-from powerstripflocker.restore_command import restore
+from powerstripflocker.clients.flocker import FlockerClient
+from powerstripflocker.cli.restore import restore
 
 from .control.helpers import BASE, NODE1, NODE2, harness
 

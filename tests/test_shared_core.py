@@ -6,12 +6,12 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.adapter import FlockerAdapter
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.inuse import LeaseKeeper
-from powerstripflocker.metrics import Metrics
-from powerstripflocker.placement import Placement
-from powerstripflocker.plugin import VolumePlugin
+from powerstripflocker.frontends.adapter import FlockerAdapter
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.core.inuse import LeaseKeeper
+from powerstripflocker.frontends.metrics import Metrics
+from powerstripflocker.core.placement import Placement
+from powerstripflocker.frontends.plugin import VolumePlugin
 
 
 class SharedCoreTests(SynchronousTestCase):

@@ -3,8 +3,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from powerstripflocker.adapter import ClientRequest, HookError, volume_uses
-from powerstripflocker.volumes import (
+from powerstripflocker.frontends.adapter import ClientRequest, HookError, volume_uses
+from powerstripflocker.core.volumes import (
     MAX_JSON_DEPTH, InvalidRequest, InvalidVolumeName, NotJSON, VolumeUse, check_json_depth,
     clean_path, decode_body, find_create_volumes, find_legacy_start_volumes, is_container_create,
     is_container_start, rewrite, unique_names, validate_name, volume_name,

@@ -6,7 +6,6 @@
 - streams.py: streaming a subprocess's output as an HTTP body, and an HTTP body into a
   subprocess, with flow control and byte counting
 - peer.py: the agent <-> agent HTTP protocol (server resources and client)
-- control.py: the agent <-> control service protocol (client)
 - service.py: the agent itself: long-poll, report, execute actions with backoff
 - faults.py: fault injection switches for tests
 - command.py: `powerstrip-flocker agent`

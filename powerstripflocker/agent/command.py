@@ -10,19 +10,19 @@ from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
 
-from ..credentials import TokenError, client_token
-from ..docker import DockerEngineClient
-from ..flocker import FlockerClient, tls_policy
-from ..inuse import (
+from powerstripflocker.serving.credentials import TokenError, client_token
+from powerstripflocker.clients.docker import DockerEngineClient
+from powerstripflocker.clients.flocker import FlockerClient, tls_policy
+from powerstripflocker.core.inuse import (
     DEFAULT_LEASE_SECONDS, DEFAULT_POLL_SECONDS, Fencer, KernelMounts, LeaseKeeper, UseTracker,
 )
-from ..listening import server_endpoint
-from .backends import BACKENDS, BackendError, make_backend
-from .control import ControlClient
-from .faults import Faults
-from .model import REPLICA
-from .peer import PeerClient, PeerServer
-from .service import DEFAULT_KEEP_DELETED, AgentService
+from powerstripflocker.serving.listening import server_endpoint
+from powerstripflocker.agent.backends import BACKENDS, BackendError, make_backend
+from powerstripflocker.clients.control_agent import ControlClient
+from powerstripflocker.agent.faults import Faults
+from powerstripflocker.agent.model import REPLICA
+from powerstripflocker.agent.peer import PeerClient, PeerServer
+from powerstripflocker.agent.service import DEFAULT_KEEP_DELETED, AgentService
 
 HELP = "run the node agent: create, move and delete this node's datasets"
 TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"

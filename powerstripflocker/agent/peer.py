@@ -39,11 +39,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from ..credentials import refusal as credentials_refusal
-from ..listening import BoundedRequest, BoundedSite
-from ..volumes import check_json_depth
-from .backends import BackendError, Conflict, MissingParent
-from .streams import (DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause,
+from powerstripflocker.serving.credentials import refusal as credentials_refusal
+from powerstripflocker.serving.listening import BoundedRequest, BoundedSite
+from powerstripflocker.core.volumes import check_json_depth
+from powerstripflocker.agent.backends import BackendError, Conflict, MissingParent
+from powerstripflocker.agent.streams import (DiscardSink, ProcessBodyProducer, ProcessSink, Progress, failure_cause,
                       splice_request_body)
 
 log = Logger()

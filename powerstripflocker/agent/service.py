@@ -22,12 +22,12 @@ from typing import Optional
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from .backends import BackendError, Conflict
-from .convergence import decide, superseded
-from .faults import Faults
-from .model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Restore, Wait
-from .peer import PeerError, Refused
-from .streams import CommandFailed, Progress, failure_cause
+from powerstripflocker.agent.backends import BackendError, Conflict
+from powerstripflocker.agent.convergence import decide, superseded
+from powerstripflocker.agent.faults import Faults
+from powerstripflocker.agent.model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Restore, Wait
+from powerstripflocker.agent.peer import PeerError, Refused
+from powerstripflocker.agent.streams import CommandFailed, Progress, failure_cause
 
 log = Logger()
 

@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from ..etcd import Compacted, Compare, Delete, Put
-from .store import Dataset, DatasetExists, Lease, StoreBusy, configuration_tag_of
+from powerstripflocker.clients.etcd import Compacted, Compare, Delete, Put
+from powerstripflocker.control.store import Dataset, DatasetExists, Lease, StoreBusy, configuration_tag_of
 
 DATASETS = b"datasets/"
 LEASES = b"leases/"

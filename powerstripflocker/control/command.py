@@ -8,11 +8,11 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from ..credentials import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, make_token_file, read_token_file
-from ..listening import BoundedSite, server_endpoint
-from .httpapi import MAX_BODY, ControlAPI
-from .service import DEFAULT_STATE_EXPIRY, ControlService
-from .store import Store
+from powerstripflocker.serving.credentials import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, make_token_file, read_token_file
+from powerstripflocker.serving.listening import BoundedSite, server_endpoint
+from powerstripflocker.control.httpapi import MAX_BODY, ControlAPI
+from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlService
+from powerstripflocker.control.store import Store
 
 HELP = "run the Flocker-compatible control service (v1 REST API, SQLite, agent protocol)"
 

@@ -17,12 +17,12 @@ from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import RequestRedirect
 
-from .. import __version__
-from ..credentials import refusal as credentials_refusal
-from ..volumes import check_json_depth
-from .metrics import ControlMetrics
-from .schema import UUID4_PATTERN, schema_errors
-from .service import DEFAULT_CLAIM_SECONDS, APIError, normalise_uuid
+from powerstripflocker import __version__
+from powerstripflocker.serving.credentials import refusal as credentials_refusal
+from powerstripflocker.core.volumes import check_json_depth
+from powerstripflocker.control.metrics import ControlMetrics
+from powerstripflocker.control.schema import UUID4_PATTERN, schema_errors
+from powerstripflocker.control.service import DEFAULT_CLAIM_SECONDS, APIError, normalise_uuid
 
 MAX_BODY = 1024 * 1024
 DEFAULT_POLL_TIMEOUT = 30.0

@@ -67,7 +67,7 @@ LEASE = {
     "additionalProperties": False,
 }
 
-# Volume names as the frontends accept them (powerstripflocker.volumes.validate_name).
+# Volume names as the frontends accept them (powerstripflocker.core.volumes.validate_name).
 VOLUME_NAME = {
     "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$",
 }

@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ..leases import after_use_ended, granted
-from .store import Dataset, Lease
+from powerstripflocker.protocol.leases import after_use_ended, granted
+from powerstripflocker.control.store import Dataset, Lease
 
 DEFAULT_STATE_EXPIRY = 120.0
 # What a sender or receiver may add to a transfer it reports, kept as reported.

@@ -7,10 +7,10 @@ from twisted.internet import defer
 from twisted.internet.task import react
 from twisted.logger import Logger
 
-from .config import ConfigurationError, load_configuration
-from .endpoints import AddressError, ListenAddress, client_endpoint
-from .hooks import DEFAULT_TIMEOUT, HookCaller
-from .proxy import DEFAULT_MAX_BODY, ProxyFactory
+from powerstripflocker.powerstrip.config import ConfigurationError, load_configuration
+from powerstripflocker.powerstrip.endpoints import AddressError, ListenAddress, client_endpoint
+from powerstripflocker.powerstrip.hooks import DEFAULT_TIMEOUT, HookCaller
+from powerstripflocker.powerstrip.proxy import DEFAULT_MAX_BODY, ProxyFactory
 
 HELP = "Docker API proxy that runs Powerstrip adapters (pre/post hooks) from adapters.yml"
 DEFAULT_CONFIG = "/etc/powerstrip/adapters.yml"

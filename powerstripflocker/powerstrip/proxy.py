@@ -35,15 +35,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .config import NO_HOOKS, Hooks
-from .head_deadline import HEAD_TIMEOUT, HeadDeadline
-from .hooks import AdapterError
-from .http import (
+from powerstripflocker.powerstrip.config import NO_HOOKS, Hooks
+from powerstripflocker.serving.head_deadline import HEAD_TIMEOUT, HeadDeadline
+from powerstripflocker.powerstrip.hooks import AdapterError
+from powerstripflocker.powerstrip.http import (
     MAX_HEAD, ChunkedScanner, Head, ProtocolError, error_response, find_head_end,
     media_type, status_line,
 )
-from .request_parsing import parse_request, without_empty_lines
-from .streaming import streaming_request
+from powerstripflocker.powerstrip.request_parsing import parse_request, without_empty_lines
+from powerstripflocker.powerstrip.streaming import streaming_request
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")

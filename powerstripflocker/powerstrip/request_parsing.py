@@ -16,7 +16,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from .http import Head, ProtocolError
+from powerstripflocker.powerstrip.http import Head, ProtocolError
 
 HTTP_VERSIONS = ("1.0", "1.1")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")

@@ -4,8 +4,8 @@ import argparse
 
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.control import status
-from powerstripflocker.control.status import base_url, build_rows, fetch, render_table
+from powerstripflocker.cli import status
+from powerstripflocker.cli.status import base_url, build_rows, fetch, render_table
 
 from .helpers import BASE, NODE1, NODE2, harness
 

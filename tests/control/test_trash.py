@@ -3,7 +3,7 @@ rules of POST /v1/configuration/datasets/ID/restore, decided in one transaction.
 
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.control.status import build_rows
+from powerstripflocker.cli.status import build_rows
 
 from .helpers import NODE1, NODE2, flocker_schema, harness, new_id
 

@@ -7,10 +7,10 @@ import urllib.request
 
 import pytest
 
-from powerstripflocker.localcluster import (
+from powerstripflocker.localcluster.cluster import (
     LocalCluster, adapter_container_command, docker, make_layout, missing_requirements,
 )
-from powerstripflocker.localnet import free_slot
+from powerstripflocker.localcluster.netns import free_slot
 
 from ..support.images import ADAPTER_IMAGE, build_adapter_image
 from ..support.processes import free_port

@@ -7,7 +7,7 @@ import tempfile
 
 import pytest
 
-from powerstripflocker.localcluster import missing_requirements, mounts_under, processes_mentioning
+from powerstripflocker.localcluster.cluster import missing_requirements, mounts_under, processes_mentioning
 
 from ..support.processes import free_port
 

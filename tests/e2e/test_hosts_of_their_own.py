@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from powerstripflocker.localcluster import missing_requirements, mounts_under
-from powerstripflocker.localnet import links, namespaces
+from powerstripflocker.localcluster.cluster import missing_requirements, mounts_under
+from powerstripflocker.localcluster.netns import links, namespaces
 
 from ..support.processes import free_port
 from .conftest import ClusterUnderTest, keep_logs, start_cluster, wait_for

@@ -18,10 +18,10 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from powerstripflocker.adapter import FlockerAdapter
-from powerstripflocker.flocker import MemoryFlockerAPI
-from powerstripflocker.metrics import Metrics
-from powerstripflocker.placement import Placement
+from powerstripflocker.frontends.adapter import FlockerAdapter
+from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.frontends.metrics import Metrics
+from powerstripflocker.core.placement import Placement
 from tests.control.helpers import NODE1, Harness
 from tests.control.test_fuzz import dataset_bodies, lease_bodies
 

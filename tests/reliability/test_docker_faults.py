@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from powerstripflocker.localcluster import (
+from powerstripflocker.localcluster.cluster import (
     LocalCluster, adapter_command, agent_command, control_command, make_layout,
     missing_requirements,
 )

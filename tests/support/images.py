@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 
-from powerstripflocker.localcluster import ClusterError, docker
+from powerstripflocker.localcluster.cluster import ClusterError, docker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE_DIR = "/var/cache/powerstrip-flocker"

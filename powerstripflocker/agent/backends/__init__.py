@@ -1,6 +1,6 @@
 """Storage backends for the node agent, behind one interface (IStorageBackend)."""
 
-from .base import (
+from powerstripflocker.agent.backends.base import (
     BackendError,
     Conflict,
     IStorageBackend,
@@ -13,10 +13,10 @@ from .base import (
 
 def make_backend(name, reactor, data_root, btrfs_quota=False):
     if name == "directory":
-        from .directory import DirectoryBackend
+        from powerstripflocker.agent.backends.directory import DirectoryBackend
         return DirectoryBackend(reactor, data_root)
     if name == "btrfs":
-        from .btrfs import BtrfsBackend
+        from powerstripflocker.agent.backends.btrfs import BtrfsBackend
         return BtrfsBackend(reactor, data_root, quota=btrfs_quota)
     raise ValueError(f"unknown backend {name!r} (directory, btrfs)")
 

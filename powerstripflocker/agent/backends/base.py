@@ -12,7 +12,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from ..model import HANDED_OFF, PRIMARY, REPLICA, LocalDataset
+from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, REPLICA, LocalDataset
 
 log = Logger()
 

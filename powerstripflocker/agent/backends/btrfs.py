@@ -27,9 +27,9 @@ import uuid
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..model import HANDED_OFF, PRIMARY, REPLICA
-from ..streams import CommandFailed, run
-from .base import (
+from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, REPLICA
+from powerstripflocker.agent.streams import CommandFailed, run
+from powerstripflocker.agent.backends.base import (
     BackendError,
     Conflict,
     GenerationRecords,

@@ -20,8 +20,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..model import HANDED_OFF, PRIMARY
-from .base import (
+from powerstripflocker.agent.model import HANDED_OFF, PRIMARY
+from powerstripflocker.agent.backends.base import (
     BackendError,
     Conflict,
     GenerationRecords,

@@ -12,9 +12,9 @@ import re
 from klein import Klein
 from twisted.logger import Logger
 
-from .flocker import MINIMUM_SIZE, FlockerAPIError
-from .placement import PlacementError
-from .volumes import InvalidRequest, InvalidVolumeName, check_json_depth, validate_name
+from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerAPIError
+from powerstripflocker.core.placement import PlacementError
+from powerstripflocker.core.volumes import InvalidRequest, InvalidVolumeName, check_json_depth, validate_name
 
 log = Logger()
 

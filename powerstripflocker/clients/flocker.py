@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 from zope.interface import Interface, implementer
 
-from .leases import after_use_ended, granted
+from powerstripflocker.protocol.leases import after_use_ended, granted
 
 log = Logger()
 

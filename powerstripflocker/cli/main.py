@@ -8,20 +8,20 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
-from .logs import add_logging_options, start_logging
+from powerstripflocker import __version__
+from powerstripflocker.cli.logs import add_logging_options, start_logging
 
 SUBCOMMANDS = {
-    "adapter": "powerstripflocker.adapter_command",
+    "adapter": "powerstripflocker.frontends.adapter_command",
     "agent": "powerstripflocker.agent.command",
     "proxy": "powerstripflocker.powerstrip.command",
     "control": "powerstripflocker.control.command",
-    "status": "powerstripflocker.control.status",
-    "demo": "powerstripflocker.demo",
-    "units": "powerstripflocker.units",
-    "plugin": "powerstripflocker.plugin_command",
-    "release": "powerstripflocker.release_command",
-    "restore": "powerstripflocker.restore_command",
+    "status": "powerstripflocker.cli.status",
+    "demo": "powerstripflocker.cli.demo",
+    "units": "powerstripflocker.cli.units",
+    "plugin": "powerstripflocker.frontends.plugin_command",
+    "release": "powerstripflocker.cli.release",
+    "restore": "powerstripflocker.cli.restore",
 }
 
 

@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .flocker import (
+from powerstripflocker.clients.flocker import (
     ClaimedElsewhere, ConfigurationChanged, ControlServiceUnreachable, FlockerAPIError,
     HeldElsewhere, NotFound,
 )

@@ -21,8 +21,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web import http, server
 
-from .credentials import Refusal
-from .powerstrip.head_deadline import HEAD_TIMEOUT, HeadDeadline
+from powerstripflocker.serving.credentials import Refusal
+from powerstripflocker.serving.head_deadline import HEAD_TIMEOUT, HeadDeadline
 
 LISTEN_BACKLOG = 512
 _BACKLOG_KINDS = ("tcp", "tcp6", "ssl", "unix")

@@ -33,8 +33,8 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
-from .docker import DockerUnavailable
-from .flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
+from powerstripflocker.clients.docker import DockerUnavailable
+from powerstripflocker.clients.flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
 
 log = Logger()
 

@@ -38,7 +38,7 @@ from twisted.web.client import (
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
 
-from .flocker import tls_policy
+from powerstripflocker.clients.flocker import tls_policy
 
 log = Logger()
 

@@ -12,11 +12,11 @@ from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
-from .placement import (
+from powerstripflocker.core.placement import (
     ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout,
     VolumeClaimedElsewhere, VolumeInUse,
 )
-from .volumes import (
+from powerstripflocker.core.volumes import (
     InvalidRequest, NotJSON, check_json_depth, decode_body, find_create_volumes, find_legacy_start_volumes,
     is_container_create, is_container_start, rewrite, unique_names,
 )

@@ -8,10 +8,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.logger import Logger
 
-from .flocker import ControlServiceUnreachable, FlockerAPIError, NotFound
-from .frontend_options import add_operator_options, build_api
-from .placement import choose_dataset, live_datasets_named
-from .volumes import InvalidVolumeName, validate_name
+from powerstripflocker.clients.flocker import ControlServiceUnreachable, FlockerAPIError, NotFound
+from powerstripflocker.frontends.options import add_operator_options, build_api
+from powerstripflocker.core.placement import choose_dataset, live_datasets_named
+from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
 
 HELP = "release the lease that pins volume NAME to a node (when that node is gone)"
 

@@ -9,11 +9,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater, react
 from twisted.logger import Logger
 
-from .control.status import human_seconds
-from .flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
-from .frontend_options import add_operator_options, build_api
-from .placement import choose_dataset, live_datasets_named
-from .volumes import InvalidVolumeName, validate_name
+from powerstripflocker.cli.status import human_seconds
+from powerstripflocker.clients.flocker import AlreadyExists, ControlServiceUnreachable, FlockerAPIError, NotFound
+from powerstripflocker.frontends.options import add_operator_options, build_api
+from powerstripflocker.core.placement import choose_dataset, live_datasets_named
+from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
 
 HELP = "bring back deleted volume NAME from the trash of the node that keeps its data"
 

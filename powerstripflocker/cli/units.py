@@ -13,7 +13,7 @@ import sys
 
 import yaml
 
-from .localcluster import (
+from powerstripflocker.localcluster.cluster import (
     ADAPTER_PATH, DOCKER_PLUGIN_DIRECTORY, ClusterLayout, NodeLayout, adapter_command,
     adapters_config, agent_command, control_command, plugin_command, proxy_command,
 )

@@ -7,10 +7,10 @@ from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.task import react
 from twisted.logger import Logger
 
-from .frontend_options import add_control_options, build_api, build_placement, check_control_options
-from .inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper
-from .listening import LISTEN_BACKLOG, BoundedSite
-from .plugin import MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document
+from powerstripflocker.frontends.options import add_control_options, build_api, build_placement, check_control_options
+from powerstripflocker.core.inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from powerstripflocker.serving.listening import LISTEN_BACKLOG, BoundedSite
+from powerstripflocker.frontends.plugin import MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document
 
 HELP = "serve the Docker volume plugin protocol (docker run --volume-driver flocker)"
 PLUGIN_DIRECTORY = "/run/docker/plugins"

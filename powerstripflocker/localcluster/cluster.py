@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from .credentials import TOKEN_ENV
-from .localnet import (
+from powerstripflocker.serving.credentials import TOKEN_ENV
+from powerstripflocker.localcluster.netns import (
     HostsNetwork, HostsNetworkControl, NetworkError, cluster_prefix, in_namespace,
 )
 

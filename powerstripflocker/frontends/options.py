@@ -3,9 +3,9 @@ where the control service is, who this node is, and how long to wait."""
 
 import os
 
-from .credentials import TokenError, client_token
-from .flocker import MINIMUM_SIZE, FlockerClient, tls_policy
-from .placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
+from powerstripflocker.serving.credentials import TokenError, client_token
+from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerClient, tls_policy
+from powerstripflocker.core.placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
 

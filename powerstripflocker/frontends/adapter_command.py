@@ -4,12 +4,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.logger import Logger
 
-from .adapter import MAX_HOOK_BYTES, FlockerAdapter, hook_error_document
-from .frontend_options import (
+from powerstripflocker.frontends.adapter import MAX_HOOK_BYTES, FlockerAdapter, hook_error_document
+from powerstripflocker.frontends.options import (
     add_control_options, build_api, build_placement, check_control_options, check_maximum_size,
 )
-from .listening import BoundedSite, server_endpoint
-from .metrics import Metrics
+from powerstripflocker.serving.listening import BoundedSite, server_endpoint
+from powerstripflocker.frontends.metrics import Metrics
 
 HELP = "serve the Powerstrip hook that makes /flocker/NAME volumes local to this node"
 DEFAULT_LISTEN = "tcp:9999:interface=127.0.0.1"
