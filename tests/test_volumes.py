@@ -3,7 +3,8 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from powerstripflocker.frontends.adapter import ClientRequest, HookError, volume_uses
+from powerstripflocker.frontends.adapter import HookError, volume_uses
+from powerstripflocker.protocol.hooks import ClientRequest
 from powerstripflocker.core.volumes import (
     MAX_JSON_DEPTH, InvalidRequest, InvalidVolumeName, NotJSON, VolumeUse, check_json_depth,
     clean_path, decode_body, find_create_volumes, find_legacy_start_volumes, is_container_create,

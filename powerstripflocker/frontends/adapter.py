@@ -6,7 +6,7 @@ Every other hook is echoed unchanged.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import replace
 
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -20,10 +20,10 @@ from powerstripflocker.core.volumes import (
     InvalidRequest, NotJSON, check_json_depth, decode_body, find_create_volumes, find_legacy_start_volumes,
     is_container_create, is_container_start, rewrite, unique_names,
 )
+from powerstripflocker.protocol import hooks as envelope
 
 log = Logger()
 
-PROTOCOL_VERSION = 1
 MAX_HOOK_BYTES = 4 * 1024 * 1024
 HEALTH_TIMEOUT = 5.0
 
@@ -37,29 +37,6 @@ class HookError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class ClientRequest:
-    method: str
-    request: str
-    body: str | None
-
-
-@dataclass(frozen=True)
-class Hook:
-    type: str
-    client_request: ClientRequest
-    server_response: dict | None
-
-
-def _field(container, key, kinds, where):
-    if key not in container:
-        raise HookError(400, f"{where} has no {key!r}")
-    value = container[key]
-    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is int):
-        raise HookError(400, f"{where}.{key} has the wrong type ({type(value).__name__})")
-    return value
-
-
 def parse_hook(raw):
     """Parse a Powerstrip protocol 1 hook envelope; raise HookError(400) saying what's wrong."""
     try:
@@ -67,34 +44,9 @@ def parse_hook(raw):
     except InvalidRequest as reason:
         raise HookError(400, str(reason)) from None
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HookError(400, "the hook request is not valid JSON") from None
-    if not isinstance(envelope, dict):
-        raise HookError(400, "the hook request must be a JSON object")
-    version = envelope.get("PowerstripProtocolVersion")
-    if version != PROTOCOL_VERSION or isinstance(version, bool):
-        raise HookError(
-            400, f"unsupported PowerstripProtocolVersion {version!r}: this adapter speaks 1"
-        )
-    hook_type = envelope.get("Type")
-    if hook_type not in ("pre-hook", "post-hook"):
-        raise HookError(
-            400, f"unknown hook Type {hook_type!r}: expected 'pre-hook' or 'post-hook'"
-        )
-    client = _field(envelope, "ClientRequest", dict, "the hook request")
-    client_request = ClientRequest(
-        method=_field(client, "Method", str, "ClientRequest"),
-        request=_field(client, "Request", str, "ClientRequest"),
-        body=_field(client, "Body", (str, type(None)), "ClientRequest"),
-    )
-    server_response = None
-    if hook_type == "post-hook":
-        server_response = _field(envelope, "ServerResponse", dict, "the post-hook")
-        _field(server_response, "Code", int, "ServerResponse")
-        _field(server_response, "Body", (str, type(None)), "ServerResponse")
-        _field(server_response, "ContentType", (str, type(None)), "ServerResponse")
-    return Hook(hook_type, client_request, server_response)
+        return envelope.parse_hook_request(raw)
+    except envelope.EnvelopeError as reason:
+        raise HookError(400, reason.message) from None
 
 
 def volume_uses(client_request):
@@ -118,23 +70,6 @@ def volume_uses(client_request):
     if not uses:
         return None
     return body, uses
-
-
-def pre_hook_reply(client_request, body=None):
-    """The ModifiedClientRequest: the client's own Method and Request, and body if given."""
-    return {
-        "PowerstripProtocolVersion": PROTOCOL_VERSION,
-        "ModifiedClientRequest": {
-            "Method": client_request.method,
-            "Request": client_request.request,
-            "Body": client_request.body if body is None else json.dumps(body),
-        },
-    }
-
-
-def post_hook_reply(server_response):
-    return {"PowerstripProtocolVersion": PROTOCOL_VERSION,
-            "ModifiedServerResponse": server_response}
 
 
 _STATUS_BY_FAILURE = {
@@ -203,14 +138,16 @@ class FlockerAdapter:
 
     async def answer(self, hook):
         """The reply document for a parsed hook."""
-        if hook.type == "post-hook":
-            return post_hook_reply(hook.server_response)
+        if hook.type == envelope.POST_HOOK:
+            return envelope.post_hook_reply(hook.server_response)
         found = volume_uses(hook.client_request)
         if found is None:
-            return pre_hook_reply(hook.client_request)
+            # the client's own Method, Request and Body
+            return envelope.pre_hook_reply(hook.client_request)
         body, uses = found
         paths = await self._placement.ensure_local(unique_names(uses))
-        return pre_hook_reply(hook.client_request, rewrite(body, uses, paths))
+        rewritten = json.dumps(rewrite(body, uses, paths))
+        return envelope.pre_hook_reply(replace(hook.client_request, body=rewritten))
 
     @app.route("/healthz", methods=["GET"])
     async def healthz(self, request):

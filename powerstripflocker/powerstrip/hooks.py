@@ -6,7 +6,6 @@ status and message the docker client will see. The chain stops there.
 """
 
 import json
-import re
 
 import treq
 from twisted.internet import defer, error as netError
@@ -15,10 +14,9 @@ from twisted.web.client import (
     Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived,
 )
 
-PROTOCOL_VERSION = 1
+from powerstripflocker.protocol import hooks as envelope
+
 DEFAULT_TIMEOUT = 150.0
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_TARGET = re.compile(r"/[\x21-\x7e]*")
 
 log = Logger()
 
@@ -52,52 +50,28 @@ class HookCaller:
         """Drop cached connections to adapters (for a clean shutdown)."""
         return self._pool.closeCachedConnections()
 
-    async def run_pre(self, names, method, target, body):
-        """Run the pre-hooks in order; return the final (method, target, body).
+    async def run_pre(self, names, client_request):
+        """Run the pre-hooks in order over a ClientRequest; return the final one.
 
-        body is a str (the client's JSON text) or None; an adapter that answers
-        Body null leaves the body as it was.
+        Its body is a str (the client's JSON text) or None; an adapter that
+        answers Body null leaves the body as it was.
         """
         for name in names:
-            answer = await self._call(name, {
-                "PowerstripProtocolVersion": PROTOCOL_VERSION,
-                "Type": "pre-hook",
-                "ClientRequest": {"Method": method, "Request": target, "Body": body},
-            })
-            modified = _field(name, answer, "ModifiedClientRequest", dict)
-            method = _field(name, modified, "Method", str, "ModifiedClientRequest.")
-            target = _field(name, modified, "Request", str, "ModifiedClientRequest.")
-            new_body = _field(name, modified, "Body", (str, type(None)), "ModifiedClientRequest.")
-            if not _TOKEN.fullmatch(method):
-                raise AdapterError(502, f"adapter {name} returned a bad Method {method[:40]!r}")
-            if not _TARGET.fullmatch(target):
-                raise AdapterError(
-                    502, f"adapter {name} returned a bad Request {target[:80]!r} "
-                         f"(must be a path starting with '/', no spaces)"
-                )
-            if new_body is not None:
-                body = new_body
-        return method, target, body
+            answer = await self._call(name, envelope.pre_hook_request(client_request))
+            method, target, body = _reply(
+                envelope.parse_pre_hook_reply, answer, f"adapter {name}")
+            if body is None:
+                body = client_request.body
+            client_request = envelope.ClientRequest(method, target, body)
+        return client_request
 
     async def run_post(self, names, client_request, code, content_type, body):
         """Run the post-hooks in order; return the final (code, content_type, body)."""
         for name in names:
-            answer = await self._call(name, {
-                "PowerstripProtocolVersion": PROTOCOL_VERSION,
-                "Type": "post-hook",
-                "ClientRequest": client_request,
-                "ServerResponse": {"ContentType": content_type, "Body": body, "Code": code},
-            })
-            modified = _field(name, answer, "ModifiedServerResponse", dict)
-            code = _field(name, modified, "Code", int, "ModifiedServerResponse.")
-            content_type = _field(
-                name, modified, "ContentType", (str, type(None)), "ModifiedServerResponse."
-            )
-            body = _field(name, modified, "Body", str, "ModifiedServerResponse.")
-            if isinstance(code, bool) or not 200 <= code <= 599:
-                raise AdapterError(502, f"adapter {name} returned a bad Code {code!r}")
-            if content_type is not None and not re.fullmatch(r"[\x20-\x7e]*", content_type):
-                raise AdapterError(502, f"adapter {name} returned a bad ContentType")
+            answer = await self._call(
+                name, envelope.post_hook_request(client_request, code, content_type, body))
+            code, content_type, body = _reply(
+                envelope.parse_post_hook_reply, answer, f"adapter {name}")
         return code, content_type, body
 
     async def _call(self, name, payload):
@@ -155,13 +129,11 @@ class HookCaller:
         return response.code, content
 
 
-def _field(name, mapping, key, kind, prefix=""):
-    if key not in mapping:
-        raise AdapterError(502, f"adapter {name}'s answer lacks {prefix}{key}")
-    value = mapping[key]
-    if not isinstance(value, kind):
-        raise AdapterError(502, f"adapter {name}'s answer has a bad {prefix}{key}: {value!r:.80}")
-    return value
+def _reply(parse, answer, who):
+    try:
+        return parse(answer, who)
+    except envelope.EnvelopeError as e:
+        raise AdapterError(502, e.message) from None
 
 
 def _describe(e):

@@ -44,6 +44,7 @@ from powerstripflocker.powerstrip.http import (
 )
 from powerstripflocker.powerstrip.request_parsing import parse_request, without_empty_lines
 from powerstripflocker.powerstrip.streaming import streaming_request
+from powerstripflocker.protocol.hooks import ClientRequest
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 _BODY_METHODS = (b"POST", b"PUT", b"PATCH")
@@ -629,19 +630,19 @@ class ClientConnection(Protocol):
                 return
         method_s = method.decode("latin-1")
         target_s = target.decode("latin-1")
+        client_request = ClientRequest(method_s, target_s, body)
         if hooks.post:
-            self.post = (hooks.post, {"Method": method_s, "Request": target_s, "Body": body})
+            self.post = (hooks.post, client_request)
         log.info("{method} {target}: pre-hooks {pre}, post-hooks {post}", method=method_s,
                  target=target_s, pre=list(hooks.pre), post=list(hooks.post))
-        d = defer.Deferred.fromCoroutine(
-            self.proxy.hooks.run_pre(hooks.pre, method_s, target_s, body))
+        d = defer.Deferred.fromCoroutine(self.proxy.hooks.run_pre(hooks.pre, client_request))
         d.addCallbacks(lambda result: self._pre_done(head, version, result, stream),
                        self._hook_failed)
 
     def _pre_done(self, head, version, result, stream):
         if self.closed:
             return
-        method, target, text = result
+        method, target, text = result.method, result.request, result.body
         self.method = method.encode("latin-1")
         first = b"%s %s %s" % (self.method, target.encode("latin-1"), version)
         replacement = None
