@@ -1,4 +1,5 @@
-"""The README's command reference names every command and every option it has."""
+"""The README is the newcomer's page and links to docs/; the command reference in
+docs/commands.md names every command and every option it has."""
 
 import argparse
 import os
@@ -6,13 +7,19 @@ import re
 
 from powerstripflocker.cli.main import build_parser
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(REPO, "README.md")
+COMMANDS = os.path.join(REPO, "docs", "commands.md")
+
+
+def read(path):
+    with open(path, encoding="utf-8") as document:
+        return document.read()
 
 
 def documented_options():
-    with open(README, encoding="utf-8") as readme:
-        text = readme.read()
-    table = text.split("## Command reference", 1)[1].split("\n\n| environment variable")[0]
+    text = read(COMMANDS)
+    table = text.split("# Command reference", 1)[1].split("\n\n| environment variable")[0]
     options, command = {}, None
     for row in table.splitlines():
         cells = [cell.strip() for cell in row.strip("|").split("|")]
@@ -43,3 +50,14 @@ def actual_options():
 
 def test_every_command_and_option_is_in_the_reference_table():
     assert documented_options() == actual_options()
+
+
+def test_the_readme_is_at_most_300_lines():
+    assert len(read(README).splitlines()) <= 300
+
+
+def test_every_docs_page_the_readme_links_exists():
+    linked = set(re.findall(r"\]\((docs/[^)#\s]+\.md)(?:#[^)]*)?\)", read(README)))
+    assert "docs/commands.md" in linked
+    missing = sorted(path for path in linked if not os.path.isfile(os.path.join(REPO, path)))
+    assert missing == []
