@@ -17,10 +17,12 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from powerstripflocker.clients.docker import DockerEngineClient, MemoryDockerEngine, Mount
 from powerstripflocker.clients.flocker import MemoryFlockerAPI
-from powerstripflocker.core.inuse import (
-    Fencer, KernelMounts, LeaseKeeper, MountEntry, MountUse, UseTracker, dataset_of, locate,
-    parse_mountinfo,
+from powerstripflocker.core.fencing import Fencer
+from powerstripflocker.core.inuse import UseTracker, dataset_of
+from powerstripflocker.core.kernel_mounts import (
+    KernelMounts, MountEntry, MountUse, locate, parse_mountinfo,
 )
+from powerstripflocker.core.lease_keeper import LeaseKeeper
 
 from .agent.support import LoopBtrfs, MountedElsewhere, btrfs_skip_reason
 from .support.dockerd import DockerDaemon, import_busybox_image, missing_requirements

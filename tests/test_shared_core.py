@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from powerstripflocker.frontends.adapter import FlockerAdapter
 from powerstripflocker.clients.flocker import MemoryFlockerAPI
-from powerstripflocker.core.inuse import LeaseKeeper
+from powerstripflocker.core.lease_keeper import LeaseKeeper
 from powerstripflocker.frontends.metrics import Metrics
 from powerstripflocker.core.placement import Placement
 from powerstripflocker.frontends.plugin import VolumePlugin

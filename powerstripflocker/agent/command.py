@@ -13,9 +13,10 @@ from twisted.internet.error import CannotListenError
 from powerstripflocker.serving.credentials import TokenError, client_token
 from powerstripflocker.clients.docker import DockerEngineClient
 from powerstripflocker.clients.flocker import FlockerClient, tls_policy
-from powerstripflocker.core.inuse import (
-    DEFAULT_LEASE_SECONDS, DEFAULT_POLL_SECONDS, Fencer, KernelMounts, LeaseKeeper, UseTracker,
-)
+from powerstripflocker.core.fencing import Fencer
+from powerstripflocker.core.inuse import DEFAULT_POLL_SECONDS, UseTracker
+from powerstripflocker.core.kernel_mounts import KernelMounts
+from powerstripflocker.core.lease_keeper import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from powerstripflocker.serving.listening import server_endpoint
 from powerstripflocker.agent.backends import BACKENDS, BackendError, make_backend
 from powerstripflocker.clients.control_agent import ControlClient

@@ -8,7 +8,7 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 
 from powerstripflocker.frontends.options import add_control_options, build_api, build_placement, check_control_options
-from powerstripflocker.core.inuse import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from powerstripflocker.core.lease_keeper import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from powerstripflocker.serving.listening import LISTEN_BACKLOG, BoundedSite
 from powerstripflocker.frontends.plugin import MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document
 
