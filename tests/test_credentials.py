@@ -6,10 +6,10 @@ import os
 import pytest
 from twisted.web.http_headers import Headers
 
-from powerstripflocker.serving.credentials import (
-    TOKEN_ENV, TokenError, client_token, is_local_url, make_token_file, read_token_file,
-    refusal,
+from powerstripflocker.clients.http import (
+    TOKEN_ENV, TokenError, client_token, is_local_url, read_token_file,
 )
+from powerstripflocker.serving.credentials import make_token_file, refusal
 
 
 def test_a_token_is_made_once_with_mode_0600(tmp_path):

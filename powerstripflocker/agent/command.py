@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
 
-from powerstripflocker.serving.credentials import TokenError, client_token
+from powerstripflocker.clients.http import TokenError, client_token
 from powerstripflocker.clients.docker import DockerEngineClient
 from powerstripflocker.clients.flocker import FlockerClient, tls_policy
 from powerstripflocker.core.fencing import Fencer

@@ -6,7 +6,7 @@ import time
 
 from twisted.logger import Logger
 
-from powerstripflocker.serving.credentials import TokenError, client_token
+from powerstripflocker.clients.http import TokenError, client_token
 
 HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, moves, leases"
 

@@ -8,7 +8,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from powerstripflocker.serving.credentials import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, make_token_file, read_token_file
+from powerstripflocker.clients.http import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, read_token_file
+from powerstripflocker.serving.credentials import make_token_file
 from powerstripflocker.serving.listening import BoundedSite, server_endpoint
 from powerstripflocker.control.httpapi import MAX_BODY, ControlAPI
 from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlService

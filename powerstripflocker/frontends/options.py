@@ -3,7 +3,7 @@ where the control service is, who this node is, and how long to wait."""
 
 import os
 
-from powerstripflocker.serving.credentials import TokenError, client_token
+from powerstripflocker.clients.http import TokenError, client_token
 from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerClient, tls_policy
 from powerstripflocker.core.placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from powerstripflocker.serving.credentials import TOKEN_ENV
+from powerstripflocker.clients.http import TOKEN_ENV
 from powerstripflocker.localcluster.netns import (
     HostsNetwork, HostsNetworkControl, NetworkError, cluster_prefix, in_namespace,
 )

@@ -1,32 +1,22 @@
-"""The cluster's credentials: the cluster token (a shared secret sent as
-`Authorization: Bearer TOKEN`) or a client certificate signed by the cluster CA.
+"""The cluster's credentials as a server checks them: the cluster token (a shared
+secret sent as `Authorization: Bearer TOKEN`) or a client certificate signed by the
+cluster CA.
 
-The control service makes the token on first start when it is given none, in
-its data directory next to its database; the clients find it the same way the
-control service does (--cluster-token-file, the environment, then, for a
-control service on this machine, that default place).
+The control service makes the token on first start when it is given none, in its data
+directory next to its database; clients find it with clients/http.py.
 """
 
 import hmac
-import ipaddress
 import os
 import secrets
-from urllib.parse import urlsplit
 
-TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
-TOKEN_FILE_NAME = "cluster.token"
-DEFAULT_STATE_DIRECTORY = "/var/lib/powerstrip-flocker"
-DEFAULT_TOKEN_FILE = os.path.join(DEFAULT_STATE_DIRECTORY, TOKEN_FILE_NAME)
+from powerstripflocker.clients.http import read_token_file
 
 NO_CREDENTIALS = ("this request needs credentials: the cluster token "
                   "(Authorization: Bearer TOKEN) or a client certificate signed by the "
                   "cluster CA")
 WRONG_CREDENTIALS = "the credentials given are not this cluster's: check the cluster token"
 CHALLENGE = [(b"WWW-Authenticate", b'Bearer realm="powerstrip-flocker"')]
-
-
-class TokenError(Exception):
-    """A token file that cannot be read or holds nothing."""
 
 
 class Refusal:
@@ -36,17 +26,6 @@ class Refusal:
         self.code = code
         self.description = description
         self.headers = list(headers)
-
-
-def read_token_file(path):
-    try:
-        with open(path, encoding="utf-8") as token_file:
-            token = token_file.read().strip()
-    except OSError as error:
-        raise TokenError(f"cannot read the cluster token file {path}: {error.strerror}")
-    if not token:
-        raise TokenError(f"the cluster token file {path} holds no token")
-    return token
 
 
 def make_token_file(path):
@@ -63,34 +42,6 @@ def make_token_file(path):
         token_file.flush()
         os.fsync(token_file.fileno())
     return token, True
-
-
-def is_local_url(url):
-    """Whether url names a service on this machine (a loopback address or localhost)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def client_token(token_file, control_url, environ=os.environ,
-                 default_file=DEFAULT_TOKEN_FILE):
-    """The token a client sends: from token_file, else the environment, else (for a
-    control service on this machine) the file it made in its default place; or None."""
-    if token_file:
-        return read_token_file(token_file)
-    token = environ.get(TOKEN_ENV, "").strip()
-    if token:
-        return token
-    if control_url is not None and is_local_url(control_url) and os.path.exists(default_file):
-        try:
-            return read_token_file(default_file)
-        except TokenError:
-            return None
-    return None
 
 
 def has_client_certificate(transport):
