@@ -13,8 +13,12 @@ setup(
     packages=find_packages(include=["powerstripflocker", "powerstripflocker.*"]),
     package_data={"powerstripflocker": ["*.yml", "**/*.yml"]},
     python_requires=">=3.11",
+    # Ranges the code works with. The proxy's and the agent's streams read Twisted's
+    # private transport and HTTP channel attributes, and the clients subclass
+    # twisted.web.client._HTTP11ClientFactory: Twisted stops before its next major version.
+    # constraints.txt pins the exact versions the test suite last passed with.
     install_requires=[
-        "twisted[tls]>=23.10",
+        "twisted[tls]>=23.10,<27",
         "treq>=23.11",
         "klein>=23.5",
         "pyyaml>=6",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sourced by demo.sh and run-tests.sh: installs the Debian packages and the Python
-# package (into .venv, with the extras given in PSF_EXTRAS) that both need (ruby only
-# lets a test check that the Vagrantfiles parse). Run as root on Debian.
+# package (into .venv, with the extras given in PSF_EXTRAS, at the versions pinned in
+# constraints.txt) that both need (ruby only lets a test check that the Vagrantfiles
+# parse). Run as root on Debian.
 
 apt_packages=(docker.io busybox-static btrfs-progs debootstrap shellcheck ruby ca-certificates iproute2 socat
               python3-venv etcd-server curl)
@@ -29,4 +30,6 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".${PSF_EXTRAS:-}"
+# constraints.txt: the exact versions the test suite last passed with (docs/testing.md).
+.venv/bin/pip install --quiet --disable-pip-version-check -c constraints.txt \
+    -e ".${PSF_EXTRAS:-}"
