@@ -440,15 +440,15 @@ class KernelSpliceTests(TestCase):
     """Hijacked streams move through splice(2); order and backpressure must hold."""
 
     async def hijacked(self, harness):
-        from powerstripflocker.powerstrip import proxy
-        real = proxy._kernel_relays
+        from powerstripflocker.powerstrip import fastpath
+        real = fastpath.kernel_relays
         self.relays = []
 
         def recording(client, upstream):
             relays = real(client, upstream)
             self.relays.extend(relays)
             return relays
-        self.patch(proxy, "_kernel_relays", recording)
+        self.patch(fastpath, "kernel_relays", recording)
         daemon = harness.start_daemon(raw=True)
         harness.start_proxy()
         peer = await harness.connect()
@@ -463,7 +463,7 @@ class KernelSpliceTests(TestCase):
         import os as _os
         harness = ProxyHarness(self)
         peer, conn = await self.hijacked(harness)
-        self.assertTrue(harness.factory.kernel_splice)
+        self.assertTrue(harness.factory.fast_path)
         down = _os.urandom(20 * 1024 * 1024)
         up = _os.urandom(5 * 1024 * 1024)
         for start in range(0, len(down), 1 << 20):
