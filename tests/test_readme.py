@@ -61,3 +61,11 @@ def test_every_docs_page_the_readme_links_exists():
     assert "docs/commands.md" in linked
     missing = sorted(path for path in linked if not os.path.isfile(os.path.join(REPO, path)))
     assert missing == []
+
+
+def test_the_readmes_package_map_names_every_subpackage():
+    readme, package = read(README), os.path.join(REPO, "powerstripflocker")
+    subpackages = sorted(os.path.relpath(folder, package) for folder, _, files in os.walk(package)
+                         if "__init__.py" in files and folder != package)
+    assert [name for name in subpackages
+            if f" {os.path.basename(name)}/ " not in readme] == []
