@@ -5,10 +5,12 @@ from hypothesis import given, strategies as st
 
 from powerstripflocker.frontends.adapter import HookError, volume_uses
 from powerstripflocker.protocol.hooks import ClientRequest
+from powerstripflocker.core.docker_json import (
+    MAX_JSON_DEPTH, InvalidRequest, NotJSON, check_json_depth, decode_body,
+)
 from powerstripflocker.core.volumes import (
-    MAX_JSON_DEPTH, InvalidRequest, InvalidVolumeName, NotJSON, VolumeUse, check_json_depth,
-    clean_path, decode_body, find_create_volumes, find_legacy_start_volumes, is_container_create,
-    is_container_start, rewrite, unique_names, validate_name, volume_name,
+    InvalidVolumeName, VolumeUse, clean_path, find_create_volumes, find_legacy_start_volumes,
+    is_container_create, is_container_start, rewrite, unique_names, validate_name, volume_name,
 )
 
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,30}", fullmatch=True).filter(

@@ -1,29 +1,14 @@
 """Find and rewrite /flocker/NAME volumes in Docker request bodies.
 
 Pure functions over parsed JSON. The rule throughout: read a body exactly as dockerd
-will, and hand dockerd a body in which it can only see what the adapter decided.
+will (docker_json.py), and hand dockerd a body in which it can only see what the adapter
+decided.
 
 Where Docker names a host path: ``HostConfig.Binds`` strings (``/host:/ctr[:mode]``),
 ``HostConfig.Mounts`` objects of ``Type: bind``, and, for API < 1.24, the top-level
 ``Binds`` (and ``Mounts``) of a ``POST /containers/ID/start`` body, which dockerd decodes
 as a HostConfig. Older dockerds also read a create body's top-level ``Binds`` as
 HostConfig fields when the body has no HostConfig; a /flocker source there is refused.
-
-How dockerd reads the JSON (Go's encoding/json filling Docker's structs):
-
-- Keys match struct fields case-insensitively, by Go's folding: ASCII case, and also
-  U+212A (Kelvin sign) as ``k``, U+017F (long s) as ``s``, U+0131 (dotless i) as ``i``.
-  So ``hostconfig``, ``binds`` and a Mounts entry's ``source``/``type`` count.
-- A repeated key is decoded again into the same field: a scalar is replaced (the last
-  wins), but an object is merged into the first one and an array's elements are decoded
-  into the earlier elements, field by field. "The last one wins" is therefore not what Go
-  does, and imitating the merge exactly is a trap. So an object holding one key twice,
-  anywhere in the body, is refused (no Docker client sends one), and so is an object in
-  which two spellings of a field we read (``Binds`` and ``binds``) both appear. With
-  repeats refused, a parsed body re-serialises to a body dockerd reads the same way, and
-  a rewritten body names each field we own once, under its canonical spelling.
-- Depth is bounded (MAX_JSON_DEPTH) before parsing, so a deeply nested body is a clear
-  refusal rather than a RecursionError.
 
 Sources are cleaned as Go's ``path.Clean`` does, as dockerd does before binding: every
 spelling of /flocker/NAME (``//flocker/x``, ``/./flocker/x``, ``/tmp/../flocker/x``,
@@ -42,27 +27,16 @@ any bind, so both are refused here with a message saying why. Mounts needs docke
 (API 1.25) or later. Everything we do not own is left as it came.
 """
 
-import json
 import re
-from collections import Counter
 from dataclasses import dataclass
-from itertools import accumulate
+
+from powerstripflocker.core.docker_json import InvalidRequest, key_of, list_field
 
 FLOCKER_ROOT = "/flocker"
 MAX_NAME_LENGTH = 255
-MAX_JSON_DEPTH = 400
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _CREATE_PATH = re.compile(r"(/v[0-9]+(\.[0-9]+)?)?/containers/create\Z")
 _START_PATH = re.compile(r"(/v[0-9]+(\.[0-9]+)?)?/containers/[^/]+/start\Z")
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
-_DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
-# Go's encoding/json (1.21 on) folds a key rune by rune to the smallest rune of its
-# case-fold chain; these three are the only non-ASCII runes that fold onto an ASCII letter.
-_GO_KEY_FOLD = str.maketrans({
-    **{chr(code): chr(code + 32) for code in range(ord("A"), ord("Z") + 1)},
-    "\u212a": "k", "\u017f": "s", "\u0131": "i",
-})
 # Each read-only option of a bind's mode, and what dockerd's parser of Binds sets in
 # BindOptions for it.
 _READ_ONLY_BIND_OPTIONS = {
@@ -83,16 +57,8 @@ _MODE_KINDS = {
 }
 
 
-class InvalidRequest(ValueError):
-    """The request cannot be understood; the message says why, for the docker user."""
-
-
 class InvalidVolumeName(InvalidRequest):
     pass
-
-
-class NotJSON(InvalidRequest):
-    """The body is not JSON at all (as opposed to JSON we refuse)."""
 
 
 def validate_name(name):
@@ -167,89 +133,10 @@ def volume_name(host_path):
     return validate_name(cleaned[len(FLOCKER_ROOT) + 1:])
 
 
-def check_json_depth(text):
-    """Refuse JSON text (str or UTF-8 bytes) nested deeper than MAX_JSON_DEPTH.
-
-    Linear and without recursion, so it can run before a recursive parser does.
-    """
-    if isinstance(text, bytes):
-        # Quotes, backslashes and brackets are ASCII: undecodable bytes cannot hide one.
-        text = text.decode("utf-8", "replace")
-    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
-    if brackets and max(accumulate(map(_DEPTH_STEP.__getitem__, brackets))) > MAX_JSON_DEPTH:
-        raise InvalidRequest(
-            f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
-        )
-
-
-def _object_with_unique_keys(pairs):
-    document = dict(pairs)
-    if len(document) != len(pairs):
-        [(repeated, _)] = Counter(key for key, _ in pairs).most_common(1)
-        raise InvalidRequest(
-            f"the key {repeated!r} appears twice in one object of the Docker request "
-            "body: dockerd would decode both into one field (objects merged, the last "
-            "scalar kept), so the body is ambiguous; send it once"
-        )
-    return document
-
-
-def _refuse_constant(name):
-    raise NotJSON(f"{name} is not JSON")
-
-
-def decode_body(text):
-    """Parse a Docker request body, refusing what dockerd could read differently.
-
-    Raises NotJSON if text is not JSON, InvalidRequest if it is JSON we refuse (too
-    deep, a key repeated in one object, content after the value).
-    """
-    check_json_depth(text)
-    try:
-        return json.loads(text, object_pairs_hook=_object_with_unique_keys,
-                          parse_constant=_refuse_constant)
-    except json.JSONDecodeError as reason:
-        if reason.msg == "Extra data":
-            # Not "not JSON": a Go json.Decoder reads the first value and older dockerds
-            # never look at the rest, so they would act on this body.
-            raise InvalidRequest(
-                "the Docker request body has content after its JSON value"
-            ) from None
-        raise NotJSON(f"the Docker request body is not JSON: {reason}") from None
-
-
-def _go_key(key):
-    return key.translate(_GO_KEY_FOLD)
-
-
-def _key_of(document, field, where):
-    """The one key of document that dockerd decodes into field, or None if none does."""
-    wanted = _go_key(field)
-    keys = [key for key in document if _go_key(key) == wanted]
-    if len(keys) > 1:
-        raise InvalidRequest(
-            f"{where} has {' and '.join(map(repr, keys))}: dockerd reads each as "
-            f"{field!r}, so the body is ambiguous; send one {field!r}"
-        )
-    return keys[0] if keys else None
-
-
-def _list_field(document, field, where=None):
-    """The list dockerd decodes into field of document (where names it; None: the body)."""
-    shown = f"{where}.{field}" if where else field
-    key = _key_of(document, field, where or "the Docker request body")
-    value = None if key is None else document[key]
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise InvalidRequest(f"{shown} must be a list, not {type(value).__name__}")
-    return value
-
-
 def _host_config(body):
     if not isinstance(body, dict):
         raise InvalidRequest("the Docker request body must be a JSON object")
-    key = _key_of(body, "HostConfig", "the Docker request body")
+    key = key_of(body, "HostConfig", "the Docker request body")
     host_config = None if key is None else body[key]
     if host_config is None:
         return {}
@@ -338,13 +225,13 @@ def _flocker_mount(mount, where):
     """The volume name if the Mounts entry binds a /flocker volume, else None."""
     if not isinstance(mount, dict):
         raise InvalidRequest(f"{where} entries must be objects")
-    type_key = _key_of(mount, "Type", f"a {where} entry")
-    source_key = _key_of(mount, "Source", f"a {where} entry")
+    type_key = key_of(mount, "Type", f"a {where} entry")
+    source_key = key_of(mount, "Source", f"a {where} entry")
     if type_key is None or mount[type_key] != "bind" or source_key is None:
         return None
     name = volume_name(mount[source_key])
     if name is not None:
-        target_key = _key_of(mount, "Target", f"a {where} entry")
+        target_key = key_of(mount, "Target", f"a {where} entry")
         _check_target(None if target_key is None else mount[target_key],
                       mount[source_key])
         _bind_options(mount, where)
@@ -353,13 +240,13 @@ def _flocker_mount(mount, where):
 
 def _bind_options(mount, where):
     """(key, value) of a Mounts entry's BindOptions object, (None, None) if it has none."""
-    key = _key_of(mount, "BindOptions", f"a {where} entry")
+    key = key_of(mount, "BindOptions", f"a {where} entry")
     options = None if key is None else mount[key]
     if options is None:
         return None, None
     if not isinstance(options, dict):
         raise InvalidRequest(f"{where} BindOptions must be an object")
-    _key_of(options, "CreateMountpoint", f"a {where} entry's BindOptions")
+    key_of(options, "CreateMountpoint", f"a {where} entry's BindOptions")
     return key, options
 
 
@@ -397,7 +284,7 @@ def _refuse_top_level_flocker_sources(body):
     """Old dockerds read a create body's top-level Binds and Mounts as HostConfig's
     (newer ones ignore them): a /flocker source there would reach dockerd unrewritten."""
     for field in ("Binds", "Mounts"):
-        key = _key_of(body, field, "the create body")
+        key = key_of(body, field, "the create body")
         entries = body[key] if key is not None else None
         if not isinstance(entries, list):
             continue
@@ -406,7 +293,7 @@ def _refuse_top_level_flocker_sources(body):
             if isinstance(entry, str) and Bind.parse(entry).target is not None:
                 source = Bind.parse(entry).source
             elif isinstance(entry, dict):
-                source_key = _key_of(entry, "Source", f"a top-level {field} entry")
+                source_key = key_of(entry, "Source", f"a top-level {field} entry")
                 source = entry[source_key] if source_key is not None else None
             if isinstance(source, str) and source.startswith("/") \
                     and (clean_path(source) + "/").startswith(FLOCKER_ROOT + "/"):
@@ -420,9 +307,9 @@ def find_create_volumes(body):
     """Every /flocker volume named by a container create body, in body order."""
     host_config = _host_config(body)
     _refuse_top_level_flocker_sources(body)
-    return (_bind_uses(_list_field(host_config, "Binds", "HostConfig"), "Binds",
+    return (_bind_uses(list_field(host_config, "Binds", "HostConfig"), "Binds",
                        "HostConfig.Binds", becomes_mount=True)
-            + _mount_uses(_list_field(host_config, "Mounts", "HostConfig"), "Mounts",
+            + _mount_uses(list_field(host_config, "Mounts", "HostConfig"), "Mounts",
                           "HostConfig.Mounts"))
 
 
@@ -432,9 +319,9 @@ def find_legacy_start_volumes(body):
         return []
     if not isinstance(body, dict):
         raise InvalidRequest("the Docker request body must be a JSON object")
-    return (_bind_uses(_list_field(body, "Binds"), "LegacyBinds", "Binds",
+    return (_bind_uses(list_field(body, "Binds"), "LegacyBinds", "Binds",
                        becomes_mount=False)
-            + _mount_uses(_list_field(body, "Mounts"), "LegacyMounts", "Mounts"))
+            + _mount_uses(list_field(body, "Mounts"), "LegacyMounts", "Mounts"))
 
 
 def unique_names(uses):
@@ -448,7 +335,7 @@ def _with_field(document, field, value):
     The canonical spelling takes the old key's place, so that the rewritten body holds
     the field exactly once.
     """
-    old_key = _key_of(document, field, "the body")
+    old_key = key_of(document, field, "the body")
     copy = {}
     for key, item in document.items():
         if key == old_key:
@@ -489,7 +376,7 @@ def _rewritten_mount(mount, path):
     rewritten = _with_field(_with_field(mount, "Type", "bind"), "Source", path)
     key, options = _bind_options(mount, "HostConfig.Mounts")
     if options is not None:
-        create_key = _key_of(options, "CreateMountpoint", "BindOptions")
+        create_key = key_of(options, "CreateMountpoint", "BindOptions")
         rewritten[key] = {k: v for k, v in options.items() if k != create_key}
     return rewritten
 
@@ -510,13 +397,13 @@ def _rewrite_legacy(body, uses, paths):
     bind_uses = [use for use in uses if use.field == "LegacyBinds"]
     mount_uses = [use for use in uses if use.field == "LegacyMounts"]
     if bind_uses:
-        binds = list(_list_field(body, "Binds"))
+        binds = list(list_field(body, "Binds"))
         for use in bind_uses:
             bind = Bind.parse(binds[use.index])
             binds[use.index] = paths[use.name] + binds[use.index][len(bind.source):]
         rewritten = _with_field(rewritten, "Binds", binds)
     if mount_uses:
-        mounts = _list_field(body, "Mounts")
+        mounts = list_field(body, "Mounts")
         rewritten = _with_field(rewritten, "Mounts",
                                 _rewrite_mounts(mounts, mount_uses, paths))
     return rewritten
@@ -535,10 +422,10 @@ def rewrite(body, uses, paths):
     if any(use.field.startswith("Legacy") for use in uses):
         return _rewrite_legacy(body, uses, paths)
     host_config = _host_config(body)
-    binds = _list_field(host_config, "Binds", "HostConfig")
+    binds = list_field(host_config, "Binds", "HostConfig")
     mount_uses = [use for use in uses if use.field == "Mounts"]
     bind_paths = {use.index: paths[use.name] for use in uses if use.field == "Binds"}
-    mounts = _rewrite_mounts(_list_field(host_config, "Mounts", "HostConfig"), mount_uses,
+    mounts = _rewrite_mounts(list_field(host_config, "Mounts", "HostConfig"), mount_uses,
                              paths)
     mounts += [_mount_for_bind(Bind.parse(binds[index]), path)
                for index, path in sorted(bind_paths.items())]

@@ -16,9 +16,12 @@ from powerstripflocker.core.placement import (
     ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout,
     VolumeClaimedElsewhere, VolumeInUse,
 )
+from powerstripflocker.core.docker_json import (
+    InvalidRequest, NotJSON, check_json_depth, decode_body,
+)
 from powerstripflocker.core.volumes import (
-    InvalidRequest, NotJSON, check_json_depth, decode_body, find_create_volumes, find_legacy_start_volumes,
-    is_container_create, is_container_start, rewrite, unique_names,
+    find_create_volumes, find_legacy_start_volumes, is_container_create, is_container_start,
+    rewrite, unique_names,
 )
 from powerstripflocker.protocol import hooks as envelope
 

@@ -14,7 +14,8 @@ from twisted.logger import Logger
 
 from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerAPIError
 from powerstripflocker.core.placement import PlacementError
-from powerstripflocker.core.volumes import InvalidRequest, InvalidVolumeName, check_json_depth, validate_name
+from powerstripflocker.core.docker_json import InvalidRequest, check_json_depth
+from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
 
 log = Logger()
 

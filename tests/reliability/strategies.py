@@ -5,7 +5,8 @@ import json
 from hypothesis import strategies as st
 
 from powerstripflocker.frontends.adapter import HookError, parse_hook, volume_uses
-from powerstripflocker.core.volumes import InvalidRequest, volume_name
+from powerstripflocker.core.docker_json import InvalidRequest
+from powerstripflocker.core.volumes import volume_name
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2 ** 70, max_value=2 ** 70)
