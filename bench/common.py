@@ -19,9 +19,9 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from powerstripflocker.localcluster.cluster import (  # noqa: E402
-    LocalCluster, docker, make_layout, missing_requirements,
-)
+from powerstripflocker.localcluster.cluster import LocalCluster  # noqa: E402
+from powerstripflocker.localcluster.layout import make_layout  # noqa: E402
+from powerstripflocker.localcluster.machine import docker, missing_requirements  # noqa: E402
 from powerstripflocker.localcluster.netns import free_slot  # noqa: E402
 from tests.support.processes import free_port  # noqa: E402
 

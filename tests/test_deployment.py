@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from powerstripflocker.cli.main import build_parser
-from powerstripflocker.localcluster.cluster import (
-    adapter_command, adapters_config, agent_command, control_command, plugin_command,
-    proxy_command,
+from powerstripflocker.localcluster.commands import (
+    adapter_command, agent_command, control_command, plugin_command, proxy_command,
 )
+from powerstripflocker.localcluster.layout import adapters_config
 from powerstripflocker.cli.units import node_layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

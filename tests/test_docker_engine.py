@@ -9,7 +9,7 @@ from twisted.trial.unittest import TestCase
 from powerstripflocker.clients.docker import (
     DockerEngineClient, DockerUnavailable, MemoryDockerEngine, Mount,
 )
-from powerstripflocker.localcluster.cluster import import_busybox_image, missing_requirements
+from powerstripflocker.localcluster.machine import import_busybox_image, missing_requirements
 
 from .docker_contract import make_docker_engine_tests
 from .support.dockerd import DockerDaemon

@@ -2,7 +2,9 @@
 
 import os
 
-from powerstripflocker.localcluster.cluster import LocalCluster, control_command, make_layout
+from powerstripflocker.localcluster.cluster import LocalCluster
+from powerstripflocker.localcluster.commands import control_command
+from powerstripflocker.localcluster.layout import make_layout
 
 
 def test_logs_are_0640_whatever_the_umask(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from powerstripflocker.cli.demo import run as demo_run
 from powerstripflocker.cli.main import build_parser
-from powerstripflocker.localcluster.cluster import ClusterError, make_layout
+from powerstripflocker.localcluster.layout import ClusterError, make_layout
 from powerstripflocker.localcluster.netns import (
     MAXIMUM_NODES, RANGE, SLOTS, HostsNetwork, cluster_prefix, in_namespace, parse_rate,
     rate_bytes_per_second, tbf_arguments,

@@ -7,7 +7,8 @@ import os
 import shlex
 import sys
 
-from powerstripflocker.localcluster.cluster import HOSTS, ClusterError, LocalCluster, make_layout
+from powerstripflocker.localcluster.cluster import LocalCluster
+from powerstripflocker.localcluster.layout import HOSTS, ClusterError, make_layout
 from powerstripflocker.localcluster.netns import NetworkError, free_slot, parse_rate, sweep
 
 HELP = ("start a cluster on this machine and move a volume between its nodes; cut, kill, "

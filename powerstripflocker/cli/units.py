@@ -13,9 +13,12 @@ import sys
 
 import yaml
 
-from powerstripflocker.localcluster.cluster import (
-    ADAPTER_PATH, DOCKER_PLUGIN_DIRECTORY, ClusterLayout, NodeLayout, adapter_command,
-    adapters_config, agent_command, control_command, plugin_command, proxy_command,
+from powerstripflocker.localcluster.commands import (
+    DOCKER_PLUGIN_DIRECTORY, adapter_command, agent_command, control_command, plugin_command,
+    proxy_command,
+)
+from powerstripflocker.localcluster.layout import (
+    ADAPTER_PATH, ClusterLayout, NodeLayout, adapters_config,
 )
 
 HELP = "write systemd units (control, agent, adapter, plugin, proxy) for a node of a cluster"

@@ -7,9 +7,10 @@ import urllib.request
 
 import pytest
 
-from powerstripflocker.localcluster.cluster import (
-    LocalCluster, adapter_container_command, docker, make_layout, missing_requirements,
-)
+from powerstripflocker.localcluster.cluster import LocalCluster
+from powerstripflocker.localcluster.commands import adapter_container_command
+from powerstripflocker.localcluster.layout import make_layout
+from powerstripflocker.localcluster.machine import docker, missing_requirements
 from powerstripflocker.localcluster.netns import free_slot
 
 from ..support.images import ADAPTER_IMAGE, build_adapter_image

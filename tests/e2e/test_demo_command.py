@@ -7,7 +7,9 @@ import tempfile
 
 import pytest
 
-from powerstripflocker.localcluster.cluster import missing_requirements, mounts_under, processes_mentioning
+from powerstripflocker.localcluster.machine import (
+    missing_requirements, mounts_under, processes_mentioning,
+)
 
 from ..support.processes import free_port
 

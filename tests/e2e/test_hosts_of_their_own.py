@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from powerstripflocker.localcluster.cluster import missing_requirements, mounts_under
+from powerstripflocker.localcluster.machine import missing_requirements, mounts_under
 from powerstripflocker.localcluster.netns import links, namespaces
 
 from ..support.processes import free_port

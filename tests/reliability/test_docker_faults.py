@@ -11,10 +11,10 @@ import urllib.request
 
 import pytest
 
-from powerstripflocker.localcluster.cluster import (
-    LocalCluster, adapter_command, agent_command, control_command, make_layout,
-    missing_requirements,
-)
+from powerstripflocker.localcluster.cluster import LocalCluster
+from powerstripflocker.localcluster.commands import adapter_command, agent_command, control_command
+from powerstripflocker.localcluster.layout import make_layout
+from powerstripflocker.localcluster.machine import missing_requirements
 from tests.agent.cluster import http, wait_for
 from tests.support.processes import free_port
 

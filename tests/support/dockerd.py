@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 import time
 
-from powerstripflocker.localcluster.cluster import (  # noqa: F401 - missing_requirements is re-exported
+from powerstripflocker.localcluster.machine import (  # noqa: F401 - missing_requirements is re-exported
     import_busybox_image, missing_requirements, unmount_under,
 )
 

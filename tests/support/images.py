@@ -7,7 +7,8 @@ import shutil
 import subprocess
 import tempfile
 
-from powerstripflocker.localcluster.cluster import ClusterError, docker
+from powerstripflocker.localcluster.layout import ClusterError
+from powerstripflocker.localcluster.machine import docker
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE_DIR = "/var/cache/powerstrip-flocker"
