@@ -6,6 +6,7 @@ from twisted.logger import (
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     globalLogBeginner,
     jsonFileLogObserver,
     textFileLogObserver,
@@ -13,6 +14,15 @@ from twisted.logger import (
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def not_the_reactors_farewell(event):
+    """Drops the reactor's "Main loop terminated.": a one-shot command's output ends with
+    its own answer, and a service's with its own stopping line."""
+    if (event.get("log_namespace") == "twisted.internet.base"
+            and event.get("log_format") == "Main loop terminated."):
+        return PredicateResult.no
+    return PredicateResult.maybe
 
 
 def start_logging(log_format="text", level="info", stream=None):
@@ -24,7 +34,8 @@ def start_logging(log_format="text", level="info", stream=None):
         observer = textFileLogObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
+        [FilteringLogObserver(observer, [not_the_reactors_farewell, predicate])],
+        redirectStandardIO=False
     )
 
 

@@ -4,14 +4,13 @@ from a container that is in fact still running."""
 
 import sys
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
 from twisted.logger import Logger
 
 from powerstripflocker.clients.flocker import ControlServiceUnreachable, FlockerAPIError, NotFound
 from powerstripflocker.frontends.options import add_operator_options, build_api
 from powerstripflocker.core.placement import choose_dataset, live_datasets_named
 from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
+from powerstripflocker.serving.lifecycle import run_reactor
 
 HELP = "release the lease that pins volume NAME to a node (when that node is gone)"
 
@@ -59,5 +58,4 @@ def run(options):
         if status:
             raise SystemExit(status)
 
-    # react() ends the process with main's outcome: 0, or the SystemExit status.
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    return run_reactor(main)

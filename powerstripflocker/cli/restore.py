@@ -5,8 +5,7 @@ as it was when deleted."""
 import sys
 import time
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from powerstripflocker.cli.status import human_seconds
@@ -14,6 +13,7 @@ from powerstripflocker.clients.flocker import AlreadyExists, ControlServiceUnrea
 from powerstripflocker.frontends.options import add_operator_options, build_api
 from powerstripflocker.core.placement import choose_dataset, live_datasets_named
 from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
+from powerstripflocker.serving.lifecycle import run_reactor
 
 HELP = "bring back deleted volume NAME from the trash of the node that keeps its data"
 
@@ -96,5 +96,4 @@ def run(options):
         if status:
             raise SystemExit(status)
 
-    # react() ends the process with main's outcome: 0, or the SystemExit status.
-    react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+    return run_reactor(main)

@@ -4,12 +4,12 @@ import ipaddress
 import os
 import re
 
-from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from powerstripflocker.clients.http import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, read_token_file
 from powerstripflocker.serving.credentials import make_token_file
+from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import BoundedSite, server_endpoint
 from powerstripflocker.control.httpapi import MAX_BODY, ControlAPI
 from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlService
@@ -191,86 +191,90 @@ def make_site(service, token):
                      authorise=lambda request: api.refusal(request.head_path(), request))
 
 
-async def serve(reactor, options):
-    if options.tls_ca and not options.tls_cert:
-        raise ConfigurationError("--tls-ca needs --tls-cert and --tls-key")
-    context = None
-    if options.tls_cert or options.tls_key:
-        context = tls_options(options.tls_cert, options.tls_key, options.tls_ca)
-    plain_http = context is None and not options.listen.startswith("ssl:")
-    if plain_http and not options.insecure_http and not is_loopback_listen(options.listen):
-        raise ConfigurationError(
-            f"--listen {options.listen} is not loopback: serve TLS there (--tls-cert, "
-            f"--tls-key) or, on a network you trust, give --insecure-http")
-    lock = lock_database(options.db)
-    token, token_source, token_made = read_token(options)
-    if token_made:
-        log.info("made the cluster token in {path} (mode 0600): give it to the agents and "
-                 "clients with --cluster-token-file", path=token_source)
-    else:
-        log.info("the cluster token is the one in {source}", source=token_source)
-    try:
-        secure_database_files(options.db)
-        store = Store(options.db)
-    except Exception as error:
-        raise ConfigurationError(f"cannot open database {options.db}: {error}")
-    service = ControlService(store, reactor, state_expiry=options.state_expiry)
-    factory = make_site(service, token)
-    if context is not None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-        factory = TLSMemoryBIOFactory(context, False, factory)
-    try:
-        endpoint = server_endpoint(reactor, options.listen)
-        port = await endpoint.listen(factory)
-    except (ValueError, TypeError, KeyError, CannotListenError) as error:
-        store.close()
-        raise ConfigurationError(f"cannot listen on {options.listen!r}: {error}")
-    service.start()
-    address = port.getHost()
-    log.info(
-        "control service listening on {address} ({scheme}; every request but /v1/version "
-        "and /metrics needs {auth}; database {db})",
-        address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
-        scheme="https" + (" with client certificates" if options.tls_ca else "")
-        if context else "http",
-        auth="the cluster token or a client certificate" if options.tls_ca
-        else "the cluster token",
-        db=options.db,
-    )
-    factory.noisy = False
-    stopped = Deferred()
+class ControlServer(PartService):
+    """The control service from start to stop: its database (locked against a second
+    control service), the cluster token, the API listening."""
 
-    def shutdown():
+    name = "control"
+
+    def __init__(self, reactor, options):
+        self.reactor = reactor
+        self.options = options
+        self._lock = self._store = self._service = self._port = None
+
+    async def start(self):
+        try:
+            await self._open()
+        except ConfigurationError as error:
+            self._close()
+            log.error("control service not started: {error}", error=str(error))
+            raise SystemExit(2)
+        except Exception:
+            self._close()
+            log.failure("control service failed")
+            raise SystemExit(1)
+
+    async def _open(self):
+        reactor, options = self.reactor, self.options
+        if options.tls_ca and not options.tls_cert:
+            raise ConfigurationError("--tls-ca needs --tls-cert and --tls-key")
+        context = None
+        if options.tls_cert or options.tls_key:
+            context = tls_options(options.tls_cert, options.tls_key, options.tls_ca)
+        plain_http = context is None and not options.listen.startswith("ssl:")
+        if plain_http and not options.insecure_http and not is_loopback_listen(options.listen):
+            raise ConfigurationError(
+                f"--listen {options.listen} is not loopback: serve TLS there (--tls-cert, "
+                f"--tls-key) or, on a network you trust, give --insecure-http")
+        self._lock = lock_database(options.db)
+        token, token_source, token_made = read_token(options)
+        if token_made:
+            log.info("made the cluster token in {path} (mode 0600): give it to the agents "
+                     "and clients with --cluster-token-file", path=token_source)
+        else:
+            log.info("the cluster token is the one in {source}", source=token_source)
+        try:
+            secure_database_files(options.db)
+            self._store = Store(options.db)
+        except Exception as error:
+            raise ConfigurationError(f"cannot open database {options.db}: {error}")
+        self._service = ControlService(self._store, reactor, state_expiry=options.state_expiry)
+        factory = make_site(self._service, token)
+        if context is not None:
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+            factory = TLSMemoryBIOFactory(context, False, factory)
+        try:
+            endpoint = server_endpoint(reactor, options.listen)
+            self._port = await endpoint.listen(factory)
+        except (ValueError, TypeError, KeyError, CannotListenError) as error:
+            raise ConfigurationError(f"cannot listen on {options.listen!r}: {error}")
+        self._service.start()
+        address = self._port.getHost()
+        log.info(
+            "control service listening on {address} ({scheme}; every request but "
+            "/v1/version and /metrics needs {auth}; database {db})",
+            address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
+            scheme="https" + (" with client certificates" if options.tls_ca else "")
+            if context else "http",
+            auth="the cluster token or a client certificate" if options.tls_ca
+            else "the cluster token",
+            db=options.db,
+        )
+        factory.noisy = False
+
+    async def stop(self):
         log.info("control service stopping")
-        service.stop()
-        store.close()
-        lock.close()
-        stopped.callback(None)
+        await self._port.stopListening()
+        # Waiting agents are answered now, while the store still reads.
+        self._service.stop()
+        self._close()
 
-    reactor.addSystemEventTrigger("before", "shutdown", port.stopListening)
-    reactor.addSystemEventTrigger("after", "shutdown", shutdown)
-    await stopped
+    def _close(self):
+        if self._store is not None:
+            self._store.close()
+        if self._lock is not None:
+            self._lock.close()
 
 
 def run(options):
-    from twisted.internet import task
-
-    status = []
-
-    async def main(reactor):
-        try:
-            await serve(reactor, options)
-        except ConfigurationError as error:
-            log.error("control service not started: {error}", error=str(error))
-            status.append(2)
-        except Exception:
-            log.failure("control service failed")
-            status.append(1)
-
-    try:
-        task.react(lambda reactor: ensureDeferred(main(reactor)))
-    except SystemExit as exit:
-        if status:
-            return status[0]
-        return exit.code or 0
-    return status[0] if status else 0
+    return run_until_stopped(lambda reactor: ControlServer(reactor, options), "control")

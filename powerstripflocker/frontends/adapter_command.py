@@ -1,13 +1,12 @@
 """powerstrip-flocker adapter: serve the Powerstrip hook endpoint for this node."""
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
 from twisted.logger import Logger
 
 from powerstripflocker.frontends.adapter import MAX_HOOK_BYTES, FlockerAdapter, hook_error_document
 from powerstripflocker.frontends.options import (
     add_control_options, build_api, build_placement, check_control_options, check_maximum_size,
 )
+from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import BoundedSite, server_endpoint
 from powerstripflocker.frontends.metrics import Metrics
 
@@ -34,17 +33,33 @@ def build_adapter(reactor, options):
     return FlockerAdapter(placement, api, metrics, reactor)
 
 
-def run(options):
+class AdapterService(PartService):
+    """The hook endpoint, listening from start to stop."""
+
+    name = "adapter"
+
+    def __init__(self, reactor, options):
+        self.reactor = reactor
+        self.options = options
+        self._port = None
+
+    async def start(self):
+        adapter = build_adapter(self.reactor, self.options)
+        site = BoundedSite(adapter.resource(), MAX_HOOK_BYTES, error_document=hook_error_document)
+        self._port = await server_endpoint(self.reactor, self.options.listen).listen(site)
+        log.info("powerstrip-flocker adapter listening on {address}, control service "
+                 "{control_url}", address=self._port.getHost(),
+                 control_url=self.options.control_url)
+
+    async def stop(self):
+        await self._port.stopListening()
+
+
+def check_options(options):
     check_control_options("adapter", options)
     check_maximum_size("adapter", options.maximum_size)
 
-    async def serve(reactor):
-        adapter = build_adapter(reactor, options)
-        site = BoundedSite(adapter.resource(), MAX_HOOK_BYTES, error_document=hook_error_document)
-        port = await server_endpoint(reactor, options.listen).listen(site)
-        log.info("powerstrip-flocker adapter listening on {address}, control service "
-                 "{control_url}", address=port.getHost(), control_url=options.control_url)
-        await Deferred()
 
-    react(lambda reactor: Deferred.fromCoroutine(serve(reactor)))
-    return 0
+def run(options):
+    check_options(options)
+    return run_until_stopped(lambda reactor: AdapterService(reactor, options), "adapter")
