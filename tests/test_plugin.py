@@ -150,6 +150,27 @@ class VolumePluginTests(SynchronousTestCase):
         self.assertEqual(self.call("VolumeDriver.Remove", {"Name": "keep"}), {"Err": ""})
         self.assertFalse(self.named("keep")[0].deleted)
 
+    def test_an_unexpected_failure_is_an_err_that_points_at_the_log(self):
+        def broken(name, maximum_size):
+            raise KeyError(name)
+        self.plugin._placement.create = broken
+        reply = self.call("VolumeDriver.Create", {"Name": "demo"})
+        self.assertEqual(reply, {"Err": "internal error in the flocker volume plugin "
+                                        "(KeyError); see its log"})
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_refusals_are_plugin_json_and_unknown_calls_are_http_errors(self):
+        response = self.successResultOf(self.client.post("http://plugin/VolumeDriver.Create",
+                                                         data=b"[]"))
+        self.assertEqual((response.code, response.headers.getRawHeaders("Content-Type")),
+                         (200, ["application/vnd.docker.plugins.v1.1+json"]))
+        self.assertEqual(json.loads(self.successResultOf(self.client.content(response))),
+                         {"Err": "request body must be a JSON object"})
+        for method, path, code in [("post", "VolumeDriver.Nothing", 404),
+                                   ("get", "VolumeDriver.Create", 405)]:
+            response = self.successResultOf(getattr(self.client, method)(f"http://plugin/{path}"))
+            self.assertEqual(response.code, code)
+
     def test_an_unreachable_control_service_is_one_clear_line(self):
         self.api.unreachable = "Connection refused"
         reply = self.call("VolumeDriver.Get", {"Name": "x"})

@@ -6,15 +6,18 @@ exactly as the Powerstrip adapter does, and holds the volume's lease from the fi
 Mount to the last Unmount.
 """
 
+import functools
 import json
 import re
 
 from klein import Klein
 from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
 
 from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerAPIError
 from powerstripflocker.core.placement import PlacementError
 from powerstripflocker.core.docker_json import InvalidRequest, check_json_depth
+from powerstripflocker.core.mount_counts import MountCounts
 from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
 
 log = Logger()
@@ -92,6 +95,34 @@ def _name(body):
         raise PluginError(str(reason).replace("/flocker/", "")) from None
 
 
+def refusal_message(error):
+    """The one line a failed plugin call answers with, for the docker user."""
+    if isinstance(error, (PluginError, PlacementError)):
+        return str(error)
+    if isinstance(error, FlockerAPIError):
+        return f"the control service refused: {error.description}"
+    return (f"internal error in the flocker volume plugin ({type(error).__name__}); "
+            "see its log")
+
+
+def _reply(request, document):
+    request.setHeader(b"Content-Type", b"application/vnd.docker.plugins.v1.1+json")
+    return json.dumps(document).encode()
+
+
+def _plugin_call(handler):
+    """A route of handler(self, body) -> its reply document; a failure, raised anywhere
+    below, is answered by VolumePlugin.refuse."""
+
+    @functools.wraps(handler)
+    async def route(self, request):
+        reply = await handler(self, _request_body(request))
+        reply.setdefault("Err", "")
+        return _reply(request, reply)
+
+    return route
+
+
 class VolumePlugin:
     """Klein app for /Plugin.Activate and /VolumeDriver.*."""
 
@@ -102,8 +133,7 @@ class VolumePlugin:
         self._placement = placement
         self._make_keeper = make_keeper
         self._keeper = None
-        self._mounts = {}  # name -> {mount id: count}
-        self._datasets = {}  # name -> dataset_id of its mounts
+        self._mount_counts = MountCounts()
 
     async def _lease_keeper(self):
         if self._keeper is None:
@@ -120,80 +150,62 @@ class VolumePlugin:
     def resource(self):
         return self.app.resource()
 
-    async def _answer(self, request, handler):
-        request.setHeader(b"Content-Type", b"application/vnd.docker.plugins.v1.1+json")
-        try:
-            reply = await handler(_request_body(request))
-            reply.setdefault("Err", "")
-        except (PluginError, PlacementError) as reason:
-            reply = {"Err": str(reason)}
-        except FlockerAPIError as reason:
-            reply = {"Err": f"the control service refused: {reason.description}"}
-        except Exception as reason:
-            log.failure("volume plugin request failed unexpectedly")
-            reply = {"Err": f"internal error in the flocker volume plugin "
-                            f"({type(reason).__name__}); see its log"}
-        if reply["Err"]:
-            log.warn("{path}: {error}", path=request.path.decode(), error=reply["Err"])
-        return json.dumps(reply).encode()
+    @app.handle_errors(Exception)
+    def refuse(self, request, failure):
+        """Every failure of a call as the protocol wants it: 200 and {"Err": one line}."""
+        if failure.check(HTTPException):
+            return failure  # no such call: Klein's own 404 or 405
+        if not failure.check(PluginError, PlacementError, FlockerAPIError):
+            log.failure("volume plugin request failed unexpectedly", failure)
+        message = refusal_message(failure.value)
+        log.warn("{path}: {error}", path=request.path.decode(), error=message)
+        return _reply(request, {"Err": message})
 
     @app.route("/Plugin.Activate", methods=["POST"])
-    def activate(self, request):
-        async def handle(body):
-            return {"Implements": ["VolumeDriver"]}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def activate(self, body):
+        return {"Implements": ["VolumeDriver"]}
 
     @app.route("/VolumeDriver.Capabilities", methods=["POST"])
-    def capabilities(self, request):
-        async def handle(body):
-            return {"Capabilities": {"Scope": "global"}}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def capabilities(self, body):
+        return {"Capabilities": {"Scope": "global"}}
 
     @app.route("/VolumeDriver.Create", methods=["POST"])
-    def create(self, request):
-        async def handle(body):
-            name = _name(body)
-            maximum_size = parse_options(body.get("Opts"))
-            await self._placement.create(name, maximum_size)
-            return {}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def create(self, body):
+        name = _name(body)
+        maximum_size = parse_options(body.get("Opts"))
+        await self._placement.create(name, maximum_size)
+        return {}
 
     @app.route("/VolumeDriver.Remove", methods=["POST"])
-    def remove(self, request):
-        async def handle(body):
-            _name(body)  # datasets outlive Docker's volume objects: delete through the API
-            return {}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def remove(self, body):
+        _name(body)  # datasets outlive Docker's volume objects: delete through the API
+        return {}
 
     @app.route("/VolumeDriver.Mount", methods=["POST"])
-    def mount(self, request):
-        async def handle(body):
-            name = _name(body)
-            mount_id = str(body.get("ID") or "")
-            volume = (await self._placement.place([name]))[name]
-            counts = self._mounts.setdefault(name, {})
-            if not counts.get(mount_id):
-                keeper = await self._lease_keeper()
-                await keeper.hold(volume.dataset_id, f"mount:{mount_id}", "a docker volume mount")
-            counts[mount_id] = counts.get(mount_id, 0) + 1
-            self._datasets[name] = volume.dataset_id
-            return {"Mountpoint": volume.path}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def mount(self, body):
+        name = _name(body)
+        mount_id = str(body.get("ID") or "")
+        volume = (await self._placement.place([name]))[name]
+        if not self._mount_counts.is_mounted(name, mount_id):
+            keeper = await self._lease_keeper()
+            await keeper.hold(volume.dataset_id, f"mount:{mount_id}", "a docker volume mount")
+        self._mount_counts.mounted(name, mount_id, volume.dataset_id)
+        return {"Mountpoint": volume.path}
 
     @app.route("/VolumeDriver.Unmount", methods=["POST"])
-    def unmount(self, request):
-        async def handle(body):
-            name = _name(body)
-            mount_id = str(body.get("ID") or "")
-            counts = self._mounts.get(name, {})
-            if counts.get(mount_id):
-                counts[mount_id] -= 1
-                if not counts[mount_id]:
-                    del counts[mount_id]
-                    keeper = await self._lease_keeper()
-                    await keeper.release(self._datasets[name], f"mount:{mount_id}")
-            return {}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def unmount(self, body):
+        mount_id = str(body.get("ID") or "")
+        ended = self._mount_counts.unmounted(_name(body), mount_id)
+        if ended is not None:
+            keeper = await self._lease_keeper()
+            await keeper.release(ended, f"mount:{mount_id}")
+        return {}
 
     async def _view(self, name):
         view = await self._placement.view(name, QUICK_ANSWER_SECONDS)
@@ -202,29 +214,26 @@ class VolumePlugin:
         return view
 
     @app.route("/VolumeDriver.Path", methods=["POST"])
-    def path(self, request):
-        async def handle(body):
-            return {"Mountpoint": (await self._view(_name(body))).local_path}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def path(self, body):
+        return {"Mountpoint": (await self._view(_name(body))).local_path}
 
     @app.route("/VolumeDriver.Get", methods=["POST"])
-    def get(self, request):
-        async def handle(body):
-            view = await self._view(_name(body))
-            status = {"dataset_id": view.dataset.dataset_id,
-                      "primary": view.dataset.primary,
-                      "state": "local" if view.local_path else (
-                          "on another node" if view.holder else "pending")}
-            if view.dataset.maximum_size:
-                status["maximum_size"] = view.dataset.maximum_size
-            return {"Volume": {"Name": view.name, "Mountpoint": view.local_path,
-                               "Status": status}}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def get(self, body):
+        view = await self._view(_name(body))
+        status = {"dataset_id": view.dataset.dataset_id,
+                  "primary": view.dataset.primary,
+                  "state": "local" if view.local_path else (
+                      "on another node" if view.holder else "pending")}
+        if view.dataset.maximum_size:
+            status["maximum_size"] = view.dataset.maximum_size
+        return {"Volume": {"Name": view.name, "Mountpoint": view.local_path,
+                           "Status": status}}
 
     @app.route("/VolumeDriver.List", methods=["POST"])
-    def list(self, request):
-        async def handle(body):
-            views = await self._placement.views(QUICK_ANSWER_SECONDS)
-            return {"Volumes": [{"Name": name, "Mountpoint": views[name].local_path}
-                                for name in sorted(views)]}
-        return self._answer(request, handle)
+    @_plugin_call
+    async def list(self, body):
+        views = await self._placement.views(QUICK_ANSWER_SECONDS)
+        return {"Volumes": [{"Name": name, "Mountpoint": views[name].local_path}
+                            for name in sorted(views)]}
