@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from powerstripflocker.frontends.adapter import FlockerAdapter
-from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.frontends.metrics import Metrics
 from powerstripflocker.core.placement import Placement
 

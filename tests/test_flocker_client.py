@@ -8,7 +8,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.clients.flocker import ControlServiceUnreachable, FlockerClient
+from powerstripflocker.clients.flocker import ControlServiceUnreachable
+from powerstripflocker.clients.flocker_client import FlockerClient
 
 
 class Silent(Protocol):

@@ -3,7 +3,8 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.clients.flocker import HeldElsewhere, MemoryFlockerAPI
+from powerstripflocker.clients.flocker import HeldElsewhere
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 
 from .flocker_contract import make_flocker_api_tests
 

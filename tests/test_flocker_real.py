@@ -7,7 +7,8 @@ import pytest
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from powerstripflocker.clients.flocker import FlockerClient, Node
+from powerstripflocker.clients.flocker import Node
+from powerstripflocker.clients.flocker_client import FlockerClient
 
 from .agent.cluster import Cluster
 from .flocker_contract import make_flocker_api_tests

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from powerstripflocker.clients.docker import DockerEngineClient, MemoryDockerEngine, Mount
-from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.core.fencing import Fencer
 from powerstripflocker.core.inuse import UseTracker, dataset_of
 from powerstripflocker.core.kernel_mounts import (

@@ -4,7 +4,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.clients.flocker import DatasetConfig, MemoryFlockerAPI
+from powerstripflocker.clients.flocker import DatasetConfig
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.frontends.metrics import Metrics
 from powerstripflocker.core.placement import (
     FIRST_POLL, IN_USE_RECHECK, ControlServiceUnavailable, NodeUnknown, Placement,

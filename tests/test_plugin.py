@@ -7,7 +7,7 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.core.lease_keeper import LeaseKeeper
 from powerstripflocker.core.placement import Placement
 from powerstripflocker.frontends.plugin import PluginError, VolumePlugin, parse_size

@@ -2,7 +2,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.cli.release import release
 
 

@@ -6,7 +6,7 @@ import time
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.clients.flocker import FlockerClient
+from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.cli.restore import restore
 
 from .control.helpers import BASE, NODE1, NODE2, harness

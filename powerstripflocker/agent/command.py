@@ -10,9 +10,11 @@ from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
 
-from powerstripflocker.clients.http import TokenError, client_token
+from powerstripflocker.clients.http import (
+    DEFAULT_CONTROL_URL, TOKEN_ENV, command_token, http_client, tls_policy,
+)
 from powerstripflocker.clients.docker import DockerEngineClient
-from powerstripflocker.clients.flocker import FlockerClient, tls_policy
+from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.core.fencing import Fencer
 from powerstripflocker.core.inuse import DEFAULT_POLL_SECONDS, UseTracker
 from powerstripflocker.core.kernel_mounts import KernelMounts
@@ -24,16 +26,17 @@ from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import REPLICA
 from powerstripflocker.agent.peer import PeerClient, PeerServer
 from powerstripflocker.agent.service import DEFAULT_KEEP_DELETED, AgentService
+from powerstripflocker.protocol.ids import canonical_uuid
 
 HELP = "run the node agent: create, move and delete this node's datasets"
-TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
 
 log = Logger()
 
 
 def configure(parser):
-    parser.add_argument("--control-url", default="http://127.0.0.1:4523",
-                        help="the control service (default %(default)s)")
+    parser.add_argument("--control-url", default=DEFAULT_CONTROL_URL,
+                        help="the control service, with or without /v1 (default "
+                             "%(default)s)")
     parser.add_argument("--data-root", default="/var/lib/powerstrip-flocker/agent",
                         help="where datasets and the node UUID live (default %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="directory",
@@ -98,20 +101,15 @@ def duration(text):
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
 
 
-def read_token(options, environ=None):
-    environ = os.environ if environ is None else environ
-    try:
-        return client_token(options.cluster_token_file, options.control_url, environ)
-    except TokenError as error:
-        raise SystemExit(str(error))
-
-
 def node_uuid(data_root):
     """This node's UUID, created once and kept in <data-root>/node-uuid."""
     path = os.path.join(data_root, "node-uuid")
     try:
         with open(path, encoding="utf-8") as f:
-            return str(uuid.UUID(f.read().strip()))
+            recorded = canonical_uuid(f.read().strip())
+        if recorded is None:
+            raise SystemExit(f"{path} holds no UUID: remove it to make a new one")
+        return recorded
     except FileNotFoundError:
         pass
     value = str(uuid.uuid4())
@@ -150,33 +148,13 @@ def advertise_url(listen, address):
     return f"{scheme}://{host}:{port}"
 
 
-def http_client(reactor, tls_ca=None):
-    """treq client with a quiet connection pool; https URLs checked against tls_ca if given."""
-    import treq
-    from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-    from twisted.web.client import _HTTP11ClientFactory
-
-    class QuietFactory(_HTTP11ClientFactory):
-        noisy = False
-
-    pool = HTTPConnectionPool(reactor)
-    pool._factory = QuietFactory
-    pool.maxPersistentPerHost = 4
-    policy = BrowserLikePolicyForHTTPS()
-    if tls_ca:
-        from twisted.internet.ssl import Certificate
-        with open(tls_ca, "rb") as f:
-            policy = BrowserLikePolicyForHTTPS(trustRoot=Certificate.loadPEM(f.read()))
-    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
-
-
 async def main(reactor, options):
     data_root = os.path.abspath(options.data_root)
     # Nobody but root reaches a dataset: the directories inside keep the modes their
     # containers need, and Docker binds them as root.
     os.makedirs(data_root, mode=0o700, exist_ok=True)
     os.chmod(data_root, 0o700)
-    token = read_token(options)
+    token = command_token(options)
     me = node_uuid(data_root)
     url = options.advertise_url or advertise_url(options.listen, options.address)
     faults = Faults.from_environment()
@@ -188,7 +166,7 @@ async def main(reactor, options):
                      "control service makes cluster.token next to its database) or set "
                      "{env}", env=TOKEN_ENV)
         raise SystemExit(2)
-    http = http_client(reactor, options.tls_ca)
+    http = http_client(reactor, tls_policy(options.tls_ca))
     backend = make_backend(options.backend, reactor, data_root,
                            btrfs_quota=options.btrfs_quota)
     datasets = os.path.join(data_root, "datasets")
@@ -226,7 +204,7 @@ def track_use(reactor, options, agent, backend, me, token=None):
     """Hold leases on the datasets in use on this node (mounted in any mount namespace,
     or used by a container of --docker) and fence those whose lease lapses. Started
     before the agent's first convergence, so a restarted agent knows at once."""
-    policy = tls_policy(options.tls_ca) if options.tls_ca else None
+    policy = tls_policy(options.tls_ca)
     # A renewal that hangs must not hold up the next one for long.
     api = FlockerClient(reactor, options.control_url, tls_policy=policy, token=token,
                         timeout=min(10.0, options.lease_seconds / 3))

@@ -14,7 +14,6 @@ makes this node its primary again and convergence restores it), then purged by a
 every TRASH_CHECK_LIMIT seconds at most, and at start.
 """
 
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -28,16 +27,9 @@ from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import PRIMARY, ClusterView, Cleanup, Create, Destroy, Push, Restore, Wait
 from powerstripflocker.agent.peer import PeerError, Refused
 from powerstripflocker.agent.streams import CommandFailed, Progress, failure_cause
+from powerstripflocker.protocol.ids import is_uuid
 
 log = Logger()
-
-
-def _is_uuid(text):
-    try:
-        uuid.UUID(str(text))
-        return True
-    except ValueError:
-        return False
 
 
 class TransferStalled(Exception):
@@ -278,7 +270,7 @@ class AgentService:
         transfers = []
         pushing = set()
         for progress in self.active:
-            if not _is_uuid(progress.peer):
+            if not is_uuid(progress.peer):
                 continue
             entry = progress.as_report()
             failed = self.failures.get(progress.dataset_id)

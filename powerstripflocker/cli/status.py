@@ -3,16 +3,20 @@
 import json
 import os
 import time
+from dataclasses import asdict
 
 from twisted.logger import Logger
 
-from powerstripflocker.clients.http import TokenError, client_token
+from powerstripflocker.clients.control_agent import ControlClient
+from powerstripflocker.clients.flocker import ControlServiceUnreachable, FlockerAPIError
+from powerstripflocker.clients.flocker_client import FlockerClient
+from powerstripflocker.clients.http import (
+    CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, TokenError, client_token,
+    connection_pool, http_client, tls_policy,
+)
 
 HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, moves, leases"
 
-DEFAULT_URL = "http://127.0.0.1:4523"
-URL_ENV = "FLOCKER_CONTROL_SERVICE_BASE_URL"
-TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
 REQUEST_TIMEOUT = 15
 
 COLUMNS = ("NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE")
@@ -26,14 +30,13 @@ class StatusError(Exception):
 
 def configure(parser):
     parser.add_argument(
-        "--control-url", default=os.environ.get(URL_ENV, DEFAULT_URL),
-        help=f"control service base URL, with or without /v1 (default ${URL_ENV} "
-             f"or {DEFAULT_URL})",
+        "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
+        help=f"control service base URL, with or without /v1 (default ${CONTROL_URL_ENV} "
+             f"or {DEFAULT_CONTROL_URL})",
     )
     parser.add_argument(
         "--cluster-token-file", metavar="PATH",
-        help=f"cluster token (or ${TOKEN_ENV}; else, for a control service on this "
-             f"machine, the one it made in /var/lib/powerstrip-flocker/cluster.token)",
+        help=f"cluster token ({TOKEN_SOURCES})",
     )
     parser.add_argument("--all", action="store_true",
                         help="also list deleted datasets, and until when a node's trash "
@@ -42,14 +45,6 @@ def configure(parser):
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate of an https control URL")
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     parser.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
-
-
-def base_url(url):
-    """http://host:port from http://host:port, .../, .../v1 or .../v1/."""
-    url = url.strip().rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    return url.rstrip("/")
 
 
 # -- pure: documents -> rows -> text -------------------------------------------
@@ -179,78 +174,45 @@ def render_table(rows):
 # -- fetching ---------------------------------------------------------------------
 
 
-async def fetch(client, url, token=None):
-    """(configuration, state, nodes, leases, cluster or None) from the control service."""
-    root = base_url(url)
-
-    async def get_json(path, headers=None, optional=False):
-        try:
-            response = await client.get(root + path, headers=headers or {},
-                                        timeout=REQUEST_TIMEOUT)
-            body = await response.content()
-        except Exception as error:
-            if optional:
-                return None
-            raise StatusError(f"cannot reach the control service at {root}: {error}")
-        if response.code != 200:
-            if optional:
-                return None
-            raise StatusError(
-                f"GET {root}{path} answered {response.code}: {body[:200].decode('utf-8', 'replace')}"
-            )
-        try:
-            return json.loads(body)
-        except ValueError:
-            if optional:
-                return None
-            raise StatusError(f"GET {root}{path} answered something that is not JSON")
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    configuration = await get_json("/v1/configuration/datasets", headers)
-    state = await get_json("/v1/state/datasets", headers)
-    nodes = await get_json("/v1/state/nodes", headers)
-    leases = await get_json("/v1/configuration/leases", headers)
-    cluster = await get_json("/agent/v1/cluster", headers=headers, optional=True)
-    return configuration, state, nodes, leases, cluster
+async def fetch(client, url, token=None, reactor=None):
+    """(configuration, state, nodes, leases, cluster or None) from the control service
+    at url (with or without /v1) over client, a treq HTTPClient: the v1 documents, and
+    the agents' view of the cluster when the token lets it be read."""
+    if reactor is None:
+        from twisted.internet import reactor
+    # One try each: a command reports what it found, it does not wait for a service.
+    api = FlockerClient(reactor, url, timeout=REQUEST_TIMEOUT, connect_retries=0,
+                        http_client=client, token=token)
+    try:
+        configuration = await api.list_datasets_configuration()
+        state = await api.list_datasets_state()
+        nodes = await api.list_nodes()
+        leases = await api.list_leases()
+    except ControlServiceUnreachable as error:
+        raise StatusError(str(error))
+    except FlockerAPIError as error:
+        raise StatusError(f"the control service at {api.base_url} answered {error}")
+    documents = [[asdict(entry) for entry in entries]
+                 for entries in (configuration.datasets, state, nodes, leases)]
+    return (*documents, await cluster_view(client, url, token))
 
 
-def _tls_policy(ca_path, cert_path, key_path):
-    from twisted.internet import ssl
-    from twisted.web.iweb import IPolicyForHTTPS
-    from zope.interface import implementer
-
-    with open(ca_path, "rb") as f:
-        trust = ssl.Certificate.loadPEM(f.read())
-    client_cert = None
-    if cert_path:
-        with open(cert_path, "rb") as c, open(key_path or cert_path, "rb") as k:
-            client_cert = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read())
-
-    @implementer(IPolicyForHTTPS)
-    class Policy:
-        def creatorForNetloc(self, hostname, port):
-            return ssl.optionsForClientTLS(
-                hostname.decode("ascii"), trustRoot=trust, clientCertificate=client_cert,
-            )
-
-    return Policy()
+async def cluster_view(client, url, token):
+    """The agents' view of the cluster (moves' progress, trash), or None when it cannot
+    be read: the table is shown without it."""
+    try:
+        return await ControlClient(url, token=token, http=client).cluster(timeout=0)
+    except Exception:
+        return None
 
 
 def make_client(reactor, options):
-    from treq.client import HTTPClient
-    from twisted.web import client
-
-    class QuietFactory(client._HTTP11ClientFactory):
-        noisy = False  # no "Starting factory" lines around a command's output
-
-    pool = client.HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = QuietFactory
+    """The treq client of one status command: no connection kept after it, https URLs
+    checked against --tls-ca, with --tls-cert/--tls-key as the client certificate."""
     if options.tls_cert and not options.tls_ca:
         raise StatusError("--tls-cert needs --tls-ca (the CA of the control service)")
-    if options.tls_ca:
-        policy = _tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
-        return HTTPClient(client.Agent(reactor, contextFactory=policy, pool=pool))
-    return HTTPClient(client.Agent(reactor, pool=pool))
+    policy = tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
+    return http_client(reactor, policy, connection_pool(reactor, persistent=False))
 
 
 def read_token(options, environ=os.environ):

@@ -9,14 +9,18 @@ from urllib.parse import urlencode
 
 import treq
 
+from powerstripflocker.clients.http import control_root
+
 
 class ControlError(Exception):
     pass
 
 
 class ControlClient:
+    """base_url: the control service, given with or without /v1."""
+
     def __init__(self, base_url, token=None, http=None):
-        self.base_url = base_url.rstrip("/")
+        self.base_url = control_root(base_url)
         self.token = token
         self.http = http or treq
 

@@ -12,9 +12,11 @@ import treq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import Agent
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import Interface, implementer
+
+from powerstripflocker.clients.http import connection_pool
 
 API_VERSION = "v1.41"
 
@@ -127,7 +129,7 @@ class DockerEngineClient:
             raise ValueError(f"unix socket path longer than 107 bytes: {address!r}")
         self.address = address
         self._timeout = timeout
-        self._pool = HTTPConnectionPool(reactor)
+        self._pool = connection_pool(reactor)
         self._http = treq.client.HTTPClient(Agent.usingEndpointFactory(
             reactor, _DaemonEndpoints(reactor, address), pool=self._pool))
         self._streams = []

@@ -23,7 +23,6 @@ import json
 import re
 from dataclasses import dataclass, field
 
-import treq
 from twisted.internet import defer
 from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -32,13 +31,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
-    Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, RequestTransmissionFailed,
-    ResponseDone, ResponseFailed, ResponseNeverReceived,
+    RequestTransmissionFailed, ResponseDone, ResponseFailed, ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
 from zope.interface import Attribute, Interface, implementer
 
-from powerstripflocker.clients.flocker import tls_policy
+from powerstripflocker.clients.http import connection_pool, http_client, tls_policy
 
 log = Logger()
 
@@ -666,12 +664,9 @@ class EtcdClient:
         self._watches = set()
 
     def _http_client(self, reactor, policy, persistent):
-        pool = HTTPConnectionPool(reactor, persistent=persistent)
-        pool.maxPersistentPerHost = 8
+        pool = connection_pool(reactor, persistent=persistent, max_per_host=8)
         self._pools.append(pool)
-        if policy is None:
-            return treq.client.HTTPClient(Agent(reactor, pool=pool))
-        return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+        return http_client(reactor, policy, pool)
 
     def close(self):
         """Stop every watch and close the idle connections; Deferred firing when done."""
@@ -841,10 +836,8 @@ class EtcdClient:
 
 
 def _tls_policy(files):
-    if files.ca is None:
-        if files.cert:
-            raise ValueError("an etcd client certificate needs the CA (--store-ca) too")
-        return BrowserLikePolicyForHTTPS()
+    if files.ca is None and files.cert:
+        raise ValueError("an etcd client certificate needs the CA (--store-ca) too")
     return tls_policy(files.ca, files.cert, files.key)
 
 

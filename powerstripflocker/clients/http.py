@@ -16,6 +16,8 @@ from twisted.web.client import (
     Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory,
 )
 
+DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
+CONTROL_URL_ENV = "FLOCKER_CONTROL_SERVICE_BASE_URL"
 TOKEN_ENV = "POWERSTRIP_FLOCKER_CLUSTER_TOKEN"
 TOKEN_FILE_NAME = "cluster.token"
 DEFAULT_STATE_DIRECTORY = "/var/lib/powerstrip-flocker"

@@ -9,7 +9,6 @@ unexpected is logged and answered with a JSON 500 that says where to look.
 import functools
 import json
 import math
-import re
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, ensureDeferred, maybeDeferred
@@ -21,8 +20,9 @@ from powerstripflocker import __version__
 from powerstripflocker.serving.credentials import refusal as credentials_refusal
 from powerstripflocker.core.docker_json import check_json_depth
 from powerstripflocker.control.metrics import ControlMetrics
-from powerstripflocker.control.schema import UUID4_PATTERN, schema_errors
-from powerstripflocker.control.service import DEFAULT_CLAIM_SECONDS, APIError, normalise_uuid
+from powerstripflocker.control.schema import schema_errors
+from powerstripflocker.control.service import DEFAULT_CLAIM_SECONDS, APIError
+from powerstripflocker.protocol.ids import canonical_uuid, is_uuid4
 
 MAX_BODY = 1024 * 1024
 DEFAULT_POLL_TIMEOUT = 30.0
@@ -42,7 +42,6 @@ INTERNAL_ERROR = "internal error, see the control service log"
 OPEN_PATHS = (b"/v1/version", b"/metrics")
 
 log = Logger()
-UUID4 = re.compile(UUID4_PATTERN)
 
 
 def _reject_constant(name):
@@ -316,7 +315,7 @@ class ControlAPI:
     @endpoint
     def release_lease(self, request, dataset_id):
         node_uuid = _query_text(request, b"node_uuid")
-        if node_uuid is not None and normalise_uuid(node_uuid) is None:
+        if node_uuid is not None and canonical_uuid(node_uuid) is None:
             raise APIError(400, f"node_uuid must be a UUID, not {node_uuid!r}.")
         lease = self.service.release_lease(dataset_id, node_uuid)
         return 200, lease.to_json(self.service.clock.seconds()), self._tag_headers()
@@ -341,7 +340,7 @@ class ControlAPI:
     @app.route("/agent/v1/nodes/<node_uuid>", methods=["PUT"])
     @endpoint
     def put_node(self, request, node_uuid):
-        if not UUID4.fullmatch(node_uuid):
+        if not is_uuid4(node_uuid):
             raise APIError(400, f"The node UUID {node_uuid!r} is not a version 4 UUID.")
         normalised = node_uuid.lower()
         body = read_json(request, "node_report")

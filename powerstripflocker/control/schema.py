@@ -9,12 +9,10 @@ not carry ``deleted``, sizes are bounded so they fit in SQLite.
 
 from jsonschema import Draft4Validator
 
-UUID4_PATTERN = (
-    "^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-4[A-Fa-f0-9]{3}-[89abAB][A-Fa-f0-9]{3}-[A-Fa-f0-9]{12}$"
-)
-ANY_UUID_PATTERN = (
-    "^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{12}$"
-)
+from powerstripflocker.protocol import ids
+
+UUID4_PATTERN = f"^{ids.UUID4_PATTERN}$"
+ANY_UUID_PATTERN = f"^{ids.UUID_PATTERN}$"
 
 # Beyond Flocker: keep sizes within SQLite's 64-bit integers (no 500 on a huge number).
 MAX_SIZE_LIMIT = 2 ** 62

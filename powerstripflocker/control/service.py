@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from powerstripflocker.protocol.ids import canonical_uuid
 from powerstripflocker.protocol.leases import after_use_ended, granted
 from powerstripflocker.control.store import Dataset, Lease
 
@@ -67,16 +68,6 @@ class ClaimedElsewhere(APIError):
 
     def body(self):
         return dict(super().body(), claimed_by=dict(self.claimant))
-
-
-def normalise_uuid(text):
-    """Lower-case canonical form of a UUID string, or None if text is not one."""
-    try:
-        value = uuid.UUID(text)
-    except (ValueError, TypeError, AttributeError):
-        return None
-    canonical = str(value)
-    return canonical if canonical == text.lower() else None
 
 
 @dataclass
@@ -261,7 +252,7 @@ class ControlService:
         return dataset
 
     def _existing(self, dataset_id):
-        normalised = normalise_uuid(dataset_id)
+        normalised = canonical_uuid(dataset_id)
         dataset = None if normalised is None else self.store.get_dataset(normalised)
         if dataset is None:
             raise APIError(404, DATASET_NOT_FOUND)
@@ -597,7 +588,7 @@ class ControlService:
         """Without node_uuid, break the lease (Flocker's admin release). With it, the
         holder node_uuid says its use ended: the lease goes, unless a claim made after
         its users started still keeps it (until that claim's expiry)."""
-        normalised = normalise_uuid(dataset_id)
+        normalised = canonical_uuid(dataset_id)
         with self.store.transaction():
             lease = None if normalised is None else self._live_lease(normalised)
             if lease is None:

@@ -3,19 +3,19 @@ where the control service is, who this node is, and how long to wait."""
 
 import os
 
-from powerstripflocker.clients.http import TokenError, client_token
-from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerClient, tls_policy
+from powerstripflocker.clients.http import (
+    CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, command_token, tls_policy,
+)
+from powerstripflocker.clients.flocker import MINIMUM_SIZE
+from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.core.placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEADLINE, Placement
-
-DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
 
 
 def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     parser.add_argument(
-        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
-                                                DEFAULT_CONTROL_URL),
-        help="the Flocker v1 control service, with or without /v1 "
-             "(env FLOCKER_CONTROL_SERVICE_BASE_URL; default %(default)s)",
+        "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
+        help=f"the Flocker v1 control service, with or without /v1 "
+             f"(env {CONTROL_URL_ENV}; default %(default)s)",
     )
     identity = parser.add_mutually_exclusive_group()
     identity.add_argument(
@@ -43,9 +43,7 @@ def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     )
     parser.add_argument(
         "--cluster-token-file", default=None,
-        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; else, for a "
-             "control service on this machine, the one it made in "
-             "/var/lib/powerstrip-flocker/cluster.token), sent as a bearer token with every "
+        help=f"the cluster token ({TOKEN_SOURCES}), sent as a bearer token with every "
              "request to the control service",
     )
     parser.add_argument("--tls-ca", help="cluster CA certificate: talk HTTPS to the control "
@@ -58,18 +56,15 @@ def add_operator_options(parser):
     """How an operator's one-shot command (release, restore) reaches the control
     service: its URL, one request's timeout, the cluster token and TLS."""
     parser.add_argument(
-        "--control-url", default=os.environ.get("FLOCKER_CONTROL_SERVICE_BASE_URL",
-                                                DEFAULT_CONTROL_URL),
-        help="the Flocker v1 control service (env FLOCKER_CONTROL_SERVICE_BASE_URL; default "
-             "%(default)s)")
+        "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
+        help=f"the Flocker v1 control service, with or without /v1 (env {CONTROL_URL_ENV}; "
+             "default %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=10.0,
                         help="seconds one control service request may take (default "
                              "%(default)g)")
     parser.add_argument("--cluster-token-file", default=None,
-                        help="the cluster token (or env POWERSTRIP_FLOCKER_CLUSTER_TOKEN; "
-                             "else, for a control service on this machine, the one it made "
-                             "in /var/lib/powerstrip-flocker/cluster.token), sent as a "
-                             "bearer token to the control service")
+                        help=f"the cluster token ({TOKEN_SOURCES}), sent as a bearer "
+                             "token to the control service")
     parser.add_argument("--tls-ca", help="cluster CA certificate of an https control URL")
     parser.add_argument("--tls-cert", help="client certificate for mutual TLS")
     parser.add_argument("--tls-key", help="client private key for mutual TLS")
@@ -96,14 +91,7 @@ def build_api(reactor, options):
     if options.tls_ca:
         policy = tls_policy(options.tls_ca, options.tls_cert, options.tls_key)
     return FlockerClient(reactor, options.control_url, timeout=options.request_timeout,
-                         tls_policy=policy, token=cluster_token(options))
-
-
-def cluster_token(options):
-    try:
-        return client_token(options.cluster_token_file, options.control_url)
-    except TokenError as reason:
-        raise SystemExit(str(reason)) from None
+                         tls_policy=policy, token=command_token(options))
 
 
 def build_placement(reactor, api, options, metrics=None, maximum_size=None):

@@ -7,13 +7,11 @@ status and message the docker client will see. The chain stops there.
 
 import json
 
-import treq
 from twisted.internet import defer, error as netError
 from twisted.logger import Logger
-from twisted.web.client import (
-    Agent, HTTPConnectionPool, ResponseFailed, ResponseNeverReceived,
-)
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 
+from powerstripflocker.clients.http import connection_pool, http_client
 from powerstripflocker.protocol import hooks as envelope
 
 DEFAULT_TIMEOUT = 150.0
@@ -37,11 +35,8 @@ class HookCaller:
         self._reactor = reactor
         self._adapters = adapters
         self.timeout = timeout
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 8
-        self._pool._factory = type(
-            "QuietHTTP11ClientFactory", (self._pool._factory,), {"noisy": False})
-        self._http = treq.client.HTTPClient(Agent(reactor, pool=self._pool))
+        self._pool = connection_pool(reactor, max_per_host=8)
+        self._http = http_client(reactor, pool=self._pool)
 
     def set_adapters(self, adapters):
         self._adapters = dict(adapters)

@@ -5,7 +5,8 @@ would; the two-process run with real agents lives with the agent tests."""
 
 from twisted.internet import reactor
 
-from powerstripflocker.clients.flocker import FlockerClient, Node
+from powerstripflocker.clients.flocker import Node
+from powerstripflocker.clients.flocker_client import FlockerClient
 
 from ..flocker_contract import make_flocker_api_tests
 from .helpers import BASE, NODE1, NODE2, harness

@@ -5,7 +5,8 @@ import argparse
 from twisted.trial.unittest import TestCase
 
 from powerstripflocker.cli import status
-from powerstripflocker.cli.status import base_url, build_rows, fetch, render_table
+from powerstripflocker.cli.status import build_rows, fetch, render_table
+from powerstripflocker.clients.http import TOKEN_ENV, control_root as base_url
 
 from .helpers import BASE, NODE1, NODE2, harness
 
@@ -155,5 +156,5 @@ class CommandTests(TestCase):
         self.assertEqual(
             status.read_token(self.parse("--cluster-token-file", path), {}), "from-file")
         self.assertEqual(
-            status.read_token(self.parse(), {status.TOKEN_ENV: "env"}), "env")
+            status.read_token(self.parse(), {TOKEN_ENV: "env"}), "env")
         self.assertIsNone(status.read_token(self.parse(), {}))

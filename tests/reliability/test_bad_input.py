@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from powerstripflocker.frontends.adapter import FlockerAdapter
-from powerstripflocker.clients.flocker import MemoryFlockerAPI
+from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.frontends.metrics import Metrics
 from powerstripflocker.core.placement import Placement
 from tests.control.helpers import NODE1, Harness
