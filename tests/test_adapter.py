@@ -311,6 +311,21 @@ class AdapterTests(SynchronousTestCase):
         bad = self.here.metrics.hooks.labels(type="unknown", outcome="bad_request")._value.get()
         self.assertGreater(bad, 5)
 
+    def test_an_unexpected_failure_is_a_500_counted_under_its_hook_type(self):
+        def broken(names):
+            raise KeyError(names[0])
+        self.here.adapter._placement.ensure_local = broken
+        status, reply = self.post(pre_hook({"HostConfig": {"Binds": ["/flocker/x:/d"]}}))
+        self.assertEqual((status, reply), (500, {
+            "message": "internal error in the powerstrip-flocker adapter; see its log"}))
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+        internal = self.here.metrics.hooks.labels(type="pre-hook", outcome="internal")
+        self.assertEqual(internal._value.get(), 1)
+
+    def test_an_unknown_route_is_klein_s_own_404(self):
+        response = self.answer(self.here, self.here.client.post("http://adapter/nothing"))
+        self.assertEqual(response.code, 404)
+
     def test_healthz_says_whether_the_control_service_answers(self):
         response = self.answer(self.here, self.here.client.get("http://adapter/healthz"))
         self.assertEqual(response.code, 200)

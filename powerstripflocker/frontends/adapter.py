@@ -7,10 +7,12 @@ Every other hook is echoed unchanged.
 
 import json
 from dataclasses import replace
+from weakref import WeakKeyDictionary
 
 from klein import Klein
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException
 
 from powerstripflocker.core.placement import (
     ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout,
@@ -81,6 +83,15 @@ _STATUS_BY_FAILURE = {
 }
 
 
+def hook_refusal(error):
+    """(status, message for the docker user, metrics outcome) of a failed hook."""
+    if isinstance(error, HookError):
+        return error.status, error.message, "bad_request"
+    if isinstance(error, PlacementError):
+        return _STATUS_BY_FAILURE.get(type(error), 502), str(error), error.kind
+    return 500, "internal error in the powerstrip-flocker adapter; see its log", "internal"
+
+
 def _read_body(request, limit):
     body = request.content.read(limit + 1)
     if len(body) > limit:
@@ -110,34 +121,31 @@ class FlockerAdapter:
         self._metrics = metrics
         self._clock = clock
         self._max_hook_bytes = max_hook_bytes
+        self._hook_types = WeakKeyDictionary()  # request -> type of the hook it carries
 
     def resource(self):
         return self.app.resource()
 
     @app.route("/flocker-adapter", methods=["POST"])
     async def hook(self, request):
-        hook_type = "unknown"
-        try:
-            hook = parse_hook(_read_body(request, self._max_hook_bytes))
-            hook_type = hook.type
-            reply = await self.answer(hook)
-        except HookError as reason:
-            return self._refuse(request, hook_type, reason.status, reason.message, "bad_request")
-        except PlacementError as reason:
-            status = _STATUS_BY_FAILURE.get(type(reason), 502)
-            return self._refuse(request, hook_type, status, str(reason), reason.kind)
-        except Exception:
-            log.failure("hook failed unexpectedly")
-            return self._refuse(request, hook_type, 500,
-                                "internal error in the powerstrip-flocker adapter; see its log",
-                                "internal")
-        self._metrics.hooks.labels(type=hook_type, outcome="ok").inc()
+        hook = parse_hook(_read_body(request, self._max_hook_bytes))
+        self._hook_types[request] = hook.type  # for refuse's count, should answer() fail
+        reply = await self.answer(hook)
+        self._metrics.hooks.labels(type=hook.type, outcome="ok").inc()
         return _json(request, 200, reply)
 
-    def _refuse(self, request, hook_type, status, message, outcome):
+    @app.handle_errors(Exception)
+    def refuse(self, request, failure):
+        """Every failure of a hook: one status and {"message": one line}, counted."""
+        if failure.check(HTTPException):
+            return failure  # no such route: Klein's own 404 or 405
+        status, message, outcome = hook_refusal(failure.value)
+        if outcome == "internal":
+            log.failure("hook failed unexpectedly", failure)
+        hook_type = self._hook_types.pop(request, "unknown")
         log.warn("refused {hook_type}: {message}", hook_type=hook_type, message=message)
         self._metrics.hooks.labels(type=hook_type, outcome=outcome).inc()
-        return _json(request, status, {"message": message})
+        return _json(request, status, hook_error_document(message))
 
     async def answer(self, hook):
         """The reply document for a parsed hook."""
