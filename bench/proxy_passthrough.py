@@ -1,6 +1,7 @@
 """Pass-through cost of the powerstrip proxy: the proxy vs dockerd directly, same run.
 
     python bench/proxy_passthrough.py [--requests 2000] [--commands 30] [--megabytes 300]
+                                      [--no-fast-path]
 
 Starts its own dockerd (root needed) and the real `powerstrip-flocker proxy`
 process with a create pre-hook configured (so the matcher is live), then:
@@ -157,6 +158,8 @@ def main(argv=None):
     parser.add_argument("--commands", type=int, default=30)
     parser.add_argument("--megabytes", type=int, default=300)
     parser.add_argument("--streams", type=int, default=5)
+    parser.add_argument("--no-fast-path", action="store_true",
+                        help="run the proxy with --no-fast-path (the plain Twisted relay)")
     parser.add_argument("--output", default=os.path.join(ROOT, "bench", "results",
                                                          "proxy_passthrough.json"))
     options = parser.parse_args(argv)
@@ -177,7 +180,8 @@ def main(argv=None):
         proxy_sock = os.path.join(daemon.run_dir, "proxy.sock")
         proxy = ManagedProcess.command(
             ["proxy", "--config", config, "--listen", f"unix://{proxy_sock}",
-             "--docker", daemon.host, "--log-level", "warn"],
+             "--docker", daemon.host, "--log-level", "warn",
+             *(["--no-fast-path"] if options.no_fast_path else [])],
             os.path.join(base, "proxy.log")).start()
         proxy.wait_until(lambda: os.path.exists(proxy_sock))
         for n in range(3):
@@ -186,7 +190,7 @@ def main(argv=None):
         hosts = {"direct": daemon.host, "proxy": f"unix://{proxy_sock}"}
         paths = {"direct": daemon.socket, "proxy": proxy_sock}
 
-        results = {"targets": TARGETS}
+        results = {"targets": TARGETS, "fast_path": not options.no_fast_path}
         print("(a) keep-alive GET /containers/json ...", flush=True)
         results["keepalive"] = keepalive(paths, options.requests)
         print("(b) docker ps / docker inspect ...", flush=True)

@@ -1,5 +1,6 @@
 """A real dockerd, a test adapter and proxies in front of it, shared by the e2e tests."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -51,30 +52,39 @@ adapters:
 """
 
 
+@dataclasses.dataclass(frozen=True)
 class DockerEnvironment:
-    def __init__(self, daemon, proxy_host, refusing_host, call_log, catch_all_host=None,
-                 pre_and_post_host=None):
-        self.catch_all = catch_all_host
-        self.pre_and_post = pre_and_post_host
-        self.daemon = daemon
-        self.direct = daemon.host
-        self.proxy = proxy_host
-        self.refusing = refusing_host
-        self.call_log = call_log
+    """dockerd, and proxies in front of it; plain: the same proxies with --no-fast-path."""
+
+    daemon: DockerDaemon
+    proxy: str
+    refusing: str
+    call_log: str
+    catch_all: str = None
+    pre_and_post: str = None
+    plain: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def direct(self):
+        return self.daemon.host
+
+    def plain_relay(self):
+        """This environment with the proxy and catch_all that relay without the fast path."""
+        return dataclasses.replace(self, **self.plain)
 
     def hook_calls(self):
         with open(self.call_log) as log:
             return [json.loads(line) for line in log]
 
 
-def _start_proxy(run_dir, name, config_text, docker_host):
+def _start_proxy(run_dir, name, config_text, docker_host, *options):
     config = os.path.join(run_dir, f"{name}.yml")
     with open(config, "w") as out:
         out.write(config_text)
     sock = os.path.join(run_dir, f"{name}.sock")
     proxy = ManagedProcess.command(
         ["proxy", "--config", config, "--listen", f"unix://{sock}", "--docker", docker_host,
-         "--log-level", "warn"],
+         "--log-level", "warn", *options],
         os.path.join(run_dir, f"{name}.log")).start()
     proxy.wait_until(lambda: os.path.exists(sock), what=f"listening on {sock}")
     return proxy, f"unix://{sock}"
@@ -111,8 +121,14 @@ def docker_env(tmp_path_factory):
         pre_and_post, pre_and_post_host = _start_proxy(
             daemon.run_dir, "preandpost", EVERYTHING_PRE_AND_POST.format(port=port), daemon.host)
         started.append(pre_and_post)
+        plain = {}
+        for attribute, config_text in (("proxy", PASS_THROUGH), ("catch_all", CATCH_ALL)):
+            process, plain[attribute] = _start_proxy(
+                daemon.run_dir, f"{attribute}-plain", config_text.format(port=port),
+                daemon.host, "--no-fast-path")
+            started.append(process)
         yield DockerEnvironment(daemon, proxy_host, refusing_host, call_log, catch_all_host,
-                                pre_and_post_host)
+                                pre_and_post_host, plain)
     finally:
         for process in reversed(started):
             process.stop()

@@ -159,10 +159,14 @@ def split_response(data):
 
 
 class ProxyHarness:
-    """A proxy on loopback in front of a daemon, with the test adapters."""
+    """A proxy on loopback in front of a daemon, with the test adapters.
 
-    def __init__(self, testcase):
+    fast_path=False: the proxy relays every byte through Twisted's plain relay.
+    """
+
+    def __init__(self, testcase, fast_path=True):
         self.testcase = testcase
+        self.fast_path = fast_path
         self.adapter, adapter_factory = adapter_site()
         self.adapter_port = reactor.listenTCP(0, adapter_factory, interface="127.0.0.1")
         testcase.addCleanup(self.adapter_port.stopListening)
@@ -204,7 +208,8 @@ class ProxyHarness:
             docker_port = self.daemon_port.getHost().port
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", docker_port)
         self.factory = ProxyFactory(clock or reactor, configuration, self.hooks, endpoint,
-                                    f"tcp://127.0.0.1:{docker_port}", max_body=max_body)
+                                    f"tcp://127.0.0.1:{docker_port}", max_body=max_body,
+                                    fast_path=self.fast_path)
         self.proxy_port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.testcase.addCleanup(self.proxy_port.stopListening)
         self.client = RawClient(self.proxy_port.getHost().port)

@@ -13,6 +13,12 @@ TIMEOUT = 60
 HEX_ID = re.compile(rb"\b[0-9a-f]{12}(?:[0-9a-f]{52})?\b")
 
 
+@pytest.fixture(params=["fast path", "plain relay"])
+def docker_env(request, docker_env):
+    """Each test through the proxy with its fast path on, then with --no-fast-path."""
+    return docker_env if request.param == "fast path" else docker_env.plain_relay()
+
+
 def docker(host, *args, input=None, timeout=TIMEOUT, cwd=None):
     """(exit status, stdout, stderr) of the docker CLI against host; a hang fails the test."""
     result = subprocess.run(["docker", "-H", host, *args], input=input, capture_output=True,

@@ -15,9 +15,12 @@ UPGRADED = (b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.mult
 
 
 class PassThroughTests(TestCase):
+    """With the fast path on; PassThroughPlainRelayTests runs them with it off."""
+
+    fast_path = True
 
     def setUp(self):
-        self.harness = ProxyHarness(self)
+        self.harness = ProxyHarness(self, fast_path=self.fast_path)
 
     async def test_get_with_query_reaches_daemon_intact(self):
         daemon = self.harness.start_daemon()
@@ -382,13 +385,18 @@ class PassThroughTests(TestCase):
         self.assertEqual(1, len(fake.requests))
 
 
+class PassThroughPlainRelayTests(PassThroughTests):
+    """The same requests with the fast path off: every byte through Twisted's plain relay."""
 
+    fast_path = False
 
 
 class HijackTeardownTests(TestCase):
 
+    fast_path = True
+
     async def test_daemon_connection_is_opened_early_and_used_for_the_first_request(self):
-        harness = ProxyHarness(self)
+        harness = ProxyHarness(self, fast_path=self.fast_path)
         daemon = harness.start_daemon(raw=True)
         harness.start_proxy()
         peer = await harness.connect()
@@ -398,7 +406,7 @@ class HijackTeardownTests(TestCase):
         self.assertEqual(1, len(daemon.connections))
 
     async def test_client_vanishing_mid_stream_closes_the_daemon_side(self):
-        harness = ProxyHarness(self)
+        harness = ProxyHarness(self, fast_path=self.fast_path)
         daemon = harness.start_daemon(raw=True)
         harness.start_proxy()
         peer = await harness.connect()
@@ -411,10 +419,17 @@ class HijackTeardownTests(TestCase):
         await eventually(lambda: conn.eof, what="the proxy closing the daemon side")
 
 
+class HijackTeardownPlainRelayTests(HijackTeardownTests):
+
+    fast_path = False
+
+
 class MalformedRequestTests(TestCase):
 
+    fast_path = True
+
     async def test_garbage_gets_400_json(self):
-        harness = ProxyHarness(self)
+        harness = ProxyHarness(self, fast_path=self.fast_path)
         daemon = harness.start_daemon(raw=True)
         harness.start_proxy()
         peer = await harness.connect()
@@ -426,7 +441,7 @@ class MalformedRequestTests(TestCase):
         self.assertEqual(b"", b"".join(c.received for c in daemon.connections))
 
     async def test_oversized_head_gets_431(self):
-        harness = ProxyHarness(self)
+        harness = ProxyHarness(self, fast_path=self.fast_path)
         daemon = harness.start_daemon(raw=True)
         harness.start_proxy()
         peer = await harness.connect()
@@ -434,6 +449,35 @@ class MalformedRequestTests(TestCase):
         await eventually(lambda: peer.eof)
         self.assertEqual(431, split_response(peer.received)[0])
         self.assertEqual(b"", b"".join(c.received for c in daemon.connections))
+
+
+class MalformedRequestPlainRelayTests(MalformedRequestTests):
+
+    fast_path = False
+
+
+class PlainRelayTests(TestCase):
+    """fast_path=False: no direct socket writes, no recv() reads, no splice(2)."""
+
+    async def test_a_hijacked_stream_moves_without_the_fast_path(self):
+        from powerstripflocker.powerstrip import fastpath
+        used = []
+        self.patch(fastpath, "kernel_relays", lambda *args: used.append("splice") or [])
+        self.patch(fastpath, "_write_now", lambda *args: used.append("write now"))
+        self.patch(fastpath, "_plain_reads", lambda *args: used.append("plain reads"))
+        harness = ProxyHarness(self, fast_path=False)
+        daemon = harness.start_daemon(raw=True)
+        harness.start_proxy()
+        peer = await harness.connect()
+        peer.write(ATTACH)
+        conn = await daemon.connection()
+        await conn.receive(b"\r\n\r\n")
+        conn.write(UPGRADED + b"out")
+        await peer.receive(b"out")
+        peer.write(b"in")
+        await conn.receive(b"in")
+        self.assertFalse(harness.factory.fast_path)
+        self.assertEqual([], used)
 
 
 class KernelSpliceTests(TestCase):
