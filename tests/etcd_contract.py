@@ -17,8 +17,8 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from powerstripflocker.clients.etcd import (
-    Compacted, Compare, Delete, DeleteResult, EtcdRequestError, IEtcd, IEtcdWatch,
-    LeaseNotFound, Put, PutResult, Range, RangeResult,
+    Compacted, Compare, Delete, DeleteResult, EtcdRequestError, IEtcd, IEtcdWatch, LeaseNotFound,
+    Put, PutResult, Range, RangeResult,
 )
 
 

@@ -12,9 +12,10 @@ from twisted.web.client import ResponseNeverReceived
 from twisted.python.failure import Failure
 
 from powerstripflocker.clients.etcd import (
-    BadEndpoint, Compacted, Compare, EtcdClient, EtcdEndpoints, EtcdRequestError, EtcdUnavailable,
-    OutcomeUnknown, Put, Range, TLSFiles, parse_endpoints,
+    BadEndpoint, Compacted, Compare, EtcdRequestError, EtcdUnavailable, OutcomeUnknown, Put, Range,
 )
+from powerstripflocker.clients.etcd_client import EtcdClient, TLSFiles
+from powerstripflocker.clients.etcd_endpoints import EtcdEndpoints, parse_endpoints
 
 
 class EndpointTests(SynchronousTestCase):

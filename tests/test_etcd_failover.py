@@ -11,9 +11,9 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.clients.etcd import (
-    Compare, EtcdClient, EtcdUnavailable, OutcomeUnknown, Put, parse_endpoints,
-)
+from powerstripflocker.clients.etcd import Compare, EtcdUnavailable, OutcomeUnknown, Put
+from powerstripflocker.clients.etcd_client import EtcdClient
+from powerstripflocker.clients.etcd_endpoints import parse_endpoints
 
 from .support.etcd import EtcdCluster
 from .support.processes import free_port

@@ -2,7 +2,7 @@
 
 from twisted.internet.task import Clock
 
-from powerstripflocker.clients.etcd import MemoryEtcd
+from powerstripflocker.clients.etcd_memory import MemoryEtcd
 
 from .etcd_contract import make_etcd_tests
 

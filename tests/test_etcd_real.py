@@ -9,7 +9,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.clients.etcd import EtcdClient, EtcdUnavailable, TLSFiles
+from powerstripflocker.clients.etcd import EtcdUnavailable
+from powerstripflocker.clients.etcd_client import EtcdClient, TLSFiles
 
 from .etcd_contract import make_etcd_tests
 from .support import etcd as etcd_support

@@ -8,7 +8,7 @@ from twisted.trial.unittest import TestCase
 
 from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore, EtcdStore
 from powerstripflocker.control.store import Dataset, SQLiteStore, StoreBusy
-from powerstripflocker.clients.etcd import MemoryEtcd
+from powerstripflocker.clients.etcd_memory import MemoryEtcd
 
 from .async_store_contract import make_async_store_tests
 from .helpers import NODE1, new_id

@@ -7,7 +7,7 @@ import pytest
 from twisted.internet import reactor
 
 from powerstripflocker.control.asyncstore import EtcdStore
-from powerstripflocker.clients.etcd import EtcdClient
+from powerstripflocker.clients.etcd_client import EtcdClient
 
 from ..support.etcd import SharedCluster
 from .async_store_contract import make_async_store_tests

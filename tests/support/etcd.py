@@ -33,7 +33,7 @@ import urllib.request
 import uuid
 from unittest import SkipTest
 
-from powerstripflocker.clients.etcd import TLSFiles
+from powerstripflocker.clients.etcd_client import TLSFiles
 
 from tests.support.processes import free_port
 
