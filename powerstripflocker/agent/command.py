@@ -24,7 +24,7 @@ from powerstripflocker.agent.backends import BACKENDS, BackendError, make_backen
 from powerstripflocker.clients.control_agent import ControlClient
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import REPLICA
-from powerstripflocker.agent.peer import PeerClient, PeerServer
+from powerstripflocker.clients.peer import PeerClient
 from powerstripflocker.agent.service import DEFAULT_KEEP_DELETED, AgentService
 from powerstripflocker.protocol.ids import canonical_uuid
 
@@ -181,7 +181,7 @@ async def main(reactor, options):
     try:
         await agent.start()
         port = await server_endpoint(reactor, options.listen).listen(
-            PeerServer(agent).site())
+            agent.peer_site())
     except (BackendError, CannotListenError, OSError, ValueError) as e:
         log.critical("agent cannot start: {error}", error=e)
         agent.stop()

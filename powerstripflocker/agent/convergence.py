@@ -1,6 +1,7 @@
 """The agent's decisions: a pure function of the cluster view and the local datasets."""
 
-from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Restore, Wait
+from powerstripflocker.agent.model import (
+    HANDED_OFF, PRIMARY, Cleanup, Create, Destroy, Push, Restore, Wait)
 
 
 def decide(node_uuid, view, local, in_use=None, trashed=frozenset()):

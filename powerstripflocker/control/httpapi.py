@@ -346,7 +346,7 @@ class ControlAPI:
         body = read_json(request, "node_report")
         generation = self.service.report(
             normalised, body["host"], body["agent_url"], body["datasets"],
-            body.get("transfers", []), trash=body.get("trash", []),
+            body.get("transfers", []), trash=body.get("trash", []), era=body.get("era"),
         )
         return 200, {"generation": generation}
 

@@ -93,6 +93,8 @@ NODE_REPORT = {
     "properties": {
         "host": {"type": "string", "format": "ipv4"},
         "agent_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+        # Beyond Flocker: the agent run the report comes from (new at each agent start).
+        "era": UUID4,
         "datasets": {
             "type": "array",
             "items": {

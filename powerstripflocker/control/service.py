@@ -9,6 +9,7 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
+from typing import Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -81,6 +82,8 @@ class NodeReport:
     # Deleted datasets whose data the node keeps: [{dataset_id, deleted_at, expires_at,
     # bytes[, generation]}], times on the node's clock.
     trash: list = field(default_factory=list)
+    # The agent run that sent it (a UUID new at each agent start), when it says.
+    era: Optional[str] = field(default=None, compare=False)
 
     def content(self):
         return (self.host, self.agent_url, self.datasets, self.transfers, self.trash)
@@ -95,6 +98,8 @@ class NodeReport:
         }
         if self.trash:
             document["trash"] = self.trash
+        if self.era:
+            document["era"] = self.era
         return document
 
 
@@ -113,6 +118,7 @@ class ControlService:
             self.nodes[node_uuid] = NodeReport(
                 node_uuid, report["host"], report["agent_url"], report["datasets"],
                 report["transfers"], received=received, trash=report.get("trash", []),
+                era=report.get("era"),
             )
             self._persisted_received[node_uuid] = received
         # Random start: a restarted service never takes an agent's old generation for current.
@@ -615,7 +621,7 @@ class ControlService:
 
     # -- node reports and state -------------------------------------------
 
-    def report(self, node_uuid, host, agent_url, datasets, transfers, trash=()):
+    def report(self, node_uuid, host, agent_url, datasets, transfers, trash=(), era=None):
         """Replace node_uuid's report; bump the generation only if its content changed."""
         now = self.clock.seconds()
         datasets = [
@@ -647,7 +653,7 @@ class ControlService:
             for t in trash
         ]
         new = NodeReport(node_uuid, host, agent_url, datasets, transfers, received=now,
-                         trash=trash)
+                         trash=trash, era=era.lower() if era else None)
         old = self.nodes.get(node_uuid)
         different = old is None or old.content() != new.content()
         if different:

@@ -9,8 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from powerstripflocker.agent.backends import SendPlan, TrashEntry
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
-from powerstripflocker.agent.peer import PeerError, Refused
+from powerstripflocker.agent.peer import Refused
 from powerstripflocker.agent.service import TRASH_REPORT_LIMIT, AgentService
+from powerstripflocker.clients.peer import PeerError
 
 ME = "11111111-1111-4111-8111-111111111111"
 OTHER = "22222222-2222-4222-8222-222222222222"
@@ -33,7 +34,7 @@ class FakeControl:
         self.polls.append((generation, d))
         return d
 
-    def report(self, node_uuid, body):
+    def report(self, node_uuid, body, era=None):
         if self.report_error is not None:
             return defer.fail(self.report_error)
         self.reports.append(body)
@@ -132,10 +133,10 @@ class FakePeers:
     async def describe(self, agent_url, dataset_id):
         return self.description
 
-    async def push(self, agent_url, plan, progress, generation=None, **fault):
+    async def push(self, agent_url, plan, body, generation=None):
         self.pushes.append((plan, generation))
         if self.push_error is not None:
-            progress.add(300)
+            body.progress.add(300)
             raise self.push_error
         return {"received": "r"}
 
@@ -614,7 +615,7 @@ class ProgressTests(SynchronousTestCase):
     def test_logs_bytes_done_total_and_rate_every_interval(self):
         from twisted.logger import globalLogPublisher
 
-        from powerstripflocker.agent.streams import Progress
+        from powerstripflocker.agent.streams.progress import Progress
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)

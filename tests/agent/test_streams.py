@@ -21,10 +21,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web import client, resource, server
 from zope.interface import implementer
 
-from powerstripflocker.agent import streams
-from powerstripflocker.agent.streams import (
-    FRAMING_READ, ProcessBodyProducer, ProcessSink, SplicedChunkedDecoder,
-    splice_request_body)
+from powerstripflocker.agent.streams import kernel
+from powerstripflocker.agent.streams.chunked import (
+    FRAMING_READ, SplicedChunkedDecoder, splice_request_body)
+from powerstripflocker.agent.streams.receiving import ProcessSink
+from powerstripflocker.agent.streams.sending import ProcessBodyProducer
 
 MiB = 1 << 20
 
@@ -46,9 +47,9 @@ class SinkRequest(server.Request):
         super().gotLength(length)
         site = self.channel.site
         self.sink = ProcessSink(reactor, site.command, self.channel.transport,
-                                progress=site.received,
-                                pause_after_bytes=site.receive_pause_after_bytes,
-                                on_fault_pause=site.paused.append)
+                                progress=site.received)
+        if site.receive_pause_after_bytes is not None:
+            self.sink.hold_after(site.receive_pause_after_bytes, site.paused.append)
         self.content = self.sink
         site.sinks.append(self.sink)
         site.spliced.append(splice_request_body(self))
@@ -190,7 +191,7 @@ class StreamTests(TestCase):
 
     async def test_pipes_smaller_than_asked_for_still_carry_every_byte(self):
         # pipe-max-size below PIPE_SIZE: the thresholds for large pieces scale down
-        self.patch(streams, "PIPE_SIZE", 64 * 1024)
+        self.patch(kernel, "PIPE_SIZE", 64 * 1024)
         await self.serve(command='sleep 0.2; exec cat > "$0"')
         producer = ProcessBodyProducer(reactor, ["cat", self.source])
         code, body = await self.push(producer)
@@ -201,9 +202,8 @@ class StreamTests(TestCase):
         await self.serve()
         limit = 3 * MiB + 7
         paused = []
-        producer = ProcessBodyProducer(reactor, ["cat", self.source],
-                                       pause_after_bytes=limit,
-                                       on_fault_pause=lambda p: paused.append(p.bytes))
+        producer = ProcessBodyProducer(reactor, ["cat", self.source])
+        producer.hold_after(limit, lambda p: paused.append(p.bytes))
         pushed = defer.ensureDeferred(self.push(producer))
         while not paused:
             await deferLater(0.02)

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, REPLICA
-from powerstripflocker.agent.streams import CommandFailed, run
+from powerstripflocker.agent.streams.processes import CommandFailed, run
 from powerstripflocker.agent.backends.base import (
     BackendError,
     Conflict,
