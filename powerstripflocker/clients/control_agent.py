@@ -40,6 +40,8 @@ class IControlClient(Interface):
 
 @implementer(IControlClient)
 class ControlClient:
+    """base_url: the control service, given with or without /v1."""
+
     def __init__(self, base_url, token=None, http=None):
         self.base_url = control_root(base_url)
         self.token = token
