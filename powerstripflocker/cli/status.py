@@ -106,7 +106,8 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
         dataset_id = dataset["dataset_id"]
         entries = where.get(dataset_id, [])
         here = [e for e in entries if e.get("primary") == dataset["primary"] and e.get("path")]
-        elsewhere = [e for e in entries if e.get("primary") and e.get("primary") != dataset["primary"]]
+        elsewhere = [e for e in entries
+                     if e.get("primary") and e.get("primary") != dataset["primary"]]
         path = "-"
         if dataset.get("deleted"):
             state_text = "deleted" if not entries else "deleting"
@@ -123,7 +124,8 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
             if transfer:
                 done, total = transfer.get("bytes_done", 0), transfer.get("bytes_total")
                 if total:
-                    state_text += f" {100 * done // total}% ({human_size(done)}/{human_size(total)})"
+                    state_text += (f" {100 * done // total}% "
+                                   f"({human_size(done)}/{human_size(total)})")
                 else:
                     state_text += f" ({human_size(done)})"
                 if transfer.get("stalled"):
