@@ -21,7 +21,8 @@ from powerstripflocker.serving.credentials import refusal as credentials_refusal
 from powerstripflocker.core.docker_json import check_json_depth
 from powerstripflocker.control.metrics import ControlMetrics
 from powerstripflocker.control.schema import schema_errors
-from powerstripflocker.control.service import DEFAULT_CLAIM_SECONDS, APIError
+from powerstripflocker.control.claims import DEFAULT_CLAIM_SECONDS
+from powerstripflocker.control.errors import APIError
 from powerstripflocker.protocol.ids import canonical_uuid, is_uuid4
 
 MAX_BODY = 1024 * 1024
