@@ -90,8 +90,14 @@ def _start_proxy(run_dir, name, config_text, docker_host, *options):
     return proxy, f"unix://{sock}"
 
 
+@pytest.fixture
+def docker_env(docker_environment):
+    """The shared environment (test_e2e.py also runs each test through its plain proxies)."""
+    return docker_environment
+
+
 @pytest.fixture(scope="session")
-def docker_env(tmp_path_factory):
+def docker_environment(tmp_path_factory):
     reason = missing_requirements()
     if reason:
         pytest.skip(f"end-to-end test: {reason}")

@@ -14,9 +14,11 @@ HEX_ID = re.compile(rb"\b[0-9a-f]{12}(?:[0-9a-f]{52})?\b")
 
 
 @pytest.fixture(params=["fast path", "plain relay"])
-def docker_env(request, docker_env):
+def docker_env(request, docker_environment):
     """Each test through the proxy with its fast path on, then with --no-fast-path."""
-    return docker_env if request.param == "fast path" else docker_env.plain_relay()
+    if request.param == "fast path":
+        return docker_environment
+    return docker_environment.plain_relay()
 
 
 def docker(host, *args, input=None, timeout=TIMEOUT, cwd=None):
