@@ -7,7 +7,7 @@ import re
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from powerstripflocker.clients.http import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, read_token_file
+from powerstripflocker.clients.http import TOKEN_ENV, TOKEN_FILE_NAME, TokenError, client_token
 from powerstripflocker.serving.credentials import make_token_file
 from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import BoundedSite, server_endpoint
@@ -72,11 +72,10 @@ def read_token(options, environ=os.environ):
     """(token, where it came from, made now?): the given token, else the one kept next to
     the database, made on first start."""
     try:
-        if options.cluster_token_file:
-            return read_token_file(options.cluster_token_file), options.cluster_token_file, False
-        token = environ.get(TOKEN_ENV, "").strip()
-        if token:
-            return token, f"${TOKEN_ENV}", False
+        # A token given (file, then environment) is read as the clients read it.
+        token = client_token(options.cluster_token_file, None, environ)
+        if token is not None:
+            return token, options.cluster_token_file or f"${TOKEN_ENV}", False
         path = token_path(options.db)
         if path is None:
             raise ConfigurationError(
