@@ -22,6 +22,7 @@ DATASET_NOT_FOUND = "Dataset not found."
 DATASET_DELETED = "The dataset has been deleted."
 DATASET_ID_IN_USE = "The provided dataset_id is already in use."
 LEASE_NOT_FOUND = "Lease not found."
+NODE_ERA_NOT_FOUND = "No node found with given era."
 
 
 class HeldElsewhere(APIError):

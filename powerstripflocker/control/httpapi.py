@@ -1,9 +1,10 @@
 """HTTP frontends of the control service: Flocker's v1 REST API under /v1 and
 the agent protocol under /agent/v1, one Klein app.
 
-Every answer is JSON. Deliberate errors are APIError raised anywhere below and
-turned into one status and one {"description": ...} body here; anything
-unexpected is logged and answered with a JSON 500 that says where to look.
+Every answer is JSON. Deliberate errors are APIError (errors.py) raised anywhere below
+and turned into one status and one {"description": ...} body here, by Klein error
+handlers, as are the router's own (404, 405); anything unexpected is logged and
+answered with a JSON 500 that says where to look.
 """
 
 import functools
@@ -11,6 +12,7 @@ import json
 import math
 
 from klein import Klein
+from klein.interfaces import IKleinRequest
 from twisted.internet.defer import CancelledError, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -94,7 +96,9 @@ def json_response(request, code, document, headers=()):
 
 
 def endpoint(handler):
-    """Run handler(self, request, ...) -> (code, document[, headers]); render errors."""
+    """A route of handler(self, request, ...) -> (code, document[, headers]), after the
+    checks every route makes (credentials, body size). A failure, raised anywhere below,
+    is answered by ControlAPI's error handlers."""
 
     @functools.wraps(handler)
     def wrapper(self, request, *args, **kwargs):
@@ -110,34 +114,15 @@ def endpoint(handler):
             self._count(handler.__name__, result[0])
             return json_response(request, *result)
 
-        def failed(failure):
-            if failure.check(CancelledError):
-                return None  # the client went away (a long-poll); nobody to answer
-            if failure.check(APIError):
-                error = failure.value
-                headers = getattr(error, "headers", ())
-                self._count(handler.__name__, error.code)
-                # Refused agent requests are worth a warning: an agent is misconfigured.
-                emit = log.warn if request.path.startswith(b"/agent/") else log.debug
-                emit(
-                    "{method} {uri} refused with {code}: {description} {errors}",
-                    method=request.method.decode("ascii", "replace"),
-                    uri=request.uri.decode("ascii", "replace"),
-                    code=error.code, description=error.description,
-                    errors=error.errors or "",
-                )
-                return json_response(request, error.code, error.body(), headers)
-            self._count(handler.__name__, 500)
-            log.failure(
-                "internal error answering {method} {uri}", failure,
-                method=request.method.decode("ascii", "replace"),
-                uri=request.uri.decode("ascii", "replace"),
-            )
-            return json_response(request, 500, {"description": INTERNAL_ERROR})
-
-        return maybeDeferred(call).addCallback(render).addErrback(failed)
+        return maybeDeferred(call).addCallback(render)
 
     return wrapper
+
+
+def _route_name(request):
+    """The name of the route the request matched (its handler's), for the counts."""
+    rule, _ = IKleinRequest(request).mapper.match(return_rule=True)
+    return rule.endpoint
 
 
 class ControlAPI:
@@ -177,7 +162,23 @@ class ControlAPI:
         request.setHeader(b"Content-Type", self.metrics.content_type.encode("ascii"))
         return self.metrics.render()
 
-    # -- router errors ----------------------------------------------------
+    # -- errors: every refusal is rendered here ------------------------------
+
+    @app.handle_errors(APIError)
+    def refused(self, request, failure):
+        error = failure.value
+        self._count(_route_name(request), error.code)
+        # Refused agent requests are worth a warning: an agent is misconfigured.
+        emit = log.warn if request.path.startswith(b"/agent/") else log.debug
+        emit(
+            "{method} {uri} refused with {code}: {description} {errors}",
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+            code=error.code, description=error.description,
+            errors=error.errors or "",
+        )
+        return json_response(request, error.code, error.body(),
+                             getattr(error, "headers", ()))
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure):
@@ -203,6 +204,18 @@ class ControlAPI:
     def other_http_error(self, request, failure):
         error = failure.value
         return json_response(request, error.code or 400, {"description": error.description})
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request, failure):
+        if failure.check(CancelledError):
+            return None  # the client went away (a long-poll); nobody to answer
+        self._count(_route_name(request), 500)
+        log.failure(
+            "internal error answering {method} {uri}", failure,
+            method=request.method.decode("ascii", "replace"),
+            uri=request.uri.decode("ascii", "replace"),
+        )
+        return json_response(request, 500, {"description": INTERNAL_ERROR})
 
     # -- v1: version ------------------------------------------------------
 
@@ -292,6 +305,11 @@ class ControlAPI:
     @endpoint
     def state_nodes(self, request):
         return 200, self.service.state_nodes()
+
+    @app.route("/v1/state/nodes/by_era/<era>", methods=["GET"])
+    @endpoint
+    def state_node_by_era(self, request, era):
+        return 200, {"uuid": self.service.node_by_era(era)}
 
     # -- v1: leases --------------------------------------------------------
 

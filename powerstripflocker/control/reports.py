@@ -5,6 +5,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional
 
+from powerstripflocker.control.errors import NODE_ERA_NOT_FOUND, APIError
+
 # What a sender or receiver may add to a transfer it reports, kept as reported.
 TRANSFER_OUTCOME_FIELDS = ("attempts", "error", "stalled")
 
@@ -129,6 +131,14 @@ class NodeReports:
 
     def state_nodes(self):
         return [{"host": report.host, "uuid": report.uuid} for report in self.fresh_nodes()]
+
+    def node_by_era(self, era):
+        """The UUID of the node whose agent run is era, from the fresh reports; 404 until
+        that agent has reported (Flocker's /v1/state/nodes/by_era)."""
+        for report in self.fresh_nodes():
+            if report.era is not None and report.era == era.lower():
+                return report.uuid
+        raise APIError(404, NODE_ERA_NOT_FOUND)
 
     def cluster_view(self):
         """The agent protocol's view of configuration, leases and state."""

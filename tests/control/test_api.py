@@ -81,6 +81,30 @@ class PublishedSchemaTests(TestCase, SchemaChecks):
         self.assertEqual(response.code, 200)
         self.assertValid("lease", body)
 
+    async def test_a_node_is_found_by_the_era_its_agent_reports(self):
+        h = self.h
+        era, later = new_id(), new_id()
+
+        async def report(node, host, era):
+            response, _ = await h.request("PUT", f"/agent/v1/nodes/{node}", {
+                "host": host, "agent_url": f"http://{host}:4524", "datasets": [], "era": era})
+            self.assertEqual(response.code, 200)
+
+        await report(NODE1, "10.0.0.1", era)
+        await report(NODE2, "10.0.0.2", later)
+        for asked, node in [(era, NODE1), (era.upper(), NODE1), (later, NODE2)]:
+            response, body = await h.request("GET", f"/v1/state/nodes/by_era/{asked}")
+            self.assertEqual((response.code, body), (200, {"uuid": node}))
+            self.assertValid("node", body)
+        unknown = (404, {"description": "No node found with given era."})
+        await report(NODE1, "10.0.0.1", new_id())  # its agent started again
+        for asked in (era, new_id(), "not-an-era"):
+            response, body = await h.request("GET", f"/v1/state/nodes/by_era/{asked}")
+            self.assertEqual((response.code, body), unknown)
+        h.clock.advance(h.state_expiry + 1)
+        response, body = await h.request("GET", f"/v1/state/nodes/by_era/{later}")
+        self.assertEqual((response.code, body), unknown, "an expired report is no node")
+
     def test_the_schema_check_can_fail(self):
         """The validator really checks: a state entry with metadata is refused."""
         errors = list(SCHEMA("state_datasets_array").iter_errors(

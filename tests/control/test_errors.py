@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import TestCase
 
-from .helpers import NODE1, harness, header
+from .helpers import BASE, NODE1, harness, header
 
 
 class UnexpectedErrorTests(TestCase):
@@ -20,6 +20,21 @@ class UnexpectedErrorTests(TestCase):
         self.assertEqual(body, {"description": "internal error, see the control service log"})
         self.assertEqual(header(response, "Content-Type"), "application/json")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    async def test_internal_errors_and_refusals_are_counted_under_their_route(self):
+        def broken(era):
+            raise RuntimeError("disk on fire")
+
+        self.h.service.node_by_era = broken
+        await self.h.request("GET", "/v1/state/nodes/by_era/x")
+        await self.h.request("DELETE", "/v1/configuration/leases/nothing")
+        self.flushLoggedErrors(RuntimeError)
+        response = await self.h.treq.get(BASE + "/metrics")
+        text = (await response.content()).decode()
+        self.assertIn('powerstrip_flocker_control_requests_total{code="500",'
+                      'route="state_node_by_era"} 1.0', text)
+        self.assertIn('powerstrip_flocker_control_requests_total{code="404",'
+                      'route="release_lease"} 1.0', text)
 
     async def test_internal_error_while_changing_configuration(self):
         def broken(*args, **kwargs):
