@@ -51,8 +51,8 @@ class Faults:
     pause_before_acquire: bool = False
     pause_before_handoff: bool = False
     # what is held now ({"dataset_id", "bytes", "point"?}, for metrics) and its releases
-    paused: list = field(default_factory=list, compare=False, repr=False)
-    _holds: list = field(default_factory=list, compare=False, repr=False)
+    paused: list = field(default_factory=list, init=False, compare=False, repr=False)
+    _holds: list = field(default_factory=list, init=False, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text):
