@@ -7,6 +7,8 @@ is awaited in each test and returns an object with:
   async settled(predicate, what)
                waits until predicate(list of DatasetState) is true (the fake converges
                at once; the real cluster is polled with a deadline) and returns the state
+  async era_of(node)
+               the era of node's agent run, as its reports carry it
 and, where the cluster can pretend to be its agents (the fake, the simulated cluster):
   async report_users(node, dataset_id, users)
                node's report says users (container names) use the dataset
@@ -167,6 +169,17 @@ def make_flocker_api_tests(start_cluster):
             nodes = await cluster.api.list_nodes()
             for node in cluster.nodes:
                 self.assertIn(node, nodes)
+
+        async def test_a_node_is_found_by_its_agent_s_era_and_an_unknown_era_is_not(self):
+            cluster = await start_cluster(self)
+            for node in cluster.nodes:
+                era = await cluster.era_of(node)
+                self.assertEqual(await cluster.api.node_by_era(era), node.uuid)
+                self.assertEqual(await cluster.api.node_by_era(era.upper()), node.uuid)
+            for unknown in (str(uuid.uuid4()), "not-an-era"):
+                with self.assertRaises(NotFound) as raised:
+                    await cluster.api.node_by_era(unknown)
+                self.assertEqual(raised.exception.description, "No node found with given era.")
 
         async def test_lease_acquire_renew_conflict_and_release(self):
             cluster = await start_cluster(self)

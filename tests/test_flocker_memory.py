@@ -14,6 +14,9 @@ class MemoryCluster:
         self.api = MemoryFlockerAPI(Clock(), convergence_delay=None)
         self.nodes = [self.api.add_node("10.0.0.1"), self.api.add_node("10.0.0.2")]
 
+    async def era_of(self, node):
+        return self.api.eras[node.uuid]
+
     async def report_users(self, node, dataset_id, users):
         self.api.set_users(dataset_id, users)
 

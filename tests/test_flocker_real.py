@@ -1,6 +1,7 @@
 """The IFlockerAPI contract with the real treq client against the real control
 service and two real agents (directory backend), all processes on loopback."""
 
+import json
 import tempfile
 
 import pytest
@@ -46,6 +47,16 @@ class Harness:
     def __init__(self, cluster, api):
         self.api = api
         self.nodes = cluster.nodes
+        self.processes = cluster.processes
+
+    async def era_of(self, node):
+        """From the agents' view of the cluster, where each node's report carries its era."""
+        response = await self.api.http_client.get(
+            f"{self.processes.control_url}/agent/v1/cluster",
+            headers={"Authorization": [f"Bearer {self.processes.token}"]})
+        view = json.loads(await response.content())
+        [era] = [entry["era"] for entry in view["nodes"] if entry["uuid"] == node.uuid]
+        return era
 
     async def settled(self, predicate, what):
         waited = 0.0

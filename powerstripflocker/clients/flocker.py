@@ -197,6 +197,10 @@ class IFlockerAPI(Interface):
     def list_nodes():
         """Fires with the list of Node that have reported state."""
 
+    def node_by_era(era):
+        """Fires with the UUID of the node whose agent run is era (a UUID new at each
+        agent start); NotFound until that agent has reported."""
+
     def list_leases():
         """Fires with the list of Lease."""
 

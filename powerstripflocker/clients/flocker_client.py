@@ -234,6 +234,12 @@ class FlockerClient:
             return [Node(entry["uuid"], entry["host"]) for entry in body]
         return self._deferred(call())
 
+    def node_by_era(self, era):
+        async def call():
+            _, body = await self._request("GET", "/state/nodes/by_era/" + quote(era, safe=""))
+            return body["uuid"]
+        return self._deferred(call())
+
     def list_leases(self):
         async def call():
             _, body = await self._request("GET", "/configuration/leases")

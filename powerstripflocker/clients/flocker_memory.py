@@ -75,12 +75,14 @@ class MemoryFlockerAPI:
         self._manifested = set()  # datasets state has ever shown
         self._users = {}  # dataset_id -> what its holder reports using it
         self._transfers = {}  # dataset_id -> Claim fields of the transfer to its primary
+        self.eras = {}  # node_uuid -> the era of its agent run (add_node starts one)
         self.calls = []
         self.unreachable = None  # a reason string makes every call fail as unreachable
 
     def add_node(self, host):
         node = Node(str(uuid.uuid4()), host)
         self.nodes.append(node)
+        self.eras[node.uuid] = str(uuid.uuid4())
         return node
 
     def set_users(self, dataset_id, users):
@@ -312,6 +314,14 @@ class MemoryFlockerAPI:
 
     def list_nodes(self):
         return self._outcome("list_nodes", (), lambda: list(self.nodes))
+
+    def node_by_era(self, era):
+        def find():
+            for node_uuid, node_era in self.eras.items():
+                if node_era == era.lower():
+                    return node_uuid
+            raise NotFound(404, "No node found with given era.")
+        return self._outcome("node_by_era", (era,), find)
 
     def _lease_view(self, dataset_id):
         node_uuid, expiry, _ = self._leases[dataset_id]

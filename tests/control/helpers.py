@@ -92,10 +92,12 @@ class Harness:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def report(self, node, datasets=(), transfers=None, host="127.0.0.1",
-                     agent_url="http://127.0.0.1:4524"):
+                     agent_url="http://127.0.0.1:4524", era=None):
         body = {"host": host, "agent_url": agent_url, "datasets": list(datasets)}
         if transfers is not None:
             body["transfers"] = transfers
+        if era is not None:
+            body["era"] = era
         response, answer = await self.request("PUT", f"/agent/v1/nodes/{node}", body)
         assert response.code == 200, answer
         return answer

@@ -9,7 +9,7 @@ from powerstripflocker.clients.flocker import Node
 from powerstripflocker.clients.flocker_client import FlockerClient
 
 from ..flocker_contract import make_flocker_api_tests
-from .helpers import BASE, NODE1, NODE2, harness
+from .helpers import BASE, NODE1, NODE2, harness, new_id
 
 
 class SimulatedCluster:
@@ -17,6 +17,7 @@ class SimulatedCluster:
         self.h = harness(testcase)
         self.api = FlockerClient(reactor, BASE, http_client=self.h.treq)
         self.nodes = [Node(uuid=NODE1, host="10.0.0.1"), Node(uuid=NODE2, host="10.0.0.2")]
+        self.eras = {node.uuid: new_id() for node in self.nodes}  # one agent run each
 
         self.users = {}  # (node uuid, dataset id) -> users that node reports
         self.sources = set()  # (node uuid, dataset id) a sender still holds while it pushes
@@ -37,7 +38,10 @@ class SimulatedCluster:
                     or (node.uuid, d.dataset_id) in self.sources)
             ]
             await self.h.report(node.uuid, datasets, self.transfers.get(node.uuid, []),
-                                host=node.host)
+                                host=node.host, era=self.eras[node.uuid])
+
+    async def era_of(self, node):
+        return self.eras[node.uuid]
 
     async def report_users(self, node, dataset_id, users):
         self.users[node.uuid, dataset_id] = list(users)
