@@ -105,6 +105,13 @@ class PublishedSchemaTests(TestCase, SchemaChecks):
         response, body = await h.request("GET", f"/v1/state/nodes/by_era/{later}")
         self.assertEqual((response.code, body), unknown, "an expired report is no node")
 
+    async def test_the_container_api_is_not_served(self):
+        for method, path in [("GET", "/v1/configuration/containers"),
+                             ("POST", "/v1/configuration/containers"),
+                             ("GET", "/v1/state/containers")]:
+            response, body = await self.h.request(method, path, {})
+            self.assertEqual((response.code, body), (404, {"description": "Not found."}))
+
     def test_the_schema_check_can_fail(self):
         """The validator really checks: a state entry with metadata is refused."""
         errors = list(SCHEMA("state_datasets_array").iter_errors(
