@@ -129,6 +129,9 @@ class ControlAPI:
     """The Klein app; ControlAPI(service, token).app.resource() is the whole site."""
 
     app = Klein()
+    # %2F in an id decodes to "/": merging the slashes would answer a redirect to the
+    # same URL, where an id that holds "/" is simply not found.
+    app.url_map.merge_slashes = False
 
     def __init__(self, service, cluster_token=None):
         self.service = service

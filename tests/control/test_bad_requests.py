@@ -298,6 +298,13 @@ class BadRequestTests(TestCase):
     async def test_unknown_route_outside_v1(self):
         await self.assertRefused("POST", "/", 404, "Not found.", {"primary": NODE1})
 
+    async def test_id_holding_an_encoded_slash_is_not_found_rather_than_redirected(self):
+        # Found by the fuzz suite: "%2F" decodes to "/", and merged slashes answered 308.
+        for method in ("POST", "DELETE"):
+            await self.assertRefused(method, f"{DATASETS}/%2F0", 404, "Not found.",
+                                     {"primary": NODE1})
+            await self.assertRefused(method, "/agent/v1/nodes/%2Fx", 404, "Not found.", {})
+
     async def test_wrong_method(self):
         await self.assertRefused("PUT", DATASETS, 405, "Method not allowed on this resource.",
                                  {"primary": NODE1})
