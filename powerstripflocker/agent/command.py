@@ -5,7 +5,6 @@ import os
 import re
 import uuid
 
-from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from twisted.internet.error import CannotListenError
@@ -19,6 +18,7 @@ from powerstripflocker.core.fencing import Fencer
 from powerstripflocker.core.inuse import DEFAULT_POLL_SECONDS, UseTracker
 from powerstripflocker.core.kernel_mounts import KernelMounts
 from powerstripflocker.core.lease_keeper import DEFAULT_LEASE_SECONDS, LeaseKeeper
+from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import server_endpoint
 from powerstripflocker.agent.backends import BACKENDS, BackendError, make_backend
 from powerstripflocker.clients.control_agent import ControlClient
@@ -148,56 +148,64 @@ def advertise_url(listen, address):
     return f"{scheme}://{host}:{port}"
 
 
-async def main(reactor, options):
-    data_root = os.path.abspath(options.data_root)
-    # Nobody but root reaches a dataset: the directories inside keep the modes their
-    # containers need, and Docker binds them as root.
-    os.makedirs(data_root, mode=0o700, exist_ok=True)
-    os.chmod(data_root, 0o700)
-    token = command_token(options)
-    me = node_uuid(data_root)
-    url = options.advertise_url or advertise_url(options.listen, options.address)
-    faults = Faults.from_environment()
-    if faults.active():
-        log.warn("fault injection active: {faults}", faults=faults)
-    if token is None:
-        # The control service answers nothing without it, and peers would be open.
-        log.critical("agent not started: no cluster token; give --cluster-token-file (the "
-                     "control service makes cluster.token next to its database) or set "
-                     "{env}", env=TOKEN_ENV)
-        raise SystemExit(2)
-    http = http_client(reactor, tls_policy(options.tls_ca))
-    backend = make_backend(options.backend, reactor, data_root,
-                           btrfs_quota=options.btrfs_quota)
-    datasets = os.path.join(data_root, "datasets")
-    if os.path.isdir(datasets):
-        os.chmod(datasets, 0o700)
-    control = ControlClient(options.control_url, token=token, http=http)
-    peers = PeerClient(reactor, me, token=token, http=http)
-    agent = AgentService(reactor, backend, control, peers, me, options.address, url,
-                         token=token, faults=faults, move_attempts=options.move_attempts,
-                         stall_retry=options.stall_retry_seconds,
-                         keep_deleted=options.keep_deleted)
-    try:
-        await agent.start()
-        port = await server_endpoint(reactor, options.listen).listen(
-            agent.peer_site())
-    except (BackendError, CannotListenError, OSError, ValueError) as e:
-        log.critical("agent cannot start: {error}", error=e)
-        agent.stop()
-        raise SystemExit(1)
-    log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
-             listen=options.listen, url=url)
-    tracker = track_use(reactor, options, agent, backend, me, token)
-    stopped = defer.Deferred()
+class AgentServer(PartService):
+    """The agent from start to stop: converging, its peer listener and in-use tracking."""
 
-    def shutdown():
-        tracker.stop()
-        agent.stop()
-        return port.stopListening()
+    name = "agent"
 
-    reactor.addSystemEventTrigger("before", "shutdown", shutdown)
-    await stopped
+    def __init__(self, reactor, options):
+        self.reactor = reactor
+        self.options = options
+        self._agent = self._port = self._tracker = None
+
+    async def start(self):
+        reactor, options = self.reactor, self.options
+        data_root = os.path.abspath(options.data_root)
+        # Nobody but root reaches a dataset: the directories inside keep the modes their
+        # containers need, and Docker binds them as root.
+        os.makedirs(data_root, mode=0o700, exist_ok=True)
+        os.chmod(data_root, 0o700)
+        token = command_token(options)
+        me = node_uuid(data_root)
+        url = options.advertise_url or advertise_url(options.listen, options.address)
+        faults = Faults.from_environment()
+        if faults.active():
+            log.warn("fault injection active: {faults}", faults=faults)
+        if token is None:
+            # The control service answers nothing without it, and peers would be open.
+            log.critical("agent not started: no cluster token; give --cluster-token-file "
+                         "(the control service makes cluster.token next to its database) "
+                         "or set {env}", env=TOKEN_ENV)
+            raise SystemExit(2)
+        http = http_client(reactor, tls_policy(options.tls_ca))
+        backend = make_backend(options.backend, reactor, data_root,
+                               btrfs_quota=options.btrfs_quota)
+        datasets = os.path.join(data_root, "datasets")
+        if os.path.isdir(datasets):
+            os.chmod(datasets, 0o700)
+        control = ControlClient(options.control_url, token=token, http=http)
+        peers = PeerClient(reactor, me, token=token, http=http)
+        agent = AgentService(reactor, backend, control, peers, me, options.address, url,
+                             token=token, faults=faults, move_attempts=options.move_attempts,
+                             stall_retry=options.stall_retry_seconds,
+                             keep_deleted=options.keep_deleted)
+        try:
+            await agent.start()
+            self._port = await server_endpoint(reactor, options.listen).listen(
+                agent.peer_site())
+        except (BackendError, CannotListenError, OSError, ValueError) as e:
+            log.critical("agent cannot start: {error}", error=e)
+            agent.stop()
+            raise SystemExit(1)
+        log.info("agent {node_uuid} listening on {listen} as {url}", node_uuid=me,
+                 listen=options.listen, url=url)
+        self._agent = agent
+        self._tracker = track_use(reactor, options, agent, backend, me, token)
+
+    async def stop(self):
+        self._tracker.stop()
+        self._agent.stop()
+        await self._port.stopListening()
 
 
 def track_use(reactor, options, agent, backend, me, token=None):
@@ -243,6 +251,11 @@ def track_use(reactor, options, agent, backend, me, token=None):
 
 
 def run(options):
+    check_options(options)
+    return run_until_stopped(lambda reactor: AgentServer(reactor, options), "agent")
+
+
+def check_options(options):
     if options.lease_seconds <= 0:
         raise SystemExit("powerstrip-flocker agent: --lease-seconds must be positive")
     if options.mount_poll_seconds <= 0 or options.move_attempts < 1 \
@@ -252,8 +265,3 @@ def run(options):
     if options.docker and not options.docker.startswith(("unix://", "tcp://")):
         raise SystemExit("powerstrip-flocker agent: --docker must be unix:///path or "
                          "tcp://host:port")
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(main(reactor, options)))
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else 1
-    return 0

@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "plugin": "powerstripflocker.frontends.plugin_command",
     "release": "powerstripflocker.cli.release",
     "restore": "powerstripflocker.cli.restore",
+    "up": "powerstripflocker.cli.up",
 }
 
 

@@ -6,11 +6,15 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.logger import Logger
 
-from powerstripflocker.frontends.options import add_control_options, build_api, build_placement, check_control_options
+from powerstripflocker.frontends.options import (
+    add_control_options, build_api, build_placement, check_control_options,
+)
 from powerstripflocker.core.lease_keeper import DEFAULT_LEASE_SECONDS, LeaseKeeper
 from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import LISTEN_BACKLOG, BoundedSite
-from powerstripflocker.frontends.plugin import MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document
+from powerstripflocker.frontends.plugin import (
+    MAX_REQUEST_BYTES, VolumePlugin, plugin_error_document,
+)
 
 HELP = "serve the Docker volume plugin protocol (docker run --volume-driver flocker)"
 PLUGIN_DIRECTORY = "/run/docker/plugins"
