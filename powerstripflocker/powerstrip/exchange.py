@@ -126,8 +126,8 @@ class HookedExchange:
             try:
                 body = body.decode("utf-8")
             except UnicodeDecodeError:
-                raise Refused(400, "powerstrip proxy: the JSON request body is not UTF-8") \
-                    from None
+                raise Refused(
+                    400, "powerstrip proxy: the JSON request body is not UTF-8") from None
         request = self.request
         self.client_request = ClientRequest(
             request.method.decode("latin-1"), request.target.decode("latin-1"), body)
