@@ -8,8 +8,9 @@
 - mover.py: the push to a dataset's next primary, the receiving side, transfer records
 - trash.py: deleted datasets kept a while, then purged
 - local.py: what runs on and what uses this node's datasets
-- peer.py: the agent <-> agent protocol's server (Klein) over IReceiver; the client is
-  clients/peer.py
+- peer.py: the agent <-> agent protocol's server (Klein routes); incoming.py: a push's
+  body streamed as it arrives; receiver.py: IReceiver, what they need of the agent (the
+  client side is clients/peer.py)
 - backends/: storage backends behind IStorageBackend (directory, btrfs)
 - streams/: a subprocess's output as an HTTP body and an HTTP body into a subprocess, with
   flow control, splice(2) on plain TCP and byte counting

@@ -11,7 +11,7 @@ from zope.interface import implementer
 from powerstripflocker.agent.backends import BackendError, Conflict, MissingParent
 from powerstripflocker.agent.local import InUseHere
 from powerstripflocker.agent.model import PRIMARY
-from powerstripflocker.agent.peer import IReceiver, Refused
+from powerstripflocker.agent.receiver import IReceiver, Refused
 from powerstripflocker.agent.streams.progress import Progress
 from powerstripflocker.agent.streams.receiving import ProcessSink
 from powerstripflocker.agent.streams.sending import ProcessBodyProducer

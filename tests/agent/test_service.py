@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from powerstripflocker.agent.backends import SendPlan, TrashEntry
 from powerstripflocker.agent.faults import Faults
 from powerstripflocker.agent.model import HANDED_OFF, PRIMARY, LocalDataset
-from powerstripflocker.agent.peer import Refused
+from powerstripflocker.agent.receiver import Refused
 from powerstripflocker.agent.service import TRASH_REPORT_LIMIT, AgentService
 from powerstripflocker.clients.peer import PeerError
 
