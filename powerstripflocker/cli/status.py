@@ -14,6 +14,7 @@ from powerstripflocker.clients.http import (
     CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, TokenError, client_token,
     connection_pool, http_client, tls_policy,
 )
+from powerstripflocker.serving.lifecycle import run_reactor
 
 HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, moves, leases"
 
@@ -225,11 +226,6 @@ def read_token(options, environ=os.environ):
 
 
 def run(options):
-    from twisted.internet import task
-    from twisted.internet.defer import ensureDeferred
-
-    status = [0]
-
     async def main(reactor):
         try:
             token = read_token(options)
@@ -237,8 +233,7 @@ def run(options):
             documents = await fetch(client, options.control_url, token)
         except (StatusError, OSError) as error:
             log.error("status: {error}", error=str(error))
-            status[0] = 1
-            return
+            raise SystemExit(1)
         rows = build_rows(*documents, include_deleted=options.all)
         if options.json:
             print(json.dumps(rows, indent=2))
@@ -247,8 +242,4 @@ def run(options):
         else:
             print("no datasets")
 
-    try:
-        task.react(lambda reactor: ensureDeferred(main(reactor)))
-    except SystemExit as exit:
-        return status[0] or exit.code or 0
-    return status[0]
+    return run_reactor(main)
