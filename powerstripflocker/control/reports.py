@@ -82,7 +82,9 @@ class NodeReports:
                          trash=trash, era=era.lower() if era else None)
         old = self.nodes.get(node_uuid)
         different = old is None or old.content() != new.content()
-        if different:
+        # A new era alone wakes nobody, but is stored: a restarted control service then
+        # answers by_era for the agent's current run, not its last one.
+        if different or old.era != new.era:
             self.store.put_node_report(node_uuid, new.to_json(), now)
             self._persisted_received[node_uuid] = now
         elif now - self._persisted_received.get(node_uuid, now) >= self.state_expiry / 4:

@@ -105,6 +105,20 @@ class PublishedSchemaTests(TestCase, SchemaChecks):
         response, body = await h.request("GET", f"/v1/state/nodes/by_era/{later}")
         self.assertEqual((response.code, body), unknown, "an expired report is no node")
 
+    async def test_a_restarted_service_finds_the_node_by_its_current_era(self):
+        h = self.h
+        first, second = new_id(), new_id()
+        for era in (first, second):  # the agent started again: only its era changed
+            response, _ = await h.request("PUT", f"/agent/v1/nodes/{NODE1}", {
+                "host": "10.0.0.1", "agent_url": "http://10.0.0.1:4524", "datasets": [],
+                "era": era})
+            self.assertEqual(response.code, 200)
+        h.restart()
+        response, body = await h.request("GET", f"/v1/state/nodes/by_era/{second}")
+        self.assertEqual((response.code, body), (200, {"uuid": NODE1}))
+        response, body = await h.request("GET", f"/v1/state/nodes/by_era/{first}")
+        self.assertEqual(response.code, 404)
+
     async def test_the_container_api_is_not_served(self):
         for method, path in [("GET", "/v1/configuration/containers"),
                              ("POST", "/v1/configuration/containers"),
