@@ -28,6 +28,9 @@ log = Logger()
 
 
 class AgentService(Service):
+    """One node's agent: its parts wired together, started and stopped as one; what the
+    rest of the node (in-use tracking, the peer listener, metrics) asks of it."""
+
     def __init__(self, reactor, backend, control, peers, node_uuid, address, agent_url,
                  token=None, faults=None, heartbeat=10.0, max_backoff=5.0, poll_timeout=30,
                  stall_timeout=300.0, move_attempts=5, stall_retry=300.0,
