@@ -129,9 +129,6 @@ class ControlAPI:
     """The Klein app; ControlAPI(service, token).app.resource() is the whole site."""
 
     app = Klein()
-    # %2F in an id decodes to "/": merging the slashes would answer a redirect to the
-    # same URL, where an id that holds "/" is simply not found.
-    app.url_map.merge_slashes = False
 
     def __init__(self, service, cluster_token=None):
         self.service = service
@@ -198,6 +195,10 @@ class ControlAPI:
     @app.handle_errors(RequestRedirect)
     def redirect(self, request, failure):
         location = failure.value.new_url
+        if b"//" not in request.path:
+            # The slashes merged were escaped ones (an id holding %2F): a redirect would
+            # name another resource. There is no such one.
+            return self.not_found(request, failure)
         return json_response(
             request, failure.value.code, {"description": f"See {location}"},
             [(b"Location", location.encode("utf-8"))],

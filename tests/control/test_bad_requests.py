@@ -303,7 +303,7 @@ class BadRequestTests(TestCase):
         for method in ("POST", "DELETE"):
             await self.assertRefused(method, f"{DATASETS}/%2F0", 404, "Not found.",
                                      {"primary": NODE1})
-            await self.assertRefused(method, "/agent/v1/nodes/%2Fx", 404, "Not found.", {})
+        await self.assertRefused("PUT", "/agent/v1/nodes/%2Fx", 404, "Not found.", {})
 
     async def test_wrong_method(self):
         await self.assertRefused("PUT", DATASETS, 405, "Method not allowed on this resource.",
