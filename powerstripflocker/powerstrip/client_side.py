@@ -16,11 +16,12 @@ from zope.interface import implementer
 from powerstripflocker.powerstrip.bodies import request_framing
 from powerstripflocker.powerstrip.config import NO_HOOKS
 from powerstripflocker.powerstrip.exchange import BODY_METHODS, HookedExchange, Refused
-from powerstripflocker.powerstrip.flow import Backpressure, Flow
+from powerstripflocker.powerstrip.flow import Backpressure
 from powerstripflocker.powerstrip.http import (
     MAX_HEAD, ProtocolError, error_response, find_head_end,
 )
 from powerstripflocker.powerstrip.request_parsing import parse_request, without_empty_lines
+from powerstripflocker.serving.flow import Flow
 from powerstripflocker.serving.head_deadline import HeadDeadline
 
 _EMPTY_LINE_BYTES = b"\r\n"

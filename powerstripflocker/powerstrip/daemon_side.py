@@ -16,10 +16,11 @@ from zope.interface import implementer
 
 from powerstripflocker.powerstrip.bodies import CloseDelimited, Framing
 from powerstripflocker.powerstrip.exchange import Refused
-from powerstripflocker.powerstrip.flow import Backpressure, Flow
+from powerstripflocker.powerstrip.flow import Backpressure
 from powerstripflocker.powerstrip.http import (
     MAX_HEAD, Head, ProtocolError, find_head_end, media_type,
 )
+from powerstripflocker.serving.flow import Flow
 
 _STREAM_TYPES = (
     b"application/vnd.docker.raw-stream", b"application/vnd.docker.multiplexed-stream",

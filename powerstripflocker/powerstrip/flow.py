@@ -1,35 +1,14 @@
 """Flow control between the proxy's two connections.
 
-Each connection reads while no reason to pause it remains (backpressure from
-the other side's write buffer, a request waiting for hooks or for the daemon
-connection, a pipelined request behind the current one, bytes after an
-Upgrade request). Nothing is buffered beyond the kernel and Twisted's write
+Each connection reads while no reason to pause its serving.flow.Flow remains
+(backpressure from the other side's write buffer, a request waiting for hooks or
+for the daemon connection, a pipelined request behind the current one, bytes
+after an Upgrade request). Nothing is buffered beyond the kernel and Twisted's write
 buffers.
 """
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
-
-
-class Flow:
-    """Pauses reading from a transport while any reason to pause remains."""
-
-    __slots__ = ("transport", "reasons")
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.reasons = set()
-
-    def pause(self, reason):
-        if not self.reasons:
-            self.transport.pauseProducing()
-        self.reasons.add(reason)
-
-    def resume(self, reason):
-        if reason in self.reasons:
-            self.reasons.discard(reason)
-            if not self.reasons:
-                self.transport.resumeProducing()
 
 
 @implementer(IPushProducer)

@@ -11,36 +11,7 @@ from powerstripflocker.agent.streams import kernel
 from powerstripflocker.agent.streams.kernel import (
     COALESCE_DELAY, F_GETPIPE_SZ, ROOM_BYTES, PipeEnd, close_quietly, make_pipe, pipe_bytes)
 from powerstripflocker.agent.streams.processes import CommandFailed, Collect, spawn
-
-
-class NetworkPauser:
-    """Pauses the network transport while any reason to pause remains: "pipe" (the
-    subprocess's stdin is full) and "hold" (hold_after, until release)."""
-
-    def __init__(self, transport):
-        self.transport = transport
-        self.reasons = set()
-
-    @property
-    def held(self):
-        """Whether the network stays paused (a resume of the transport would be wrong)."""
-        return bool(self.reasons)
-
-    def pause(self, reason):
-        if not self.reasons:
-            self.transport.pauseProducing()
-        self.reasons.add(reason)
-
-    def resume(self, reason):
-        if reason in self.reasons:
-            self.reasons.discard(reason)
-            if not self.reasons:
-                self.transport.resumeProducing()
-
-    def resume_all(self):
-        if self.reasons:
-            self.reasons.clear()
-            self.transport.resumeProducing()
+from powerstripflocker.serving.flow import Flow
 
 
 class BodySink:
@@ -93,7 +64,9 @@ class ProcessSink(BodySink):
         except BaseException:
             close_quietly(write_end)
             raise
-        self.pauser = NetworkPauser(network_transport)
+        # Reasons: "pipe" (the subprocess's stdin is full), "hold" (hold_after, until
+        # release).
+        self.pauser = Flow(network_transport)
         self.finished = defer.Deferred()
         self._aborted = False
         self._input_closed = False
