@@ -8,7 +8,9 @@ and unhooked. Every request head, and every chunked request body, is therefore
 also read by llhttp (Node.js's parser, through httptools) with all its
 leniencies off; what it refuses (bare LF or CR line ends, obs-fold,
 Content-Length with Transfer-Encoding, two Content-Lengths, a bad chunk size)
-gets a 400 before a byte is forwarded. What both accept is relayed verbatim.
+gets a 400 before a byte is forwarded, and so does a header value that ends in
+white space (llhttp keeps it in the value, Go trims it). What both accept is
+relayed verbatim.
 """
 
 import re
@@ -20,6 +22,7 @@ from powerstripflocker.powerstrip.http import Head, ProtocolError
 
 HTTP_VERSIONS = ("1.0", "1.1")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_TRAILING_WHITE_SPACE = re.compile(rb"[ \t]\r\n")
 
 
 class _Events:
@@ -82,6 +85,8 @@ def parse_request(raw_head):
     version = parser.get_http_version()
     if version not in HTTP_VERSIONS:
         raise ProtocolError(f"HTTP version {version} is not 1.0 or 1.1")
+    if _TRAILING_WHITE_SPACE.search(raw_head):
+        raise ProtocolError("white space at the end of a header line")
     head = Head(raw_head[:-4])
     request_line = head.first.split(b" ")
     if len(request_line) != 3:
