@@ -163,7 +163,7 @@ class SingleFlight:
 
 
 class Placement:
-    """ensure_local(names) -> Deferred firing with {name: path on this node}.
+    """place(names) -> Deferred firing with {name: LocalVolume on this node}.
 
     Each name is claimed from the control service, which decides in one transaction
     whether to create it here, move it here, or (once it is here) lease it to this node;
@@ -188,18 +188,16 @@ class Placement:
         self._creating = DeferredLock()
         self._this_node = None
 
-    def ensure_local(self, names):
-        """Deferred firing with {name: path on this node}."""
-        async def paths():
-            volumes = await self._ensure_local(list(dict.fromkeys(names)))
-            return {name: volume.path for name, volume in volumes.items()}
-        return Deferred.fromCoroutine(paths())
-
     def place(self, names):
-        """Deferred firing with {name: LocalVolume}."""
-        return Deferred.fromCoroutine(self._ensure_local(list(dict.fromkeys(names))))
+        """Deferred firing with {name: LocalVolume}: each volume local to this node."""
+        return Deferred.fromCoroutine(self._place_all(list(dict.fromkeys(names))))
 
-    async def _ensure_local(self, names):
+    def ensure_local(self, names):
+        """place(names), answering only what the hook needs: {name: path on this node}."""
+        return self.place(names).addCallback(
+            lambda volumes: {name: volume.path for name, volume in volumes.items()})
+
+    async def _place_all(self, names):
         deadline_at = self._clock.seconds() + self.deadline
         node = await self.this_node(deadline_at, ", ".join(names))
         placements = [
