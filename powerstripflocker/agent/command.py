@@ -10,7 +10,8 @@ from twisted.logger import Logger
 from twisted.internet.error import CannotListenError
 
 from powerstripflocker.clients.http import (
-    DEFAULT_CONTROL_URL, TOKEN_ENV, command_token, http_client, tls_policy,
+    DEFAULT_CONTROL_URL, TOKEN_ENV, command_token, control_url_argument, http_client,
+    tls_policy,
 )
 from powerstripflocker.clients.docker import DockerEngineClient
 from powerstripflocker.clients.flocker_client import FlockerClient
@@ -35,8 +36,9 @@ log = Logger()
 
 def configure(parser):
     parser.add_argument("--control-url", default=DEFAULT_CONTROL_URL,
-                        help="the control service, with or without /v1 (default "
-                             "%(default)s)")
+                        type=control_url_argument,
+                        help="the control service, with or without /v1, or a comma-separated "
+                             "list of its replicas (default %(default)s)")
     parser.add_argument("--data-root", default="/var/lib/powerstrip-flocker/agent",
                         help="where datasets and the node UUID live (default %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="directory",
@@ -183,7 +185,7 @@ class AgentServer(PartService):
         datasets = os.path.join(data_root, "datasets")
         if os.path.isdir(datasets):
             os.chmod(datasets, 0o700)
-        control = ControlClient(options.control_url, token=token, http=http)
+        control = ControlClient(options.control_url, token=token, http=http, reactor=reactor)
         peers = PeerClient(reactor, me, token=token, http=http)
         agent = AgentService(reactor, backend, control, peers, me, options.address, url,
                              token=token, faults=faults, move_attempts=options.move_attempts,

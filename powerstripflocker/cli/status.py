@@ -12,7 +12,7 @@ from powerstripflocker.clients.flocker import ControlServiceUnreachable, Flocker
 from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.clients.http import (
     CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, TokenError, client_token,
-    connection_pool, http_client, tls_policy,
+    connection_pool, control_url_argument, http_client, tls_policy,
 )
 from powerstripflocker.serving.lifecycle import run_reactor
 
@@ -32,8 +32,9 @@ class StatusError(Exception):
 def configure(parser):
     parser.add_argument(
         "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
-        help=f"control service base URL, with or without /v1 (default ${CONTROL_URL_ENV} "
-             f"or {DEFAULT_CONTROL_URL})",
+        type=control_url_argument,
+        help=f"control service base URL, with or without /v1, or a comma-separated list of "
+             f"its replicas (default ${CONTROL_URL_ENV} or {DEFAULT_CONTROL_URL})",
     )
     parser.add_argument(
         "--cluster-token-file", metavar="PATH",
@@ -197,7 +198,8 @@ async def fetch(client, url, token=None, reactor=None):
         raise StatusError(f"the control service at {api.base_url} answered {error}")
     documents = [[asdict(entry) for entry in entries]
                  for entries in (configuration.datasets, state, nodes, leases)]
-    return (*documents, await cluster_view(client, url, token))
+    # The replica that answered is asked first for the view too.
+    return (*documents, await cluster_view(client, api.replicas.in_turn(), token))
 
 
 async def cluster_view(client, url, token):

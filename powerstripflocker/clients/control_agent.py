@@ -15,7 +15,7 @@ import treq
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
-from powerstripflocker.clients.http import control_root
+from powerstripflocker.clients.http import UNAVAILABLE_CODE, Replicas, within
 
 REQUIRED_REPORT_FIELDS = ("host", "agent_url", "datasets")
 
@@ -40,12 +40,20 @@ class IControlClient(Interface):
 
 @implementer(IControlClient)
 class ControlClient:
-    """base_url: the control service, given with or without /v1."""
+    """base_url: the control service, given with or without /v1, or a comma-separated
+    list of its replicas (http.Replicas fails over between them). Both requests are
+    safe to send twice: a report replaces the last one, a poll only reads."""
 
-    def __init__(self, base_url, token=None, http=None):
-        self.base_url = control_root(base_url)
+    def __init__(self, base_url, token=None, http=None, reactor=None):
+        self.replicas = Replicas(base_url, reactor)
         self.token = token
         self.http = http or treq
+        self._reactor = reactor
+
+    @property
+    def base_url(self):
+        """The replica asked first."""
+        return self.replicas.root
 
     def _headers(self, extra=None):
         headers = {}
@@ -54,8 +62,22 @@ class ControlClient:
         headers.update(extra or {})
         return headers
 
-    async def _decode(self, response, what):
-        body = await response.content()
+    async def _exchange(self, method, path, timeout, **kwargs):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+
+        async def exchange(root):
+            response = await self.http.request(method, root + path, **kwargs)
+            return response, await response.content()
+
+        def attempt(root):
+            return within(defer.Deferred.fromCoroutine(exchange(root)), timeout, reactor)
+        return await self.replicas.call(
+            attempt, unavailable=lambda answer: answer[0].code == UNAVAILABLE_CODE)
+
+    def _decode(self, answer, what):
+        response, body = answer
         if response.code != 200:
             raise ControlError(f"{what}: HTTP {response.code}: "
                                f"{body[:500].decode('utf-8', 'replace')}")
@@ -66,20 +88,18 @@ class ControlClient:
 
     async def report(self, node_uuid, report, era=None):
         body = dict(report, era=era) if era is not None else report
-        response = await self.http.put(
-            f"{self.base_url}/agent/v1/nodes/{node_uuid}",
-            data=json.dumps(body).encode(),
-            headers=self._headers({b"Content-Type": [b"application/json"]}), timeout=30)
-        return await self._decode(response, "report")
+        answer = await self._exchange(
+            "PUT", f"/agent/v1/nodes/{node_uuid}", 30, data=json.dumps(body).encode(),
+            headers=self._headers({b"Content-Type": [b"application/json"]}))
+        return self._decode(answer, "report")
 
     async def cluster(self, generation=None, timeout=30):
         params = {"timeout": timeout}
         if generation is not None:
             params["generation"] = generation
-        response = await self.http.get(
-            f"{self.base_url}/agent/v1/cluster?{urlencode(params)}",
-            headers=self._headers(), timeout=timeout + 15)
-        return await self._decode(response, "cluster view")
+        answer = await self._exchange("GET", f"/agent/v1/cluster?{urlencode(params)}",
+                                      timeout + 15, headers=self._headers())
+        return self._decode(answer, "cluster view")
 
 
 @implementer(IControlClient)

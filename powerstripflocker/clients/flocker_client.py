@@ -1,12 +1,10 @@
 """IFlockerAPI over HTTP(S) with treq: the client of a Flocker v1 control service."""
 
 import json
+import uuid
 from urllib.parse import quote
 
-from twisted.internet import error as neterror
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
-from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from powerstripflocker.clients.flocker import (
@@ -15,8 +13,6 @@ from powerstripflocker.clients.flocker import (
     HeldElsewhere, Holder, IFlockerAPI, Lease, Node, NotFound, Trashed,
 )
 from powerstripflocker.clients import http
-
-log = Logger()
 
 _ERRORS_BY_STATUS = {
     400: BadRequest, 404: NotFound, 405: DatasetDeleted, 409: AlreadyExists,
@@ -65,34 +61,46 @@ def _holder(entry):
                   tuple(str(user) for user in users) if isinstance(users, list) else ())
 
 
-_RETRIED_ERRORS = (neterror.ConnectError,)
-
-
 @implementer(IFlockerAPI)
 class FlockerClient:
     """IFlockerAPI over HTTP(S) with treq.
 
-    Each request has a timeout; a failure to connect is retried (connecting again
-    cannot repeat a request the service never received), anything else is reported.
+    control_url: one control service URL or a comma-separated list of its replicas
+    (http.Replicas fails over between them). Each request has a timeout; a failure to
+    connect is retried (connecting again cannot repeat a request the service never
+    received); every write is safe to send twice (see create_dataset), anything else
+    is reported.
     """
 
     def __init__(self, reactor, control_url, timeout=10.0, connect_retries=3,
                  tls_policy=None, http_client=None, token=None):
         self._reactor = reactor
         self._token = token
-        self.base_url = http.control_root(control_url) + "/v1"
+        self.replicas = http.Replicas(control_url, reactor, connect_retries)
         self._timeout = timeout
-        self._connect_retries = connect_retries
         if http_client is None:
             http_client = http.http_client(reactor, tls_policy)
         self.http_client = http_client
+
+    @property
+    def base_url(self):
+        """The v1 API of the replica asked first."""
+        return self.replicas.root + "/v1"
 
     async def _exchange(self, method, url, data, headers):
         response = await self.http_client.request(method, url, data=data, headers=headers)
         return response, await response.content()
 
+    def _attempt(self, method, path, data, headers):
+        def attempt(root):
+            # Our own timeout, not treq's: treq's cancels the request, which would look
+            # like the caller's deadline cancelling us (a partition then read as a 500).
+            exchange = Deferred.fromCoroutine(
+                self._exchange(method, root + "/v1" + path, data, headers))
+            return http.within(exchange, self._timeout, self._reactor)
+        return attempt
+
     async def _request(self, method, path, body=None, headers=None, expected=(200,)):
-        url = self.base_url + path
         request_headers = {"Accept": ["application/json"]}
         if self._token:
             request_headers["Authorization"] = [f"Bearer {self._token}"]
@@ -103,30 +111,18 @@ class FlockerClient:
         for name, value in (headers or {}).items():
             if value is not None:
                 request_headers[name] = [value]
-        delay = 0.1
-        for attempt in range(self._connect_retries + 1):
-            # Our own timeout, not treq's: treq's cancels the request, which would look
-            # like the caller's deadline cancelling us (a partition then read as a 500).
-            exchange = Deferred.fromCoroutine(self._exchange(method, url, data, request_headers))
-            exchange.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
-            try:
-                response, content = await exchange
-                break
-            except DeferredTimeoutError:
-                raise ControlServiceUnreachable(
-                    self.base_url, f"no answer within {self._timeout:g}s") from None
-            except _RETRIED_ERRORS as reason:
-                if attempt == self._connect_retries:
-                    raise ControlServiceUnreachable(self.base_url, _describe(reason)) from None
-                log.debug("retrying {method} {url} after {reason}", method=method, url=url,
-                          reason=_describe(reason))
-                await deferLater(self._reactor, delay, lambda: None)
-                delay *= 4
-            except Exception as reason:
-                if _cancelled(reason):
-                    # The caller's deadline cancelled us: let it see a cancellation.
-                    raise CancelledError() from None
-                raise ControlServiceUnreachable(self.base_url, _describe(reason)) from None
+        try:
+            response, content = await self.replicas.call(
+                self._attempt(method, path, data, request_headers),
+                unavailable=lambda answer: answer[0].code == http.UNAVAILABLE_CODE)
+        except DeferredTimeoutError:
+            raise ControlServiceUnreachable(
+                self.base_url, f"no answer within {self._timeout:g}s") from None
+        except Exception as reason:
+            if http.cancelled(reason):
+                # The caller's deadline cancelled us: let it see a cancellation.
+                raise CancelledError() from None
+            raise ControlServiceUnreachable(self.base_url, http.describe(reason)) from None
         try:
             decoded = json.loads(content) if content else None
         except ValueError:
@@ -189,16 +185,33 @@ class FlockerClient:
             body["metadata"] = metadata
         if maximum_size is not None:
             body["maximum_size"] = maximum_size
-        if dataset_id is not None:
-            body["dataset_id"] = dataset_id
+        # An id of our own makes the create safe to send twice (a replica that fails
+        # over, a connection closed before the answer): the service answers a repeat
+        # with 409 for that id, which only our own earlier attempt can have taken.
+        chosen_here = dataset_id is None
+        body["dataset_id"] = str(uuid.uuid4()) if chosen_here else dataset_id
 
         async def call():
-            _, created = await self._request(
-                "POST", "/configuration/datasets", body,
-                {"X-If-Configuration-Matches": if_configuration_matches}, expected=(201,),
-            )
+            try:
+                _, created = await self._request(
+                    "POST", "/configuration/datasets", body,
+                    {"X-If-Configuration-Matches": if_configuration_matches},
+                    expected=(201,),
+                )
+            except AlreadyExists:
+                if not chosen_here:
+                    raise
+                return await self._created_before(body["dataset_id"])
             return _dataset_config(created)
         return self._deferred(call())
+
+    async def _created_before(self, dataset_id):
+        """The dataset an earlier attempt of this create made (its answer was lost)."""
+        configuration = await self._configuration("/configuration/datasets")
+        for dataset in configuration.datasets:
+            if dataset.dataset_id == dataset_id:
+                return dataset
+        raise AlreadyExists(409, f"dataset {dataset_id} is said to exist but is not listed")
 
     def move_dataset(self, dataset_id, primary, if_configuration_matches=None):
         async def call():
@@ -289,21 +302,3 @@ class FlockerClient:
                 "POST", f"/configuration/datasets/{dataset_id}/restore")
             return _dataset_config(restored)
         return self._deferred(call())
-
-
-def _timed_out(result, timeout):
-    """Whatever a request cancelled by our timeout failed with, the cause is the timeout."""
-    raise DeferredTimeoutError(timeout, "no answer")
-
-
-def _cancelled(reason):
-    """Whether a failed request failed because it was cancelled (HTTP client failures
-    wrap their causes in .reasons)."""
-    if isinstance(reason, CancelledError):
-        return True
-    return any(wrapped.check(CancelledError) for wrapped in getattr(reason, "reasons", ()))
-
-
-def _describe(reason):
-    text = str(reason).strip()
-    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__

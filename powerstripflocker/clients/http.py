@@ -12,9 +12,16 @@ import os
 from urllib.parse import urlsplit
 
 import treq
+from twisted.internet import error as neterror
+from twisted.internet.defer import CancelledError, TimeoutError as DeferredTimeoutError
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.client import (
     Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory,
 )
+from twisted.web._newclient import RequestTransmissionFailed, ResponseNeverReceived
+
+log = Logger()
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:4523"
 CONTROL_URL_ENV = "FLOCKER_CONTROL_SERVICE_BASE_URL"
@@ -52,6 +59,11 @@ def is_local_url(url):
         return False
 
 
+def _all_local(control_urls):
+    """Whether every URL of a --control-url list names this machine."""
+    return all(is_local_url(url.strip()) for url in control_urls.split(","))
+
+
 def client_token(token_file, control_url, environ=os.environ,
                  default_file=DEFAULT_TOKEN_FILE):
     """The token a client sends: from token_file, else the environment, else (for a
@@ -61,7 +73,7 @@ def client_token(token_file, control_url, environ=os.environ,
     token = environ.get(TOKEN_ENV, "").strip()
     if token:
         return token
-    if control_url is not None and is_local_url(control_url) and os.path.exists(default_file):
+    if control_url is not None and _all_local(control_url) and os.path.exists(default_file):
         try:
             return read_token_file(default_file)
         except TokenError:
@@ -138,3 +150,149 @@ def http_client(reactor, policy=None, pool=None):
     agent = Agent(reactor, contextFactory=policy or BrowserLikePolicyForHTTPS(),
                   pool=pool or connection_pool(reactor))
     return treq.client.HTTPClient(agent)
+
+
+# -- the control service's replicas: one URL list, and failing over between them --------
+
+class ControlUrlError(ValueError):
+    """A --control-url list holding an item that is not a control service URL."""
+
+
+def control_roots(control_urls):
+    """The roots (see control_root) of a comma-separated list of control service URLs,
+    or of a sequence of them, in their order and without repeats. ControlUrlError names
+    the first item that is not an http(s)://HOST[:PORT][/PATH] URL."""
+    items = control_urls.split(",") if isinstance(control_urls, str) else list(control_urls)
+    roots = []
+    for item in items:
+        root = control_root(item)
+        parts = urlsplit(root)
+        try:
+            parts.port
+            well_formed = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            well_formed = False
+        if not well_formed or parts.query or parts.fragment:
+            raise ControlUrlError(f"{item.strip()!r} in the control URL list "
+                                  f"{control_urls!r} is not an http(s)://HOST[:PORT] URL")
+        if root not in roots:
+            roots.append(root)
+    return tuple(roots)
+
+
+def control_url_argument(text):
+    """argparse type of --control-url: the text as given, once every item is checked."""
+    import argparse
+
+    try:
+        control_roots(text)
+    except ControlUrlError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def cancelled(reason):
+    """Whether a failed request failed because it was cancelled (HTTP client failures
+    wrap their causes in .reasons)."""
+    if isinstance(reason, CancelledError):
+        return True
+    return any(wrapped.check(CancelledError) for wrapped in getattr(reason, "reasons", ()))
+
+
+def describe(reason):
+    text = str(reason).strip()
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _timed_out(result, timeout):
+    """Whatever a request cancelled by our timeout failed with, the cause is the timeout."""
+    raise DeferredTimeoutError(timeout, "no answer")
+
+
+def within(deferred, seconds, reactor):
+    """deferred, failing with TimeoutError (not a cancellation: that is the caller's
+    deadline) when it has not fired within seconds."""
+    return deferred.addTimeout(seconds, reactor, onTimeoutCancel=_timed_out)
+
+
+# A request never reached the service: connecting again cannot repeat it.
+_NOT_CONNECTED = (neterror.ConnectError,)
+# The connection was closed with no answer: most often a kept-alive one that the server
+# (or a proxy) closed between two requests, which Twisted retries itself for GET only.
+_CLOSED_UNANSWERED = (ResponseNeverReceived, RequestTransmissionFailed)
+_UNAVAILABLE = _NOT_CONNECTED + _CLOSED_UNANSWERED + (DeferredTimeoutError,)
+UNAVAILABLE_CODE = 503
+
+
+class Replicas:
+    """The control service's replicas as one client sees them (its --control-url list).
+
+    call(attempt) asks the replica that answered last, and the next one in the list when
+    it cannot be reached, does not answer in time or answers 503; it sticks with the one
+    that answers. Bounded: each replica once per request, plus one retry of a request
+    whose connection was closed before any answer, plus connect_retries more rounds
+    when no replica accepted a connection (then nothing can have been received).
+    Whoever calls sends only requests that are safe to send twice."""
+
+    def __init__(self, control_urls, reactor=None, connect_retries=0, first_delay=0.1):
+        self.roots = control_roots(control_urls)
+        if not self.roots:
+            raise ControlUrlError("no control service URL given")
+        self._reactor = reactor
+        self._connect_retries = connect_retries
+        self._first_delay = first_delay
+        self._current = 0
+
+    @property
+    def root(self):
+        """The replica asked first: the last one that answered."""
+        return self.roots[self._current]
+
+    def in_turn(self):
+        """The replicas in the order they are asked now."""
+        return self.roots[self._current:] + self.roots[:self._current]
+
+    async def call(self, attempt, unavailable=lambda answer: False):
+        """attempt(root) -> awaitable answer; unavailable(answer): whether an answer
+        says "ask another replica" (an HTTP answer of 503). The answer of the first
+        replica that gives an acceptable one; else the last replica's answer or error."""
+        count = len(self.roots)
+        delay = self._first_delay
+        closed_retried = False
+        for round_number in range(self._connect_retries + 1):
+            last_round = round_number == self._connect_retries
+            start, index, tried = self._current, self._current, 0
+            only_refused = True
+            while tried < count:
+                last = tried == count - 1
+                try:
+                    answer = await attempt(self.roots[index])
+                except Exception as error:
+                    if cancelled(error) or not isinstance(error, _UNAVAILABLE):
+                        raise
+                    if isinstance(error, _CLOSED_UNANSWERED) and not closed_retried:
+                        closed_retried = True
+                        log.debug("asking {root} again: {reason}", root=self.roots[index],
+                                  reason=describe(error))
+                        continue
+                    only_refused = only_refused and isinstance(error, _NOT_CONNECTED)
+                    if last and (last_round or not only_refused):
+                        raise
+                    log.debug("control service {root} unavailable: {reason}",
+                              root=self.roots[index], reason=describe(error))
+                else:
+                    if not (unavailable(answer) and not last):
+                        self._current = index
+                        return answer
+                    only_refused = False
+                    log.debug("control service {root} answered 503", root=self.roots[index])
+                index, tried = (index + 1) % count, tried + 1
+            self._current = start
+            await self._sleep(delay)
+            delay *= 4
+
+    async def _sleep(self, seconds):
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        await deferLater(reactor, seconds, lambda: None)

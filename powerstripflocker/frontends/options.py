@@ -4,7 +4,8 @@ where the control service is, who this node is, and how long to wait."""
 import os
 
 from powerstripflocker.clients.http import (
-    CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, command_token, tls_policy,
+    CONTROL_URL_ENV, DEFAULT_CONTROL_URL, TOKEN_SOURCES, command_token, control_url_argument,
+    tls_policy,
 )
 from powerstripflocker.clients.flocker import MINIMUM_SIZE
 from powerstripflocker.clients.flocker_client import FlockerClient
@@ -14,8 +15,10 @@ from powerstripflocker.core.placement import DEFAULT_CLAIM_SECONDS, DEFAULT_DEAD
 def add_control_options(parser, deadline=DEFAULT_DEADLINE):
     parser.add_argument(
         "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
-        help=f"the Flocker v1 control service, with or without /v1 "
-             f"(env {CONTROL_URL_ENV}; default %(default)s)",
+        type=control_url_argument,
+        help=f"the Flocker v1 control service, with or without /v1, or a comma-separated "
+             f"list of its replicas, asked in turn when one is unreachable, slow or "
+             f"answers 503 (env {CONTROL_URL_ENV}; default %(default)s)",
     )
     identity = parser.add_mutually_exclusive_group()
     identity.add_argument(
@@ -57,8 +60,9 @@ def add_operator_options(parser):
     service: its URL, one request's timeout, the cluster token and TLS."""
     parser.add_argument(
         "--control-url", default=os.environ.get(CONTROL_URL_ENV, DEFAULT_CONTROL_URL),
-        help=f"the Flocker v1 control service, with or without /v1 (env {CONTROL_URL_ENV}; "
-             "default %(default)s)")
+        type=control_url_argument,
+        help=f"the Flocker v1 control service, with or without /v1, or a comma-separated "
+             f"list of its replicas (env {CONTROL_URL_ENV}; default %(default)s)")
     parser.add_argument("--request-timeout", type=float, default=10.0,
                         help="seconds one control service request may take (default "
                              "%(default)g)")
