@@ -24,7 +24,7 @@ from powerstripflocker.core.docker_json import check_json_depth
 from powerstripflocker.control.metrics import ControlMetrics
 from powerstripflocker.control.schema import schema_errors
 from powerstripflocker.control.claims import DEFAULT_CLAIM_SECONDS
-from powerstripflocker.control.errors import APIError
+from powerstripflocker.control.errors import DATASET_ID_IN_USE, APIError
 from powerstripflocker.protocol.ids import canonical_uuid, is_uuid4
 
 MAX_BODY = 1024 * 1024
@@ -251,7 +251,11 @@ class ControlAPI:
     @app.route("/v1/configuration/datasets", methods=["POST"])
     @endpoint
     def create_dataset(self, request):
-        self._check_tag(request)
+        try:
+            self._check_tag(request)
+        except APIError:
+            self._refuse_a_repeat(request)
+            raise
         body = read_json(request, "dataset_create")
         dataset = self.service.create_dataset(
             primary=body["primary"],
@@ -260,6 +264,17 @@ class ControlAPI:
             maximum_size=body.get("maximum_size"),
         )
         return 201, dataset.to_configuration(), self._tag_headers()
+
+    def _refuse_a_repeat(self, request):
+        """A create sent again with its own dataset_id after the first was stored (its
+        answer lost) finds the tag moved by that first one: it is answered 409 for the
+        id, as without a tag, which its client reads as done."""
+        try:
+            dataset_id = canonical_uuid(read_json(request, "dataset_create").get("dataset_id"))
+        except APIError:
+            return
+        if dataset_id and any(d.dataset_id == dataset_id for d in self.service.datasets()):
+            raise APIError(409, DATASET_ID_IN_USE)
 
     @app.route("/v1/configuration/datasets/<dataset_id>", methods=["POST"])
     @endpoint
