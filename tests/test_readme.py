@@ -33,13 +33,19 @@ def documented_options():
     return options
 
 
-def actual_options():
-    parser = build_parser()
+def actual_options(parser=None, command=None):
+    """{command: its options}; a nested command ("control migrate") is a command of its
+    own, with its own row."""
+    parser = parser or build_parser()
     [subcommands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     options = {}
     for name, subparser in subcommands.choices.items():
+        name = f"{command} {name}" if command else name
         names = set()
         for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                options.update(actual_options(subparser, name))
+                continue
             if isinstance(action, argparse._HelpAction) or action.dest in (
                     "log_format", "log_level"):
                 continue

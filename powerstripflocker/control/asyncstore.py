@@ -49,6 +49,10 @@ class IAsyncStore(Interface):
     def node_reports():
         """Deferred [(node_uuid, report dict, received)], as IStore.node_reports."""
 
+    def is_empty():
+        """Deferred True when the store holds nothing at all: no dataset, lease or node
+        report, nor anything else it keeps (on etcd: no key under its prefix)."""
+
     # And every call of VIEW_CALLS, as IStore's but answering a Deferred, each a
     # decision of its own.
 
@@ -72,6 +76,9 @@ class IAsyncStore(Interface):
 
     def add_dataset(dataset):
         """Deferred: IStore.add_dataset."""
+
+    def import_dataset(dataset):
+        """Deferred: IStore.import_dataset."""
 
     def set_primary(dataset_id, primary):
         """Deferred: IStore.set_primary."""
@@ -107,9 +114,9 @@ class IAsyncStore(Interface):
 # The calls a decision's view has, and so every IAsyncStore has through decide().
 VIEW_CALLS = (
     "datasets", "datasets_named", "get_dataset", "leases", "get_lease", "configuration_tag",
-    "add_dataset", "set_primary", "mark_deleted", "mark_restored", "mark_manifested",
-    "put_lease", "delete_lease", "expire_leases", "put_node_report", "touch_node_report",
-    "delete_node_report",
+    "add_dataset", "import_dataset", "set_primary", "mark_deleted", "mark_restored",
+    "mark_manifested", "put_lease", "delete_lease", "expire_leases", "put_node_report",
+    "touch_node_report", "delete_node_report",
 )
 
 
@@ -177,6 +184,11 @@ class AsyncStore(_Decided):
 
     def node_reports(self):
         return maybeDeferred(self.store.node_reports)
+
+    def is_empty(self):
+        store = self.store
+        return maybeDeferred(
+            lambda: not (store.datasets() or store.leases() or store.node_reports()))
 
 
 # -------------------------------------------------------------- on etcd
@@ -286,6 +298,11 @@ class _EtcdView:
                         dataset.maximum_size, dataset.deleted, False, dataset.origin, 1)
         self._change(DATASETS + dataset.dataset_id.encode(), _dataset_value(fresh))
 
+    async def import_dataset(self, dataset):
+        if await self.get_dataset(dataset.dataset_id) is not None:
+            raise DatasetExists(dataset.dataset_id)
+        self._change(DATASETS + dataset.dataset_id.encode(), _dataset_value(dataset))
+
     async def _replace(self, dataset_id, configuration=True, **fields):
         dataset = await self.get_dataset(dataset_id)
         if dataset is None:
@@ -387,6 +404,11 @@ class EtcdStore(_Decided):
 
     def close(self):
         return self.etcd.close()
+
+    def is_empty(self):
+        async def read():
+            return not (await self.etcd.range(b"", prefix=True, limit=1)).kvs
+        return Deferred.fromCoroutine(read())
 
     def node_reports(self):
         async def read():

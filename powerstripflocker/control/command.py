@@ -11,6 +11,7 @@ from powerstripflocker.clients.http import TOKEN_ENV, TOKEN_FILE_NAME, TokenErro
 from powerstripflocker.serving.credentials import make_token_file
 from powerstripflocker.serving.lifecycle import PartService, run_until_stopped
 from powerstripflocker.serving.listening import BoundedSite, server_endpoint
+from powerstripflocker.control import migrate
 from powerstripflocker.control.httpapi import MAX_BODY, ControlAPI
 from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlService
 from powerstripflocker.control.store import Store
@@ -55,6 +56,12 @@ def configure(parser):
         help="accept client certificates signed by this CA as credentials (mutual TLS, "
              "as Flocker 1.x); a client without one needs the token",
     )
+    # Without an action, `control [options]` runs the service, as it always has.
+    actions = parser.add_subparsers(dest="control_action", metavar="ACTION",
+                                    help="migrate: " + migrate.HELP)
+    migrate_parser = actions.add_parser("migrate", help=migrate.HELP, description=migrate.HELP)
+    migrate.configure(migrate_parser)
+    migrate_parser.set_defaults(run=migrate.run)
 
 
 class ConfigurationError(Exception):

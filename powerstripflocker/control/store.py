@@ -139,6 +139,10 @@ class IStore(Interface):
         """Store a new Dataset (its manifested flag ignored: new datasets are not
         manifested); DatasetExists for a dataset_id already held."""
 
+    def import_dataset(dataset):
+        """Store a Dataset as it is, manifested flag and generation too (migrate copies
+        a cluster so), after those already held; DatasetExists for a dataset_id held."""
+
     def set_primary(dataset_id, primary):
         """Change the primary and raise the generation by one; nothing for the same
         primary or an unknown dataset."""
@@ -279,6 +283,12 @@ class SQLiteStore:
                 (dataset.dataset_id, dataset.primary, json.dumps(dataset.metadata),
                  dataset.maximum_size, int(dataset.deleted), dataset.origin),
             )
+
+    def import_dataset(self, dataset):
+        with self._transaction() as db:
+            self.add_dataset(dataset)
+            db.execute("UPDATE datasets SET manifested = ?, generation = ? WHERE dataset_id = ?",
+                       (int(dataset.manifested), dataset.generation, dataset.dataset_id))
 
     def set_primary(self, dataset_id, primary):
         """Change the primary and raise the generation (a no-op for the same primary)."""

@@ -65,6 +65,25 @@ def make_async_store_tests(open_store):
             await store.add_dataset(Dataset(FIRST, NODE1, manifested=True))
             self.assertFalse((await store.get_dataset(FIRST)).manifested)
 
+        async def test_an_imported_dataset_keeps_its_flags_and_generation_and_comes_last(self):
+            store = (await self.open()).store
+            await store.add_dataset(Dataset(FIRST, NODE1))
+            imported = Dataset(SECOND, NODE2, {"name": "b"}, 1024, True, True, NODE1, 7)
+            await store.import_dataset(imported)
+            self.assertEqual(await store.datasets(), [Dataset(FIRST, NODE1), imported])
+            with self.assertRaises(DatasetExists):
+                await store.import_dataset(Dataset(FIRST, NODE2))
+            self.assertEqual(await store.get_dataset(FIRST), Dataset(FIRST, NODE1))
+
+        async def test_a_store_is_empty_until_it_holds_anything(self):
+            for change in (lambda store: store.add_dataset(Dataset(FIRST, NODE1)),
+                           lambda store: store.put_lease(Lease(FIRST, NODE1, None)),
+                           lambda store: store.put_node_report(NODE1, {"host": "h"}, 5.0)):
+                store = (await self.open()).store
+                self.assertTrue(await store.is_empty())
+                await change(store)
+                self.assertFalse(await store.is_empty())
+
         async def test_a_dataset_id_held_already_is_refused_and_changes_nothing(self):
             store = (await self.open()).store
             kept = Dataset(FIRST, NODE1, {"name": "a"})

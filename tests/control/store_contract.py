@@ -64,6 +64,15 @@ def make_store_tests(open_store):
             store.add_dataset(Dataset(FIRST, NODE1, manifested=True))
             self.assertFalse(store.get_dataset(FIRST).manifested)
 
+        def test_an_imported_dataset_keeps_its_flags_and_generation_and_comes_last(self):
+            store = self.open().store
+            store.add_dataset(Dataset(FIRST, NODE1))
+            imported = Dataset(SECOND, NODE2, {"name": "b"}, 1024, True, True, NODE1, 7)
+            store.import_dataset(imported)
+            self.assertEqual(store.datasets(), [Dataset(FIRST, NODE1), imported])
+            self.assertRaises(DatasetExists, store.import_dataset, Dataset(FIRST, NODE2))
+            self.assertEqual(store.get_dataset(FIRST), Dataset(FIRST, NODE1))
+
         def test_a_dataset_id_held_already_is_refused_and_changes_nothing(self):
             store = self.open().store
             kept = Dataset(FIRST, NODE1, {"name": "a"})
