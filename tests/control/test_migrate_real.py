@@ -1,0 +1,100 @@
+"""control migrate into a real three-member etcd cluster on loopback: through migrate()
+and as the command run in a process of its own, each test in a key prefix of its own."""
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from powerstripflocker.clients.etcd_client import EtcdClient
+from powerstripflocker.control.asyncstore import EtcdStore
+from powerstripflocker.control.migrate import MigrationError, migrate, read_source, read_target
+from powerstripflocker.control.store import SQLiteStore
+
+from ..support.etcd import SharedCluster
+from .helpers import REPO_ROOT, harness
+from .populated import populate
+
+
+def command(*argv):
+    return subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "control", "migrate", *argv],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+
+
+@pytest.mark.etcd
+class MigrateIntoRealEtcdTests(TestCase):
+
+    @classmethod
+    def tearDownClass(cls):
+        SharedCluster.stop()
+
+    def setUp(self):
+        self.url = f"{SharedCluster.get().endpoint}/migrate-{uuid.uuid4().hex[:12]}"
+        self.h = harness(self)
+
+    def store(self):
+        store = EtcdStore(EtcdClient(reactor, self.url))
+        self.addCleanup(store.close)
+        return store
+
+    async def test_a_populated_store_is_copied_and_reads_back_equal(self):
+        await populate(self.h)
+        source = read_source(self.h.store)
+        lines = []
+        await migrate(self.h.store, self.store(), lines.append)
+        # Read back by another client, as a replica would.
+        reader = self.store()
+        self.assertEqual(await read_target(reader), source)
+        self.assertEqual(await reader.configuration_tag(), self.h.store.configuration_tag())
+        self.assertTrue(lines[-1].startswith("verified: 7 datasets, 3 leases, 2 node reports"))
+
+    async def test_a_non_empty_target_is_refused_with_nothing_written(self):
+        await populate(self.h)
+        client = EtcdClient(reactor, self.url)
+        self.addCleanup(client.close)
+        await client.put(b"datasets/someone-elses", b"{}")
+        before = await client.range(b"", prefix=True)
+        with self.assertRaises(MigrationError):
+            await migrate(self.h.store, self.store())
+        after = await client.range(b"", prefix=True)
+        self.assertEqual((after.kvs, after.revision), (before.kvs, before.revision))
+
+    async def test_the_command_copies_then_refuses_a_second_time(self):
+        await populate(self.h)
+        source = read_source(self.h.store)
+        self.h.close()  # the control service is stopped before a migration
+        self.addCleanup(self.h.open, start=False)
+        db = f"sqlite://{os.path.abspath(self.h.db_path)}"
+
+        first = await deferToThread(command, "--from", db, "--to", self.url)
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.assertIn("source: 7 datasets, 3 leases, 2 node reports", first.stdout)
+        self.assertIn("datasets: 7/7 copied", first.stdout)
+        self.assertIn("verified: 7 datasets, 3 leases, 2 node reports", first.stdout)
+        self.assertEqual(await read_target(self.store()), source)
+
+        again = await deferToThread(command, "--from", db, "--to", self.url)
+        self.assertEqual(again.returncode, 1)
+        self.assertIn("the target is not empty", again.stderr)
+        self.assertEqual(await read_target(self.store()), source)
+        # The source is left as it was.
+        left = SQLiteStore(self.h.db_path)
+        self.addCleanup(left.close)
+        self.assertEqual(read_source(left), source)
+
+    async def test_the_command_refuses_a_bad_url_and_a_missing_database(self):
+        bad = await deferToThread(command, "--from", "sqlite://host/c.db", "--to", self.url)
+        self.assertEqual(bad.returncode, 2)
+        self.assertIn("--from: 'sqlite://host/c.db': a sqlite URL names no host", bad.stderr)
+        missing = await deferToThread(
+            command, "--from", f"sqlite://{os.path.abspath(self.mktemp())}/none.db", "--to",
+            self.url)
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("there is no database at", missing.stderr)
+        self.assertTrue(await self.store().is_empty())
