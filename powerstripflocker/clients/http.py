@@ -216,7 +216,7 @@ def within(deferred, seconds, reactor):
 
 
 # A request never reached the service: connecting again cannot repeat it.
-_NOT_CONNECTED = (neterror.ConnectError,)
+_NOT_CONNECTED = (neterror.ConnectError, neterror.DNSLookupError)
 # The connection was closed with no answer: most often a kept-alive one that the server
 # (or a proxy) closed between two requests, which Twisted retries itself for GET only.
 _CLOSED_UNANSWERED = (ResponseNeverReceived, RequestTransmissionFailed)
