@@ -57,8 +57,9 @@ def configure(parser):
              "as Flocker 1.x); a client without one needs the token",
     )
     # Without an action, `control [options]` runs the service, as it always has.
-    actions = parser.add_subparsers(dest="control_action", metavar="ACTION",
-                                    help="migrate: " + migrate.HELP)
+    actions = parser.add_subparsers(
+        dest="control_action", metavar="[migrate]",
+        help="none: run the control service with the options above")
     migrate_parser = actions.add_parser("migrate", help=migrate.HELP, description=migrate.HELP)
     migrate.configure(migrate_parser)
     migrate_parser.set_defaults(run=migrate.run)

@@ -16,7 +16,7 @@ from powerstripflocker.control.asyncstore import EtcdStore
 from powerstripflocker.control.migrate import MigrationError, migrate, read_source, read_target
 from powerstripflocker.control.store import SQLiteStore
 
-from ..support.etcd import SharedCluster
+from ..support.etcd import EtcdCluster, SharedCluster
 from .helpers import REPO_ROOT, harness
 from .populated import populate
 
@@ -98,3 +98,39 @@ class MigrateIntoRealEtcdTests(TestCase):
         self.assertEqual(missing.returncode, 1)
         self.assertIn("there is no database at", missing.stderr)
         self.assertTrue(await self.store().is_empty())
+
+
+@pytest.mark.etcd
+class MigrateIntoTLSEtcdTests(TestCase):
+    """etcds:// with --to-ca, --to-cert and --to-key: members that ask for a client
+    certificate signed by their CA."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cluster = EtcdCluster(size=1, tls=True).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.cluster.stop()
+
+    async def test_the_command_copies_over_tls_with_a_client_certificate(self):
+        h = harness(self)
+        await populate(h)
+        source = read_source(h.store)
+        h.close()
+        self.addCleanup(h.open, start=False)
+        url = f"{self.cluster.endpoint}/migrate-tls"
+        files = self.cluster.tls_files
+        db = f"sqlite://{os.path.abspath(h.db_path)}"
+        done = await deferToThread(command, "--from", db, "--to", url, "--to-ca", files.ca,
+                                   "--to-cert", files.cert, "--to-key", files.key)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("verified: 7 datasets, 3 leases, 2 node reports", done.stdout)
+        store = EtcdStore(EtcdClient(reactor, url, tls=files))
+        self.addCleanup(store.close)
+        self.assertEqual(await read_target(store), source)
+        # Without its client certificate, etcd refuses the connection: nothing is copied.
+        refused = await deferToThread(command, "--from", db, "--to", f"{url}-other",
+                                      "--to-ca", files.ca)
+        self.assertEqual(refused.returncode, 1)
+        self.assertIn("control migrate: ", refused.stderr)
