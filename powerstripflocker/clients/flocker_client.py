@@ -91,8 +91,9 @@ class FlockerClient:
         response = await self.http_client.request(method, url, data=data, headers=headers)
         return response, await response.content()
 
-    def _attempt(self, method, path, data, headers):
+    def _attempt(self, method, path, data, headers, sends):
         def attempt(root):
+            sends.append(root)
             # Our own timeout, not treq's: treq's cancels the request, which would look
             # like the caller's deadline cancelling us (a partition then read as a 500).
             exchange = Deferred.fromCoroutine(
@@ -100,7 +101,11 @@ class FlockerClient:
             return http.within(exchange, self._timeout, self._reactor)
         return attempt
 
-    async def _request(self, method, path, body=None, headers=None, expected=(200,)):
+    async def _request(self, method, path, body=None, headers=None, expected=(200,),
+                       sends=None):
+        """(response, decoded body); sends, a list, gets one entry per time the request
+        was sent (more than one: an earlier one may have been carried out)."""
+        sends = [] if sends is None else sends
         request_headers = {"Accept": ["application/json"]}
         if self._token:
             request_headers["Authorization"] = [f"Bearer {self._token}"]
@@ -113,7 +118,7 @@ class FlockerClient:
                 request_headers[name] = [value]
         try:
             response, content = await self.replicas.call(
-                self._attempt(method, path, data, request_headers),
+                self._attempt(method, path, data, request_headers, sends),
                 unavailable=lambda answer: answer[0].code == http.UNAVAILABLE_CODE)
         except DeferredTimeoutError:
             raise ControlServiceUnreachable(
@@ -166,6 +171,8 @@ class FlockerClient:
 
     def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True,
               generation=None):
+        # Safe to send twice: decided by name in one transaction, a repeat finds what the
+        # first did (the dataset created or moving, the lease renewed) and says so.
         body = {"name": name, "node_uuid": node_uuid, "expires": expires, "create": create}
         if maximum_size is not None:
             body["maximum_size"] = maximum_size
@@ -207,13 +214,22 @@ class FlockerClient:
 
     async def _created_before(self, dataset_id):
         """The dataset an earlier attempt of this create made (its answer was lost)."""
+        dataset = await self._listed(dataset_id)
+        if dataset is None:
+            raise AlreadyExists(409, f"dataset {dataset_id} is said to exist but is not listed")
+        return dataset
+
+    async def _listed(self, dataset_id):
+        """The DatasetConfig of dataset_id, or None."""
         configuration = await self._configuration("/configuration/datasets")
         for dataset in configuration.datasets:
             if dataset.dataset_id == dataset_id:
                 return dataset
-        raise AlreadyExists(409, f"dataset {dataset_id} is said to exist but is not listed")
+        return None
 
     def move_dataset(self, dataset_id, primary, if_configuration_matches=None):
+        # Safe to send twice: moving to the primary it has is a no-op (200), and a tag
+        # the first send moved answers the second 412, which callers read again.
         async def call():
             _, moved = await self._request(
                 "POST", f"/configuration/datasets/{dataset_id}", {"primary": primary},
@@ -223,6 +239,8 @@ class FlockerClient:
         return self._deferred(call())
 
     def delete_dataset(self, dataset_id, if_configuration_matches=None):
+        # Safe to send twice: deleting a deleted dataset answers it again (200); with
+        # a tag, the one the first send moved answers 412.
         async def call():
             _, deleted = await self._request(
                 "DELETE", f"/configuration/datasets/{dataset_id}", None,
@@ -260,6 +278,7 @@ class FlockerClient:
         return self._deferred(call())
 
     def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
+        # Safe to send twice: a second grant to the same node renews the same lease.
         async def call():
             _, body = await self._request(
                 "POST", "/configuration/leases" + ("?new_user=true" if new_user else ""),
@@ -270,6 +289,7 @@ class FlockerClient:
         return self._deferred(call())
 
     def release_lease(self, dataset_id, node_uuid=None):
+        # Sent twice, the second answers 404 (NotFound), which callers read as released.
         async def call():
             holder = "" if node_uuid is None else f"?node_uuid={quote(node_uuid)}"
             _, body = await self._request("DELETE",
@@ -298,7 +318,15 @@ class FlockerClient:
         DatasetConfig (primary: that node). AlreadyExists when it is not deleted or
         its name is used by a live dataset, NotFound when no node keeps it."""
         async def call():
-            _, restored = await self._request(
-                "POST", f"/configuration/datasets/{dataset_id}/restore")
+            sends = []
+            try:
+                _, restored = await self._request(
+                    "POST", f"/configuration/datasets/{dataset_id}/restore", sends=sends)
+            except AlreadyExists:
+                # Sent twice, the second finds it restored by the first: done.
+                restored_before = len(sends) > 1 and await self._listed(dataset_id)
+                if not restored_before or restored_before.deleted:
+                    raise
+                return restored_before
             return _dataset_config(restored)
         return self._deferred(call())
