@@ -247,3 +247,43 @@ def test_an_agent_given_a_dead_replica_first_registers_through_the_live_one(tmp_
         assert held["path"] == agent.path(dataset_id)
     finally:
         cluster.stop()
+
+
+class RestoredOnce(resource.Resource):
+    """A control service whose first restore is carried out and its answer lost."""
+
+    isLeaf = True
+
+    def __init__(self, dataset_id):
+        super().__init__()
+        self.dataset = {"dataset_id": dataset_id, "primary": NODE, "metadata": {},
+                        "deleted": True}
+        self.restores = 0
+
+    def render_POST(self, request):
+        self.restores += 1
+        if self.dataset["deleted"]:
+            self.dataset["deleted"] = False
+            request.transport.loseConnection()
+            return server.NOT_DONE_YET
+        request.setResponseCode(409)
+        return b'{"description": "dataset is not deleted."}'
+
+    def render_GET(self, request):
+        request.setHeader(b"X-Configuration-Tag", b"t")
+        return json.dumps([self.dataset]).encode()
+
+
+class RestoreTests(TestCase):
+    def test_a_restore_whose_answer_was_lost_is_done(self):
+        async def check():
+            dataset_id = "0e0d1a52-3c8f-4b7e-8a1d-2f7c9b3e6a20"
+            service = RestoredOnce(dataset_id)
+            port, url = await listen(server.Site(service))
+            self.addCleanup(port.stopListening)
+            api = FlockerClient(reactor, url, token=TOKEN)
+            self.addCleanup(api.http_client._agent._pool.closeCachedConnections)
+            restored = await api.restore_dataset(dataset_id)
+            self.assertEqual((restored.dataset_id, restored.deleted), (dataset_id, False))
+            self.assertEqual(service.restores, 2)
+        return Deferred.fromCoroutine(check())
