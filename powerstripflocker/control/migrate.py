@@ -7,10 +7,12 @@ IAsyncStore into an empty target, then is read back and compared with the source
 """
 
 import os
+import sqlite3
 import sys
 from dataclasses import dataclass
 
 from powerstripflocker.clients.etcd import EtcdError
+from powerstripflocker.clients.etcd_client import EtcdClient
 from powerstripflocker.control.asyncstore import EtcdStore
 from powerstripflocker.control.store import SQLiteStore, configuration_tag_of
 from powerstripflocker.control.store_url import (
@@ -153,7 +155,8 @@ def check_options(options):
 
 
 def open_source(url):
-    """The SQLiteStore at url, locked against a control service starting on it."""
+    """(lock, the SQLiteStore at url), locked against a control service starting on it."""
+    # Imported here: the control command imports this module for its migrate action.
     from powerstripflocker.control.command import ConfigurationError, lock_database
 
     if not os.path.isfile(url.path):
@@ -162,7 +165,11 @@ def open_source(url):
         lock = lock_database(url.path)
     except ConfigurationError as error:
         raise MigrationError(f"--from: {error}; stop it before migrating") from None
-    return lock, SQLiteStore(url.path)
+    try:
+        return lock, SQLiteStore(url.path)
+    except sqlite3.Error as error:
+        lock.close()
+        raise MigrationError(f"--from: cannot open {url.path}: {error}") from None
 
 
 def run(options):
@@ -176,8 +183,6 @@ def run(options):
         return 2
 
     async def main(reactor):
-        from powerstripflocker.clients.etcd_client import EtcdClient
-
         try:
             lock, source = open_source(source_url)
         except MigrationError as error:

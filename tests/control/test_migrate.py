@@ -3,7 +3,9 @@ verified, a non-empty target refused with nothing written, the first difference 
 and the command's options checked."""
 
 import argparse
+import os
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -11,10 +13,11 @@ from powerstripflocker.clients.etcd_memory import MemoryEtcd
 from powerstripflocker.control import migrate as migrate_module
 from powerstripflocker.control.asyncstore import EtcdStore
 from powerstripflocker.control.migrate import (
-    Contents, MigrationError, check_options, first_difference, migrate, read_source,
-    read_target,
+    Contents, MigrationError, check_options, first_difference, migrate, open_source,
+    read_source, read_target,
 )
-from powerstripflocker.control.store import Dataset, Lease
+from powerstripflocker.control.command import lock_database
+from powerstripflocker.control.store import Dataset, Lease, SQLiteStore
 from powerstripflocker.control.store_url import BadStoreURL, EtcdURL, SQLiteURL
 from powerstripflocker.cli.main import build_parser
 
@@ -87,7 +90,6 @@ class MigrateIntoMemoryEtcdTests(TestCase):
                 return (await EtcdStore.leases(self))[1:]
 
             def leases(self):
-                from twisted.internet.defer import Deferred
                 return Deferred.fromCoroutine(self._leases())
 
         with self.assertRaises(MigrationError) as raised:
@@ -170,3 +172,32 @@ class OptionsTests(TestCase):
         options = argparse.Namespace(source="sqlite://host/c.db", target="etcd://e:2379",
                                      to_ca=None, to_cert=None, to_key=None)
         self.assertEqual(migrate_module.run(options), 2)
+
+
+class OpenSourceTests(TestCase):
+
+    def path(self, content=None):
+        path = os.path.abspath(os.path.join(self.mktemp(), "control.db"))
+        os.makedirs(os.path.dirname(path))
+        if content is not None:
+            with open(path, "wb") as database:
+                database.write(content)
+        return path
+
+    def test_a_missing_a_corrupt_or_a_locked_database_is_refused_naming_it(self):
+        missing, corrupt, locked = self.path(), self.path(b"not a database " * 20), self.path()
+        SQLiteStore(locked).close()
+        holder = lock_database(locked)
+        self.addCleanup(holder.close)
+        for path, message in ((missing, "there is no database at"),
+                              (corrupt, "cannot open"),
+                              (locked, "another control service is using")):
+            with self.assertRaises(MigrationError) as raised:
+                open_source(SQLiteURL(path))
+            self.assertIn(message, str(raised.exception))
+            self.assertIn(path, str(raised.exception))
+        # Refused while it was held, not after.
+        holder.close()
+        lock, store = open_source(SQLiteURL(locked))
+        store.close()
+        lock.close()
