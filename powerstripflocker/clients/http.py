@@ -1,12 +1,13 @@
 """How every client of the cluster's HTTP services is set up, in one place: the cluster
 token it sends, the TLS policy it trusts, its connection pool, and the control
-service's URL.
+service's URLs: one or a list of its replicas, and failing over between them (Replicas).
 
 The token is found the way the control service finds it: --cluster-token-file, the
 environment, then, for a control service on this machine, the file it made in its
 default place.
 """
 
+import argparse
 import ipaddress
 import os
 from urllib.parse import urlsplit
@@ -182,8 +183,6 @@ def control_roots(control_urls):
 
 def control_url_argument(text):
     """argparse type of --control-url: the text as given, once every item is checked."""
-    import argparse
-
     try:
         control_roots(text)
     except ControlUrlError as error:
@@ -261,7 +260,7 @@ class Replicas:
         closed_retried = False
         for round_number in range(self._connect_retries + 1):
             last_round = round_number == self._connect_retries
-            start, index, tried = self._current, self._current, 0
+            index, tried = self._current, 0
             only_refused = True
             while tried < count:
                 last = tried == count - 1
@@ -287,7 +286,6 @@ class Replicas:
                     only_refused = False
                     log.debug("control service {root} answered 503", root=self.roots[index])
                 index, tried = (index + 1) % count, tried + 1
-            self._current = start
             await self._sleep(delay)
             delay *= 4
 
