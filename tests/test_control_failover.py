@@ -5,7 +5,10 @@ that closes a kept-alive connection between two requests, or loses a create's an
 
 import json
 import os
+import subprocess
+import sys
 import tempfile
+import urllib.request
 
 import pytest
 import treq
@@ -23,7 +26,7 @@ from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.clients.http import connection_pool, http_client
 
 from .agent.cluster import Cluster, wait_for
-from .support.processes import free_port
+from .support.processes import ManagedProcess, free_port
 
 TOKEN = "failover-token"
 NODE = "6c1b8a4d-6b8d-4f0a-9c55-1c2d8a0d2f11"
@@ -287,3 +290,45 @@ class RestoreTests(TestCase):
             self.assertEqual((restored.dataset_id, restored.deleted), (dataset_id, False))
             self.assertEqual(service.restores, 2)
         return Deferred.fromCoroutine(check())
+
+
+def test_an_adapter_given_a_dead_replica_first_places_a_volume_through_the_live_one(tmp_path):
+    cluster = Cluster(str(tmp_path), token=TOKEN).start_control()
+    adapter = None
+    try:
+        agent = cluster.add_agent("node1", os.path.join(cluster.base, "node1"))
+        port = free_port()
+        adapter = ManagedProcess.command(
+            ["adapter", "--control-url", f"{dead_url()}/v1,{cluster.control_url}",
+             "--node-uuid", agent.uuid, "--cluster-token-file", cluster.token_file,
+             "--listen", f"tcp:{port}:interface=127.0.0.1", "--timeout", "30"],
+            os.path.join(cluster.base, "adapter.log")).start()
+        adapter.wait_for_http(f"http://127.0.0.1:{port}/metrics")
+        hook = {"PowerstripProtocolVersion": 1, "Type": "pre-hook", "ClientRequest": {
+            "Method": "POST", "Request": "/v1.41/containers/create",
+            "Body": json.dumps({"HostConfig": {"Binds": ["/flocker/failover:/data"]}})}}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/flocker-adapter", data=json.dumps(hook).encode(),
+            method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            reply = json.loads(response.read())
+        [dataset] = [d for d in cluster.api("GET", "/configuration/datasets")
+                     if d["metadata"].get("name") == "failover"]
+        host_config = json.loads(reply["ModifiedClientRequest"]["Body"])["HostConfig"]
+        [mount] = host_config["Mounts"]
+        assert (mount["Source"], mount["Target"]) == (agent.path(dataset["dataset_id"]),
+                                                      "/data")
+    finally:
+        if adapter is not None:
+            adapter.stop()
+        cluster.stop()
+
+
+@pytest.mark.parametrize("command", ["adapter", "plugin", "agent", "status", "release"])
+def test_a_bad_item_in_the_list_is_refused_before_starting(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", command, "--control-url",
+         "http://127.0.0.1:4523,127.0.0.1:4524", *(["name"] if command == "release" else [])],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "'127.0.0.1:4524' in the control URL list" in result.stderr
