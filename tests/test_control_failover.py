@@ -22,6 +22,7 @@ from twisted.web._newclient import ResponseNeverReceived
 
 from powerstripflocker.cli.status import fetch
 from powerstripflocker.clients.control_agent import ControlClient
+from powerstripflocker.clients.flocker import ControlServiceUnreachable
 from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.clients.http import connection_pool, http_client
 
@@ -252,6 +253,21 @@ def test_an_agent_given_a_dead_replica_first_registers_through_the_live_one(tmp_
         cluster.stop()
 
 
+class UnreachableTests(TestCase):
+    def test_when_every_replica_fails_the_error_names_them_all(self):
+        async def check():
+            first, second = dead_url(), dead_url()
+            api = FlockerClient(reactor, f"{first},{second}", connect_retries=0)
+            self.addCleanup(api.http_client._agent._pool.closeCachedConnections)
+            with self.assertRaises(ControlServiceUnreachable) as raised:
+                await api.list_nodes()
+            self.assertEqual(str(raised.exception).split(": ")[0],
+                             "cannot reach the control service at any of its replicas "
+                             f"{first}/v1, {second}/v1")
+            self.assertIn("ConnectionRefusedError", str(raised.exception))
+        return Deferred.fromCoroutine(check())
+
+
 class RestoredOnce(resource.Resource):
     """A control service whose first restore is carried out and its answer lost."""
 
@@ -324,11 +340,13 @@ def test_an_adapter_given_a_dead_replica_first_places_a_volume_through_the_live_
         cluster.stop()
 
 
-@pytest.mark.parametrize("command", ["adapter", "plugin", "agent", "status", "release"])
+@pytest.mark.parametrize("command", ["adapter", "plugin", "agent", "status", "release",
+                                     "restore"])
 def test_a_bad_item_in_the_list_is_refused_before_starting(command):
+    volume = ["name"] if command in ("release", "restore") else []
     result = subprocess.run(
         [sys.executable, "-m", "powerstripflocker", command, "--control-url",
-         "http://127.0.0.1:4523,127.0.0.1:4524", *(["name"] if command == "release" else [])],
+         "http://127.0.0.1:4523,127.0.0.1:4524", *volume],
         capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "'127.0.0.1:4524' in the control URL list" in result.stderr

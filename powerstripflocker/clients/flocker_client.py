@@ -87,6 +87,13 @@ class FlockerClient:
         """The v1 API of the replica asked first."""
         return self.replicas.root + "/v1"
 
+    def _where(self):
+        """Where a request that failed everywhere was sent (the last one asked last)."""
+        roots = self.replicas.in_turn()
+        if len(roots) == 1:
+            return self.base_url
+        return "any of its replicas " + ", ".join(root + "/v1" for root in roots)
+
     async def _exchange(self, method, url, data, headers):
         response = await self.http_client.request(method, url, data=data, headers=headers)
         return response, await response.content()
@@ -122,12 +129,12 @@ class FlockerClient:
                 unavailable=lambda answer: answer[0].code == http.UNAVAILABLE_CODE)
         except DeferredTimeoutError:
             raise ControlServiceUnreachable(
-                self.base_url, f"no answer within {self._timeout:g}s") from None
+                self._where(), f"no answer within {self._timeout:g}s") from None
         except Exception as reason:
             if http.cancelled(reason):
                 # The caller's deadline cancelled us: let it see a cancellation.
                 raise CancelledError() from None
-            raise ControlServiceUnreachable(self.base_url, http.describe(reason)) from None
+            raise ControlServiceUnreachable(self._where(), http.describe(reason)) from None
         try:
             decoded = json.loads(content) if content else None
         except ValueError:
