@@ -21,6 +21,8 @@ setup(
         "twisted[tls]>=23.10,<27",
         "treq>=23.11",
         "klein>=23.5",
+        # Imported directly (the routing errors the Klein apps render), not only by Klein.
+        "werkzeug>=2.2,<4",
         "pyyaml>=6",
         "zope.interface>=6",
         "prometheus_client>=0.17",
