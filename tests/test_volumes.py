@@ -5,7 +5,7 @@ from hypothesis import given, strategies as st
 
 from powerstripflocker.frontends.adapter import HookError, volume_uses
 from powerstripflocker.protocol.hooks import ClientRequest
-from powerstripflocker.core.docker_json import (
+from powerstripflocker.protocol.docker_json import (
     MAX_JSON_DEPTH, InvalidRequest, NotJSON, check_json_depth, decode_body,
 )
 from powerstripflocker.core.volumes import (

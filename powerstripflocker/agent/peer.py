@@ -37,7 +37,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from powerstripflocker.agent.incoming import PushRequest, peer_uuid
 from powerstripflocker.agent.receiver import Refused
-from powerstripflocker.core.docker_json import check_json_depth
+from powerstripflocker.protocol.docker_json import check_json_depth
 from powerstripflocker.protocol.ids import canonical_uuid
 from powerstripflocker.serving.credentials import refusal as credentials_refusal
 from powerstripflocker.serving.listening import BoundedSite

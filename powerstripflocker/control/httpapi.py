@@ -20,7 +20,7 @@ from werkzeug.routing import RequestRedirect
 
 from powerstripflocker import __version__
 from powerstripflocker.serving.credentials import refusal as credentials_refusal
-from powerstripflocker.core.docker_json import check_json_depth
+from powerstripflocker.protocol.docker_json import check_json_depth
 from powerstripflocker.control.metrics import ControlMetrics
 from powerstripflocker.control.schema import schema_errors
 from powerstripflocker.control.claims import DEFAULT_CLAIM_SECONDS

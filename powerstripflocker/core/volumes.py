@@ -30,7 +30,7 @@ any bind, so both are refused here with a message saying why. Mounts needs docke
 import re
 from dataclasses import dataclass
 
-from powerstripflocker.core.docker_json import InvalidRequest, key_of, list_field
+from powerstripflocker.protocol.docker_json import InvalidRequest, key_of, list_field
 
 FLOCKER_ROOT = "/flocker"
 MAX_NAME_LENGTH = 255

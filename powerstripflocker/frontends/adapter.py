@@ -18,7 +18,7 @@ from powerstripflocker.core.placement import (
     ControlServiceUnavailable, NodeUnknown, PlacementError, PlacementTimeout,
     VolumeClaimedElsewhere, VolumeInUse,
 )
-from powerstripflocker.core.docker_json import (
+from powerstripflocker.protocol.docker_json import (
     InvalidRequest, NotJSON, check_json_depth, decode_body,
 )
 from powerstripflocker.core.volumes import (

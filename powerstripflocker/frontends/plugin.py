@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerAPIError
 from powerstripflocker.core.placement import PlacementError
-from powerstripflocker.core.docker_json import InvalidRequest, check_json_depth
+from powerstripflocker.protocol.docker_json import InvalidRequest, check_json_depth
 from powerstripflocker.core.mount_counts import MountCounts
 from powerstripflocker.core.volumes import InvalidVolumeName, validate_name
 

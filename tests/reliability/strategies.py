@@ -5,7 +5,7 @@ import json
 from hypothesis import strategies as st
 
 from powerstripflocker.frontends.adapter import HookError, parse_hook, volume_uses
-from powerstripflocker.core.docker_json import InvalidRequest
+from powerstripflocker.protocol.docker_json import InvalidRequest
 from powerstripflocker.core.volumes import volume_name
 
 json_values = st.recursive(
