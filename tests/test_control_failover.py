@@ -11,7 +11,6 @@ import tempfile
 import urllib.request
 
 import pytest
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
