@@ -142,6 +142,7 @@ def parse_pre_hook_reply(answer, who):
     if not _TARGET.fullmatch(target):
         raise EnvelopeError(f"{who} returned a bad Request {target[:80]!r} "
                             f"(must be a path starting with '/', no spaces)")
+    _check_text(who, body)
     return method, target, body
 
 
@@ -156,7 +157,19 @@ def parse_post_hook_reply(answer, who):
         raise EnvelopeError(f"{who} returned a bad Code {code!r}")
     if content_type is not None and not _HEADER_TEXT.fullmatch(content_type):
         raise EnvelopeError(f"{who} returned a bad ContentType")
+    _check_text(who, body)
     return code, content_type, body
+
+
+def _check_text(who, body):
+    # JSON may escape a lone surrogate ("\\ud800"): it has no UTF-8 bytes to send
+    if body is None:
+        return
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeError(f"{who} returned a bad Body (a lone surrogate is not "
+                            f"Unicode text)") from None
 
 
 def _reply_field(who, mapping, key, kind, prefix=""):

@@ -15,6 +15,7 @@ test_hooks_of_all_matching_endpoints_run_in_file_order.
 """
 
 import json
+from urllib.parse import quote
 
 from twisted.trial.unittest import TestCase
 
@@ -226,6 +227,11 @@ class AdapterFailureTests(HookTestCase):
     async def test_adapter_answer_with_bad_request_target_gives_502(self):
         await self.assert_refused("/set?Request=/a%20b%0D%0AX:%20y", 502, "bad Request")
 
+    async def test_adapter_body_that_is_not_unicode_text_gives_502(self):
+        await self.assert_refused("/raw/200?body=" + quote(json.dumps({
+            "PowerstripProtocolVersion": 1, "ModifiedClientRequest": {
+                "Method": "POST", "Request": CREATE, "Body": "\ud800"}})), 502, "bad Body")
+
     async def test_adapter_timeout_gives_502(self):
         await self.assert_refused("/hang", 502, "did not answer within 0.3 s", timeout=0.3)
 
@@ -316,6 +322,14 @@ class PostHookTests(HookTestCase):
         code, _, body = await self.create()
         self.assertEqual(502, code)
         self.assertIn("bad Code", json.loads(body)["message"])
+
+    async def test_post_hook_body_that_is_not_unicode_text_gives_502(self):
+        self.proxy(post=["/raw/200?body=" + quote(json.dumps({
+            "PowerstripProtocolVersion": 1, "ModifiedServerResponse": {
+                "Code": 200, "ContentType": "application/json", "Body": "\ud800"}}))])
+        code, _, body = await self.create()
+        self.assertEqual(502, code)
+        self.assertIn("adapter a0 returned a bad Body", json.loads(body)["message"])
 
     async def test_keep_alive_after_post_hooks(self):
         self.proxy(post=["/add/1"])
