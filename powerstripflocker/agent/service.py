@@ -8,7 +8,6 @@ service tells this run's reports from the last run's.
 
 import uuid
 
-from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
@@ -27,7 +26,7 @@ __all__ = ["AgentService", "DEFAULT_KEEP_DELETED", "TRASH_REPORT_LIMIT"]
 log = Logger()
 
 
-class AgentService(Service):
+class AgentService:
     """One node's agent: its parts wired together, started and stopped as one; what the
     rest of the node (in-use tracking, the peer listener, metrics) asks of it."""
 
@@ -58,18 +57,8 @@ class AgentService(Service):
             self.trash, lambda: self.watcher.view, self.request_report,
             max_backoff=max_backoff, move_attempts=move_attempts, stall_retry=stall_retry)
         self._trash_check = None
-        self.started = None
 
-    # lifecycle
-
-    def startService(self):
-        """Start; self.started fires once the backend is up (or fails with why not)."""
-        super().startService()
-        self.started = defer.Deferred.fromCoroutine(self.start())
-
-    def stopService(self):
-        self.stop()
-        return super().stopService()
+    # lifecycle (AgentServer, agent/command.py, runs it as a service)
 
     async def start(self):
         await self.backend.start()
