@@ -38,8 +38,6 @@ def transport_io(fast_path):
 class PlainRelay:
     """Twisted's public transport API only."""
 
-    enabled = False
-
     def tune(self, transport):
         """Prepare a new connection's transport; returns the function that writes to it."""
         no_delay(transport)
@@ -52,8 +50,6 @@ class PlainRelay:
 
 class FastPath:
     """Direct socket writes, plain unix reads, splice(2) for hijacked streams."""
-
-    enabled = True
 
     def tune(self, transport):
         no_delay(transport)
