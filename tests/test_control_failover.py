@@ -21,7 +21,7 @@ from twisted.web._newclient import ResponseNeverReceived
 
 from powerstripflocker.cli.status import fetch
 from powerstripflocker.clients.control_agent import ControlClient
-from powerstripflocker.clients.flocker import ControlServiceUnreachable
+from powerstripflocker.clients.flocker import AlreadyExists, ControlServiceUnreachable
 from powerstripflocker.clients.flocker_client import FlockerClient
 from powerstripflocker.clients.http import connection_pool, http_client
 
@@ -349,3 +349,37 @@ def test_a_bad_item_in_the_list_is_refused_before_starting(command):
         capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "'127.0.0.1:4524' in the control URL list" in result.stderr
+
+
+class NotDeleted(resource.Resource):
+    """A control service holding a dataset that is not deleted: a restore is refused."""
+
+    isLeaf = True
+
+    def __init__(self, dataset_id):
+        super().__init__()
+        self.dataset = {"dataset_id": dataset_id, "primary": NODE, "metadata": {},
+                        "deleted": False}
+
+    def render_POST(self, request):
+        request.setResponseCode(409)
+        return b'{"description": "dataset is not deleted."}'
+
+    def render_GET(self, request):
+        request.setHeader(b"X-Configuration-Tag", b"t")
+        return json.dumps([self.dataset]).encode()
+
+
+class RefusedRestoreTests(TestCase):
+    def test_a_dead_replica_first_does_not_make_a_refused_restore_look_done(self):
+        # A connection refused carried no restore: the one refusal is the answer.
+        async def check():
+            dataset_id = "5b7e2c1d-9a4f-4e3b-8c6d-1f2a3b4c5d6e"
+            port, url = await listen(server.Site(NotDeleted(dataset_id)))
+            self.addCleanup(port.stopListening)
+            api = FlockerClient(reactor, f"{dead_url()},{url}", token=TOKEN)
+            self.addCleanup(api.http_client._agent._pool.closeCachedConnections)
+            with self.assertRaises(AlreadyExists) as refused:
+                await api.restore_dataset(dataset_id)
+            self.assertEqual(refused.exception.description, "dataset is not deleted.")
+        return Deferred.fromCoroutine(check())

@@ -5,6 +5,7 @@ import uuid
 from urllib.parse import quote
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError as DeferredTimeoutError
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from powerstripflocker.clients.flocker import (
@@ -100,12 +101,17 @@ class FlockerClient:
 
     def _attempt(self, method, path, data, headers, sends):
         def attempt(root):
-            sends.append(root)
             # Our own timeout, not treq's: treq's cancels the request, which would look
             # like the caller's deadline cancelling us (a partition then read as a 500).
             exchange = Deferred.fromCoroutine(
                 self._exchange(method, root + "/v1" + path, data, headers))
-            return http.within(exchange, self._timeout, self._reactor)
+            return http.within(exchange, self._timeout, self._reactor).addBoth(sent, root)
+
+        def sent(outcome, root):
+            # A connection never made carried nothing: it is not a send.
+            if not (isinstance(outcome, Failure) and outcome.check(*http.NOT_CONNECTED)):
+                sends.append(root)
+            return outcome
         return attempt
 
     async def _request(self, method, path, body=None, headers=None, expected=(200,),

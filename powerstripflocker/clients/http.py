@@ -215,11 +215,11 @@ def within(deferred, seconds, reactor):
 
 
 # A request never reached the service: connecting again cannot repeat it.
-_NOT_CONNECTED = (neterror.ConnectError, neterror.DNSLookupError)
+NOT_CONNECTED = (neterror.ConnectError, neterror.DNSLookupError)
 # The connection was closed with no answer: most often a kept-alive one that the server
 # (or a proxy) closed between two requests, which Twisted retries itself for GET only.
 _CLOSED_UNANSWERED = (ResponseNeverReceived, RequestTransmissionFailed)
-_UNAVAILABLE = _NOT_CONNECTED + _CLOSED_UNANSWERED + (DeferredTimeoutError,)
+_UNAVAILABLE = NOT_CONNECTED + _CLOSED_UNANSWERED + (DeferredTimeoutError,)
 UNAVAILABLE_CODE = 503
 
 
@@ -274,7 +274,7 @@ class Replicas:
                         log.debug("asking {root} again: {reason}", root=self.roots[index],
                                   reason=describe(error))
                         continue
-                    only_refused = only_refused and isinstance(error, _NOT_CONNECTED)
+                    only_refused = only_refused and isinstance(error, NOT_CONNECTED)
                     if last and (last_round or not only_refused):
                         raise
                     log.debug("control service {root} unavailable: {reason}",
