@@ -22,7 +22,9 @@ from powerstripflocker.powerstrip.http import Head, ProtocolError
 
 HTTP_VERSIONS = ("1.0", "1.1")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-_TRAILING_WHITE_SPACE = re.compile(rb"[ \t]\r\n")
+# a header value (after the colon and any leading white space) that ends in white space;
+# an empty one ("Name: ", as Go writes it) is empty to llhttp and Go alike
+_TRAILING_WHITE_SPACE = re.compile(rb"\n[^:\r\n]*:[ \t]*[^ \t\r\n][^\r\n]*[ \t]\r\n")
 
 
 class _Events:

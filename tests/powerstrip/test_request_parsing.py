@@ -20,6 +20,12 @@ def test_a_good_head_gives_its_request_line_and_headers():
     assert request.head.framing() == ("length", 2)
 
 
+def test_an_empty_header_value_after_a_space_is_empty():
+    # Go's net/http writes an empty value as "Name: "; llhttp and Go both read ""
+    request = parse_request(b"GET / HTTP/1.1\r\nHost: d\r\nX-Empty: \r\nX-Tab:\t\r\n\r\n")
+    assert (request.head.headers[b"x-empty"], request.head.headers[b"x-tab"]) == (b"", b"")
+
+
 def test_an_upgrade_head_is_whole():
     request = parse_request(b"POST /v1.41/exec/abc/start HTTP/1.1\r\nHost: d\r\n"
                             b"Connection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 2\r\n\r\n")
