@@ -56,7 +56,6 @@ def head_refusal(request, token):
     return credentials_refusal(request.requestHeaders, request.channel.transport, token)
 
 
-
 def _json(request, code, body):
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")

@@ -45,7 +45,7 @@ class AgentService:
         self.busy = Busy()
         self.use = LocalUse()
         self.watcher = ClusterWatcher(
-            reactor, control, node_uuid, None, self.build_report, lambda view: self.converge(),
+            reactor, control, node_uuid, self.build_report, lambda view: self.converge(),
             heartbeat=heartbeat, max_backoff=max_backoff, poll_timeout=poll_timeout)
         self.trash = Trash(reactor, backend, self.busy, node_uuid, self.watcher.fresh_view,
                            self.request_report, keep_deleted=keep_deleted)

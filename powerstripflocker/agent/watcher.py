@@ -14,16 +14,17 @@ class ClusterWatcher:
     """The cluster view as the control service last answered it, and this node's reports.
 
     build_report() -> the report to send; on_view(view) is called with each new view.
-    Every report carries era, which tells the control service this run of the agent from
-    the one before.
+    Every report carries era (set by the agent at each start), which tells the control
+    service this run of the agent from the one before.
     """
 
-    def __init__(self, reactor, control, node_uuid, era, build_report, on_view,
+    era = None
+
+    def __init__(self, reactor, control, node_uuid, build_report, on_view,
                  heartbeat=10.0, max_backoff=5.0, poll_timeout=30):
         self.reactor = reactor
         self.control = control
         self.node_uuid = node_uuid
-        self.era = era
         self.build_report = build_report
         self.on_view = on_view
         self.heartbeat = heartbeat
