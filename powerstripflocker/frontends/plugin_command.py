@@ -70,8 +70,11 @@ class PluginService(PartService):
                  path=path)
 
     async def stop(self):
-        await self._port.stopListening()
-        await maybeDeferred(self._plugin.stop)
+        try:
+            await self._port.stopListening()
+        finally:
+            # The mount leases end even when the socket would not close.
+            await maybeDeferred(self._plugin.stop)
 
 
 def check_options(options):

@@ -187,7 +187,9 @@ class DaemonConnection(Protocol):
         d.addCallbacks(self._post_hooks_done, self._post_hooks_refused)
 
     def _post_hooks_done(self, response):
-        if self.client_closed:
+        # client_gone() is not called once this side has closed first (a close-delimited
+        # response): ask the client side too.
+        if self.client_closed or self.client.closed:
             return
         self.client.send(response)
         self.exchange = None
