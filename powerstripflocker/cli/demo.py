@@ -12,7 +12,7 @@ from powerstripflocker.localcluster.layout import HOSTS, ClusterError, make_layo
 from powerstripflocker.localcluster.netns import NetworkError, free_slot, parse_rate, sweep
 
 HELP = ("start a cluster on this machine and move a volume between its nodes; cut, kill, "
-        "restart or slow down its nodes")
+        "restart or slow down its nodes, control replicas and etcd members")
 DEFAULT_STATE_DIR = "/var/lib/powerstrip-flocker/demo"
 DEFAULT_RUN_DIR = "/run/powerstrip-flocker/demo"
 NODE_ACTIONS = ("partition", "heal", "kill", "restart", "shape")
@@ -38,12 +38,23 @@ def configure(parser):
                              "NODE: start them again on their data; shape NODE --rate R: "
                              "rate-limit its link (netns)")
     parser.add_argument("node", nargs="?", default=None,
-                        help="the node a fault action acts on (node1, node2, ...)")
+                        help="the node a fault action acts on (node1, node2, ...), or with "
+                             "--control-replicas a control replica (control1, ...) or an etcd "
+                             "member (etcd1, etcd2, etcd3)")
     parser.add_argument("--hosts", choices=HOSTS, default="loopback",
                         help="loopback (default): node N is 127.0.0.N; netns: every node is a "
                              "network namespace of its own on a bridge, 198.18.0.0/24")
     parser.add_argument("--nodes", type=int, default=2,
                         help="how many nodes (default %(default)s)")
+    parser.add_argument("--control-replicas", type=int, default=None, metavar="N",
+                        help="up: N replicas of the control service (default 1: one control "
+                             "service on SQLite); 2 or more run on a three-member etcd cluster "
+                             "(Debian's etcd-server). Other actions: as the cluster was started")
+    parser.add_argument("--etcd-port", type=int, default=2379,
+                        help="etcd members' client port, each on its own address (default "
+                             "%(default)s)")
+    parser.add_argument("--etcd-peer-port", type=int, default=2380,
+                        help="etcd members' peer port (default %(default)s)")
     parser.add_argument("--rate", default=None,
                         help="for shape: a tc rate such as 100mbit, or off")
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
@@ -76,7 +87,9 @@ def _started_with(options):
     """The options that shape a cluster, as `demo up` records them."""
     return {"hosts": options.hosts, "nodes": options.nodes, "backend": options.backend,
             "control_port": options.control_port, "agent_port": options.agent_port,
-            "adapter_port": options.adapter_port}
+            "adapter_port": options.adapter_port,
+            "control_replicas": options.control_replicas or 1,
+            "etcd_port": options.etcd_port, "etcd_peer_port": options.etcd_peer_port}
 
 
 def _record_path(run_dir):
@@ -95,7 +108,9 @@ def _layout(options, slot):
     return make_layout(os.path.abspath(options.state_dir), os.path.abspath(options.run_dir),
                        control_port=options.control_port, agent_port=options.agent_port,
                        adapter_port=options.adapter_port, backend=options.backend,
-                       node_count=options.nodes, hosts=options.hosts, slot=slot)
+                       node_count=options.nodes, hosts=options.hosts, slot=slot,
+                       control_replicas=options.control_replicas or 1,
+                       etcd_port=options.etcd_port, etcd_peer_port=options.etcd_peer_port)
 
 
 def _again(options):
@@ -108,7 +123,8 @@ def _again(options):
     if options.state_dir != DEFAULT_STATE_DIR or options.run_dir != DEFAULT_RUN_DIR:
         words += ["--state-dir", options.state_dir, "--run-dir", options.run_dir]
     for name, default in (("control_port", 4523), ("agent_port", 4524),
-                          ("adapter_port", 9999)):
+                          ("adapter_port", 9999), ("etcd_port", 2379),
+                          ("etcd_peer_port", 2380)):
         if getattr(options, name) != default:
             words += [f"--{name.replace('_', '-')}", str(getattr(options, name))]
     return "".join(f" {shlex.quote(word)}" for word in words)
@@ -144,6 +160,8 @@ def _existing_cluster(options):
     if recorded is None:
         raise ClusterError(f"no demo cluster is up with --run-dir {options.run_dir}")
     started = recorded["options"]
+    # The replicas are the cluster's shape: a fault action reads them from the record.
+    options = _with_recorded_replicas(options, started)
     if started != _started_with(options):
         given = " ".join(f"{key}={value}" for key, value in sorted(_started_with(options).items())
                          if started.get(key) != value)
@@ -154,9 +172,19 @@ def _existing_cluster(options):
     return LocalCluster(_layout(options, recorded["slot"]))
 
 
+def _with_recorded_replicas(options, started):
+    if options.control_replicas is not None:
+        return options
+    options = argparse.Namespace(**vars(options))
+    options.control_replicas = started.get("control_replicas", 1)
+    return options
+
+
 def _fault(options, rate):
     cluster = _existing_cluster(options)
-    node = cluster.layout.node(options.node)
+    node = cluster.layout.host(options.node)
+    if node in cluster.layout.service_hosts:
+        return _control_plane_fault(options, cluster, node, rate)
     if options.action == "partition":
         cluster.partition(node.name)
         _say(f"{node.name} ({node.address}) is cut off: its link is down, its processes run on")
@@ -177,6 +205,31 @@ def _fault(options, rate):
     return 0
 
 
+def _control_plane_fault(options, cluster, host, rate):
+    """A fault action on a control replica or an etcd member."""
+    what = "etcd member" if host in cluster.layout.etcd_members else "control service"
+    if options.action == "kill":
+        cluster.kill(host.name)
+        _say(f"{host.name}: {what} killed (kill -9); " + (
+            "the other members keep a quorum" if what == "etcd member" else
+            "clients fail over to the other replicas" if cluster.layout.etcd_members else
+            "nothing can be created or moved until it is restarted"))
+    elif options.action == "restart":
+        cluster.restart(host.name)
+        _say(f"{host.name}: {what} started again on its data")
+    elif options.action == "partition":
+        cluster.partition(host.name)
+        _say(f"{host.name} ({host.address}) is cut off: its link is down, it runs on")
+    elif options.action == "heal":
+        cluster.heal(host.name)
+        _say(f"{host.name} ({host.address}) is reachable again")
+    else:
+        cluster.shape(host.name, rate)
+        _say(f"{host.name}: link limited to {rate} each way" if rate else
+             f"{host.name}: link no longer limited")
+    return 0
+
+
 def _down(options):
     recorded = _recorded(os.path.abspath(options.run_dir))
     slot = recorded["slot"] if recorded else 0
@@ -184,6 +237,10 @@ def _down(options):
         options = argparse.Namespace(**vars(options))
         options.hosts = recorded["options"]["hosts"]
         options.nodes = recorded["options"]["nodes"]
+        options.control_replicas = recorded["options"].get("control_replicas", 1)
+        options.etcd_port = recorded["options"].get("etcd_port", options.etcd_port)
+        options.etcd_peer_port = recorded["options"].get("etcd_peer_port",
+                                                         options.etcd_peer_port)
     cluster = LocalCluster(_layout(options, slot))
     cluster.stop()
     _say(f"demo cluster stopped; removed {cluster.layout.run_dir} and {cluster.layout.state_dir}")
@@ -203,11 +260,15 @@ def _up(options):
     cluster = LocalCluster(layout, progress=lambda message: _say(f"  starting {message}"))
     where = ("as network namespaces on a bridge" if options.hosts == "netns"
              else "on loopback addresses")
-    _say(f"starting a {len(layout.nodes)}-node cluster on this machine, {where}:")
+    replicas = (f", {len(layout.control_replicas)} control replicas on a "
+                f"{len(layout.etcd_members)}-member etcd cluster" if layout.etcd_members else "")
+    _say(f"starting a {len(layout.nodes)}-node cluster on this machine{replicas}, {where}:")
     try:
-        cluster.start()
+        # Recorded first, so that `demo down` knows the shape of a start that crashed.
+        os.makedirs(layout.run_dir, exist_ok=True)
         with open(_record_path(layout.run_dir), "w") as record:
             json.dump({"options": _started_with(options), "slot": slot}, record)
+        cluster.start()
         cluster.import_images()
     except ClusterError as error:
         cluster.stop(remove_state=False)
@@ -230,6 +291,10 @@ def _up(options):
         _say(f"  export DOCKER_HOST={node.docker_host}   # {node.name}")
     _say(f"See its volumes:\n  {_command()} status --control-url {layout.control_url} "
          f"--cluster-token-file {layout.token_file}")
+    if layout.etcd_members:
+        _say(f"Kill a control replica and an etcd member (any one of each may be down):\n"
+             f"  {_command()} demo kill control1{again}   # and: demo restart control1{again}\n"
+             f"  {_command()} demo kill etcd2{again}      # and: demo restart etcd2{again}")
     if options.hosts == "netns":
         _say(f"Break it (then see what the cluster does):\n"
              f"  {_command()} demo partition node2{again}   # and: demo heal node2{again}\n"

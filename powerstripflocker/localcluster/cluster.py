@@ -1,5 +1,6 @@
-"""A whole cluster on one machine: one control service, and per node a dockerd, an
-agent, an adapter, a volume plugin and a proxy. Used by `powerstrip-flocker demo` and
+"""A whole cluster on one machine: its control plane (control_plane.py: one control
+service, or control replicas on etcd), and per node a dockerd, an agent, an adapter, a
+volume plugin and a proxy. Used by `powerstrip-flocker demo` and
 the end-to-end tests, and its command lines (commands.py) are the ones the systemd units
 run; where everything lives is its layout (layout.py).
 
@@ -18,9 +19,11 @@ import yaml
 
 from powerstripflocker.clients.http import TOKEN_ENV
 from powerstripflocker.localcluster.commands import (
-    DOCKER_PLUGIN_DIRECTORY, adapter_command, agent_command, control_command, dockerd_command,
-    plugin_command, plugin_socket, proxy_command,
+    DOCKER_PLUGIN_DIRECTORY, adapter_command, agent_command, dockerd_command, plugin_command,
+    plugin_socket, proxy_command,
 )
+from powerstripflocker.localcluster.control_plane import ControlPlane
+from powerstripflocker.localcluster.etcd_members import etcd_missing
 from powerstripflocker.localcluster.layout import ADAPTER_PATH, ClusterError, adapters_config
 from powerstripflocker.localcluster.machine import (
     BUSYBOX_IMAGE, alive, descendants, docker, docker_answers, http_ok, import_busybox_image,
@@ -37,12 +40,14 @@ class LocalCluster:
 
     def __init__(self, layout, progress=None):
         self.layout = layout
-        self._progress = progress or (lambda message: None)
-        self._network = (None if layout.network is None else
-                         HostsNetworkControl(layout.network, layout.network_record))
+        self.progress = progress or (lambda message: None)
+        self.network = (None if layout.network is None else
+                        HostsNetworkControl(layout.network, layout.network_record))
+        self.control_plane = ControlPlane(layout, self._spawn, self._wait, self.pid_file,
+                                          self.network, self.progress)
         self._start_options = {}
 
-    def _pid_file(self, service):
+    def pid_file(self, service):
         return os.path.join(self.layout.run_dir, "pids", f"{service}.pid")
 
     def token(self):
@@ -50,11 +55,13 @@ class LocalCluster:
         with open(self.layout.token_file, encoding="utf-8") as token_file:
             return token_file.read().strip()
 
-    def _spawn(self, service, argv, node=None, env=None):
+    def _spawn(self, service, argv, host=None, env=None):
+        """Start argv detached (on host: in its network namespace, if it has one), its
+        output in the service's log and its pid in the service's pid file."""
         os.makedirs(self.layout.log_dir, exist_ok=True)
-        os.makedirs(os.path.dirname(self._pid_file(service)), exist_ok=True)
-        if node is not None:
-            argv = self.layout.command_in_place(node, argv)
+        os.makedirs(os.path.dirname(self.pid_file(service)), exist_ok=True)
+        if host is not None:
+            argv = self.layout.command_in_place(host, argv)
         log_path = os.path.join(self.layout.log_dir, f"{service}.log")
         # Logs name datasets, nodes and containers: not for every local user.
         with open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640),
@@ -64,7 +71,7 @@ class LocalCluster:
                 argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env=dict(os.environ, **(env or {})),
             )
-        with open(self._pid_file(service), "w") as pid_file:
+        with open(self.pid_file(service), "w") as pid_file:
             pid_file.write(str(process.pid))
         return process
 
@@ -96,6 +103,8 @@ class LocalCluster:
         A start that fails stops what it started (keeping the logs) and raises.
         """
         problem = missing_requirements(self.layout.hosts)
+        if problem is None and self.layout.etcd_members:
+            problem = etcd_missing()
         if problem:
             raise ClusterError(f"cannot start a local cluster: {problem}")
         self._start_options = {"adapter_commands": adapter_commands or {},
@@ -110,15 +119,12 @@ class LocalCluster:
             with open(os.open(layout.token_env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                               0o600), "w") as env_file:
                 env_file.write(f"{TOKEN_ENV}={self.token()}\n")
-            if self._network is not None:
-                self._network.remove()
-                self._progress(f"network: {len(layout.nodes)} namespaces on bridge "
-                               f"{layout.network.bridge} ({layout.network.subnet})")
-                self._network.create(len(layout.nodes))
-            self._progress(f"control service on {layout.control_url}")
-            control = self._spawn("control", control_command(layout))
-            self._wait("control", control,
-                       lambda: http_ok(layout.control_url + "/v1/version"))
+            if self.network is not None:
+                self.network.remove()
+                self.progress(f"network: {layout.network.host_count} namespaces on bridge "
+                              f"{layout.network.bridge} ({layout.network.subnet})")
+                self.network.create(layout.network.host_count)
+            self.control_plane.start()
             for node in layout.nodes:
                 self._start_node(node)
         except (ClusterError, NetworkError, OSError, subprocess.SubprocessError) as error:
@@ -156,25 +162,26 @@ class LocalCluster:
                     os.unlink(pid_file)
             where = ("" if layout.network is None else
                      f" in namespace {layout.network.namespace(node.index)}")
-            self._progress(f"{node.name}: dockerd on {node.real_docker_host}{where}")
+            self.progress(f"{node.name}: dockerd on {node.real_docker_host}{where}")
             command, ready = dockerd_command(node), lambda: docker_answers(
                 node.real_docker_host)
         elif part == "agent":
-            self._progress(f"{node.name}: agent ({layout.backend}) on "
-                           f"{node.address}:{node.agent_port}")
-            command, ready = agent_command(layout, node), lambda: (
-                node.address in registered_nodes(layout.control_url, self.token()))
+            self.progress(f"{node.name}: agent ({layout.backend}) on "
+                          f"{node.address}:{node.agent_port}")
+            command, ready = agent_command(layout, node), lambda: any(
+                node.address in registered_nodes(url, self.token())
+                for url in layout.control_urls)
         elif part == "adapter":
-            self._progress(f"{node.name}: adapter on {node.adapter_url}")
+            self.progress(f"{node.name}: adapter on {node.adapter_url}")
             command = (self._start_options.get("adapter_commands", {}).get(node.name)
                        or adapter_command(layout, node))
             ready = lambda: http_ok(node.adapter_url + "/healthz")  # noqa: E731
         elif part == "plugin":
-            self._progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
+            self.progress(f"{node.name}: volume plugin 'flocker' in {node.plugin_dir}")
             command, ready = plugin_command(layout, node), lambda: os.path.exists(
                 plugin_socket(node))
         else:
-            self._progress(f"{node.name}: proxy on {node.docker_host}")
+            self.progress(f"{node.name}: proxy on {node.docker_host}")
             with open(node.adapters_yml, "w") as config:
                 yaml.safe_dump(adapters_config(node.adapter_url + ADAPTER_PATH), config,
                                sort_keys=False)
@@ -184,7 +191,7 @@ class LocalCluster:
 
     def import_images(self):
         for node in self.layout.nodes:
-            self._progress(f"{node.name}: importing {BUSYBOX_IMAGE} (offline, busybox-static)")
+            self.progress(f"{node.name}: importing {BUSYBOX_IMAGE} (offline, busybox-static)")
             import_busybox_image(node.real_docker_host)
 
     def docker(self, node_name, *args, **kwargs):
@@ -197,29 +204,34 @@ class LocalCluster:
 
     # -- faults -------------------------------------------------------------
 
-    def _network_of(self, node_name, action):
-        node = self.layout.node(node_name)
-        if self._network is None:
+    def _network_of(self, host_name, action):
+        """The node or control-plane host host_name, which must have a namespace."""
+        host = self.layout.host(host_name)
+        if self.network is None:
             raise ClusterError(f"{action} needs hosts of their own: start the cluster with "
                                f"--hosts netns")
-        if not self._network.is_made(node.index):
-            raise ClusterError(f"{node_name} has no network namespace: is the cluster up?")
-        return node
+        if not host.index:
+            raise ClusterError(f"{host_name} runs on this machine's side of the bridge, in no "
+                               f"network namespace of its own: start the cluster with "
+                               f"--control-replicas 2 or more to give it replicas that do")
+        if not self.network.is_made(host.index):
+            raise ClusterError(f"{host_name} has no network namespace: is the cluster up?")
+        return host
 
-    def partition(self, node_name):
-        """Cut node_name's link: its processes keep running but reach nothing, and
+    def partition(self, host_name):
+        """Cut host_name's link: its processes keep running but reach nothing, and
         nothing reaches them (its unix sockets still answer on this machine)."""
-        node = self._network_of(node_name, "partition")
-        self._network.set_link(node.index, up=False)
+        host = self._network_of(host_name, "partition")
+        self.network.set_link(host.index, up=False)
 
-    def heal(self, node_name):
-        node = self._network_of(node_name, "heal")
-        self._network.set_link(node.index, up=True)
+    def heal(self, host_name):
+        host = self._network_of(host_name, "heal")
+        self.network.set_link(host.index, up=True)
 
-    def shape(self, node_name, rate):
-        """Rate-limit node_name's link both ways (a tc rate such as 100mbit; None: none)."""
-        node = self._network_of(node_name, "shape")
-        self._network.shape(node.index, rate)
+    def shape(self, host_name, rate):
+        """Rate-limit host_name's link both ways (a tc rate such as 100mbit; None: none)."""
+        host = self._network_of(host_name, "shape")
+        self.network.shape(host.index, rate)
 
     def node_processes(self, node_name):
         """Pids of everything running for node_name: its parts (from their pid files),
@@ -228,19 +240,23 @@ class LocalCluster:
         node = self.layout.node(node_name)
         roots = set()
         for service in NODE_SERVICES:
-            pid = read_pid(self._pid_file(f"{node.name}-{service}"))
+            pid = read_pid(self.pid_file(f"{node.name}-{service}"))
             if pid is not None and alive(pid):
                 roots.add(pid)
-        if self._network is not None and self._network.is_made(node.index):
+        if self.network is not None and self.network.is_made(node.index):
             roots.update(processes_in_network_namespace(
-                self._network.namespace_inode(node.index)))
+                self.network.namespace_inode(node.index)))
         roots.update(processes_mentioning([node.run_dir + "/", node.data_dir + "/"]))
         return {pid for pid in descendants(roots) if pid != os.getpid() and alive(pid)}
 
     def kill(self, node_name, timeout=30.0):
-        """kill -9 of every process of node_name at once, as when a machine loses power."""
+        """kill -9 of every process of node_name at once, as when a machine loses power;
+        node_name may name a control replica or an etcd member too."""
+        if self.layout.service_host(node_name) is not None:
+            self.control_plane.kill(node_name, timeout)
+            return
         node = self.layout.node(node_name)
-        if not any(read_pid(self._pid_file(f"{node.name}-{service}")) is not None
+        if not any(read_pid(self.pid_file(f"{node.name}-{service}")) is not None
                    for service in NODE_SERVICES):
             raise ClusterError(f"{node_name} is not running: is the cluster up?")
         deadline = time.monotonic() + timeout
@@ -258,7 +274,7 @@ class LocalCluster:
             time.sleep(0.1)
         for service in NODE_SERVICES:
             try:
-                os.unlink(self._pid_file(f"{node.name}-{service}"))
+                os.unlink(self.pid_file(f"{node.name}-{service}"))
             except FileNotFoundError:
                 pass
 
@@ -268,7 +284,7 @@ class LocalCluster:
         node = self.layout.node(node_name)
         if part not in NODE_SERVICES:
             raise ClusterError(f"a node's parts are {', '.join(NODE_SERVICES)}, not {part!r}")
-        pid_path = self._pid_file(f"{node.name}-{part}")
+        pid_path = self.pid_file(f"{node.name}-{part}")
         pid = read_pid(pid_path)
         if pid is None or not alive(pid):
             raise ClusterError(f"{node_name}'s {part} is not running")
@@ -284,10 +300,14 @@ class LocalCluster:
         self._start_part(self.layout.node(node_name), part)
 
     def restart(self, node_name):
-        """Start node_name's processes again on their old data (after kill)."""
+        """Start node_name's processes again on their old data (after kill); node_name
+        may name a control replica or an etcd member too."""
+        if self.layout.service_host(node_name) is not None:
+            self.control_plane.restart(node_name)
+            return
         node = self.layout.node(node_name)
-        if not http_ok(self.layout.control_url + "/v1/version"):
-            raise ClusterError("the control service does not answer: is the cluster up?")
+        if not self.control_plane.answers():
+            raise ClusterError("no control service answers: is the cluster up?")
         if self.node_processes(node_name):
             raise ClusterError(f"{node_name} is still running; kill it first")
         self._start_node(node)
@@ -305,18 +325,20 @@ class LocalCluster:
                     docker(node.real_docker_host, "rm", "-f", *ids, timeout=120)
         pid_dir = os.path.join(layout.run_dir, "pids")
         services = sorted(os.listdir(pid_dir)) if os.path.isdir(pid_dir) else []
-        # Proxies and adapters first, then agents, daemons and the control service last.
-        order = ("proxy", "plugin", "adapter", "agent", "dockerd", "control")
+        # Proxies and adapters first, then agents, daemons, the control service (or its
+        # replicas) and their etcd members last.
+        order = ("proxy", "plugin", "adapter", "agent", "dockerd", "control", "etcd")
         services.sort(key=lambda name: next(
-            (index for index, part in enumerate(order) if name[:-4].endswith(part)), 0))
+            (index for index, part in enumerate(order)
+             if name.removesuffix(".pid").rstrip("0123456789").endswith(part)), 0))
         for service in services:
             self._terminate(os.path.join(pid_dir, service))
         leftovers = set(processes_mentioning([layout.run_dir, layout.state_dir]))
-        if self._network is not None:
-            for node in layout.nodes:
-                if self._network.is_made(node.index):
+        if self.network is not None:
+            for index in range(1, layout.network.host_count + 1):
+                if self.network.is_made(index):
                     leftovers.update(processes_in_network_namespace(
-                        self._network.namespace_inode(node.index)))
+                        self.network.namespace_inode(index)))
         for pid in descendants(leftovers) - {os.getpid()}:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -324,8 +346,8 @@ class LocalCluster:
                 pass
         unmount_under(layout.run_dir)
         unmount_under(layout.state_dir)
-        if self._network is not None:
-            self._network.remove()
+        if self.network is not None:
+            self.network.remove()
         shutil.rmtree(layout.run_dir, ignore_errors=True)
         if remove_state:
             shutil.rmtree(layout.state_dir, ignore_errors=True)

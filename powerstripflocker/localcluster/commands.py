@@ -7,10 +7,14 @@ import sys
 POWERSTRIP_FLOCKER = (sys.executable, "-m", "powerstripflocker")
 
 
-def control_command(layout):
+def control_command(layout, host=None):
+    """The control service on host (one of layout.control_hosts; the first if None): on
+    SQLite in the state directory, or, for a replica, on the layout's etcd cluster."""
+    host = host or layout.control_hosts[0]
+    store = (["--store", layout.store_url] if layout.etcd_members else
+             ["--db", os.path.join(layout.state_dir, "control.db")])
     return [*POWERSTRIP_FLOCKER, "control", "--listen",
-            f"tcp:{layout.control_port}:interface={layout.control_address}",
-            "--db", os.path.join(layout.state_dir, "control.db"),
+            f"tcp:{layout.control_port}:interface={host.address}", *store,
             "--cluster-token-file", layout.token_file, *layout.control_tls(),
             *(["--insecure-http"] if layout.insecure_http else [])]
 

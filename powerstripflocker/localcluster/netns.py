@@ -45,6 +45,20 @@ def cluster_prefix(run_dir):
 class HostsNetwork:
     prefix: str
     slot: int
+    # Hosts after the nodes, by name (etcd members and control replicas): host
+    # node_count + k is named service_hosts[k - 1]; every other index is "node{index}".
+    node_count: int = 0
+    service_hosts: tuple = ()
+
+    @property
+    def host_count(self):
+        return self.node_count + len(self.service_hosts)
+
+    def host_name(self, index):
+        after_nodes = index - self.node_count
+        if self.node_count and 1 <= after_nodes <= len(self.service_hosts):
+            return self.service_hosts[after_nodes - 1]
+        return f"node{index}"
 
     @property
     def subnet(self):
@@ -59,12 +73,13 @@ class HostsNetwork:
         return str(self.subnet[1])
 
     def node_address(self, index):
+        """The address of host index (node index, or a service host after the nodes)."""
         if not 1 <= index <= MAXIMUM_NODES:
             raise NetworkError(f"a cluster has 1 to {MAXIMUM_NODES} nodes, not {index}")
         return str(self.subnet[1 + index])
 
     def namespace(self, index):
-        return f"{self.prefix}-node{index}"
+        return f"{self.prefix}-{self.host_name(index)}"
 
     def veth(self, index):
         """The root namespace's end of node index's link (the bridge port)."""
@@ -168,12 +183,13 @@ class HostsNetworkControl:
         except (OSError, ValueError):
             return {}
 
-    def create(self, node_count):
+    def create(self, host_count):
+        """The bridge and host_count hosts (the nodes, then any service hosts)."""
         network = self.network
         if network.slot in used_slots():
             raise NetworkError(f"{network.subnet} is already in use on this machine (another "
                                f"cluster in namespaces mode?); `ip -4 address` shows it")
-        for index in range(1, node_count + 1):
+        for index in range(1, host_count + 1):
             network.node_address(index)
         os.makedirs(os.path.dirname(self._record_path), exist_ok=True)
         record = {"prefix": network.prefix, "slot": network.slot,
@@ -185,7 +201,7 @@ class HostsNetworkControl:
         _run("ip", "address", "add", f"{network.bridge_address}/{SLOT_PREFIX_LENGTH}",
              "dev", network.bridge)
         _run("ip", "link", "set", network.bridge, "up")
-        for index in range(1, node_count + 1):
+        for index in range(1, host_count + 1):
             self._add_node(index)
 
     def _add_node(self, index):
