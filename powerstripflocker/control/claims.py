@@ -1,6 +1,8 @@
 """Claims (beyond Flocker): a frontend asks that a volume name be usable on its node, and
-the control service decides in one transaction whether to create it there, move it
+the control service decides in one store decision whether to create it there, move it
 there, or lease it there once it is ready, and says how far a move has got."""
+
+import uuid
 
 from powerstripflocker.control.errors import APIError, ClaimedElsewhere
 
@@ -11,9 +13,9 @@ class Claims:
     """ControlService's claims (a part of it: uses its store, clock, nodes, leases and
     changed())."""
 
-    def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS, maximum_size=None,
-              create=True, generation=None):
-        """(code, answer) for POST /v1/configuration/claims, decided in one transaction:
+    async def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS,
+                    maximum_size=None, create=True, generation=None):
+        """(code, answer) for POST /v1/configuration/claims, decided in one store decision:
         create the name here, move it here, or lease it to node_uuid once it is here.
 
         From its first answer on, a claim holds the lease for the claimant (for
@@ -25,55 +27,53 @@ class Claims:
         generation; if another node has since moved the dataset away, refuse (409)
         rather than move it back."""
         node_uuid = node_uuid.lower()
-        changed = False
-        with self.store.transaction():
-            candidates = [d for d in self.store.datasets_named(name) if not d.deleted]
+        new_id = str(uuid.uuid4())
+
+        async def decision(view, note):
+            candidates = [d for d in await view.datasets_named(name) if not d.deleted]
             if not candidates:
                 if not create:
                     raise APIError(404, f"No dataset is named {name!r}.")
-                dataset = self._create(node_uuid, None, {"name": name}, maximum_size)
-                self._grant(dataset.dataset_id, node_uuid, expires, None, claim=True)
-                answer = {"status": "creating", "dataset_id": dataset.dataset_id,
-                          "generation": dataset.generation}
-                code, changed = 202, True
-            else:
-                dataset = min(candidates, key=lambda d: d.dataset_id)
-                if (generation is not None and dataset.generation != generation
-                        and dataset.primary != node_uuid):
-                    report = self.nodes.get(dataset.primary)
-                    host = None if report is None else report.host
-                    raise ClaimedElsewhere(
-                        f"volume {name!r} was claimed by {host or 'node ' + dataset.primary} "
-                        f"(node {dataset.primary}) while this node waited for it; run the "
-                        f"container on one node at a time",
-                        {"node_uuid": dataset.primary, "host": host},
-                    )
-                lease = self._live_lease(dataset.dataset_id)
-                if lease is not None and lease.node_uuid != node_uuid:
-                    raise self._held_elsewhere(f"volume {name!r}", lease, name)
-                if dataset.primary != node_uuid:
-                    source = dataset.primary
-                    self._move(dataset, node_uuid)
-                    dataset = self.store.get_dataset(dataset.dataset_id)
-                    self._grant(dataset.dataset_id, node_uuid, expires, lease, claim=True)
-                    changed = True
-                    code, answer = 202, self._pending(dataset, source)
-                else:
-                    path = self._reported_path(dataset.dataset_id, node_uuid,
-                                               dataset.generation)
-                    lease = self._grant(dataset.dataset_id, node_uuid, expires, lease,
-                                        claim=True)
-                    changed = True
-                    if path is None:
-                        code, answer = 202, self._pending(dataset, self._source_of(dataset))
-                    else:
-                        code, answer = 200, {
-                            "status": "ready", "dataset_id": dataset.dataset_id,
-                            "generation": dataset.generation, "path": path,
-                            "lease": lease.to_json(self.clock.seconds()),
-                        }
-        if changed:
-            self.changed()
+                dataset = await self._create(view, note, node_uuid, new_id, {"name": name},
+                                             maximum_size)
+                await self._grant(view, note, dataset.dataset_id, node_uuid, expires, None,
+                                  claim=True)
+                return 202, {"status": "creating", "dataset_id": dataset.dataset_id,
+                             "generation": dataset.generation}
+            dataset = min(candidates, key=lambda d: d.dataset_id)
+            if (generation is not None and dataset.generation != generation
+                    and dataset.primary != node_uuid):
+                report = self.nodes.get(dataset.primary)
+                host = None if report is None else report.host
+                raise ClaimedElsewhere(
+                    f"volume {name!r} was claimed by {host or 'node ' + dataset.primary} "
+                    f"(node {dataset.primary}) while this node waited for it; run the "
+                    f"container on one node at a time",
+                    {"node_uuid": dataset.primary, "host": host},
+                )
+            lease = await self._live_lease(view, dataset.dataset_id)
+            if lease is not None and lease.node_uuid != node_uuid:
+                raise self._held_elsewhere(f"volume {name!r}", lease, name)
+            if dataset.primary != node_uuid:
+                source = dataset.primary
+                await self._move(view, note, dataset, node_uuid)
+                dataset = await view.get_dataset(dataset.dataset_id)
+                await self._grant(view, note, dataset.dataset_id, node_uuid, expires, lease,
+                                  claim=True)
+                return 202, self._pending(dataset, source)
+            path = self._reported_path(dataset.dataset_id, node_uuid, dataset.generation)
+            lease = await self._grant(view, note, dataset.dataset_id, node_uuid, expires,
+                                      lease, claim=True)
+            if path is None:
+                return 202, self._pending(dataset, self._source_of(dataset))
+            return 200, {
+                "status": "ready", "dataset_id": dataset.dataset_id,
+                "generation": dataset.generation, "path": path,
+                "lease": lease.to_json(self.clock.seconds()),
+            }
+
+        code, answer = await self._decide(decision)
+        self.changed()
         return code, answer
 
     def _reported_path(self, dataset_id, node_uuid, generation):

@@ -14,9 +14,16 @@ from powerstripflocker.serving.listening import BoundedSite, server_endpoint
 from powerstripflocker.control import migrate
 from powerstripflocker.control.httpapi import MAX_BODY, ControlAPI
 from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlService
+from powerstripflocker.clients.etcd_client import EtcdClient
+from powerstripflocker.control.asyncstore import AsyncStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.store import Store
+from powerstripflocker.control.store_url import (
+    BadStoreURL, EtcdURL, SQLiteURL, etcd_tls_files, parse_store_url,
+)
 
-HELP = "run the Flocker-compatible control service (v1 REST API, SQLite, agent protocol)"
+HELP = ("run the Flocker-compatible control service (v1 REST API and agent protocol, on "
+        "SQLite or, as one of several replicas, on etcd)")
 
 DEFAULT_LISTEN = "tcp:4523:interface=127.0.0.1"
 DEFAULT_DB = "/var/lib/powerstrip-flocker/control.db"
@@ -31,8 +38,20 @@ def configure(parser):
              f"(default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
-        "--db", default=DEFAULT_DB, help=f"SQLite database file (default {DEFAULT_DB})",
+        "--db", default=None,
+        help=f"SQLite database file: the same as --store sqlite://PATH (default {DEFAULT_DB})",
     )
+    parser.add_argument(
+        "--store", metavar="URL", default=None,
+        help="where the configuration is kept: sqlite:///PATH (one control service), or "
+             "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (etcds:// for TLS), which any number "
+             "of control replicas may share (they then need --cluster-token-file or "
+             f"{TOKEN_ENV})",
+    )
+    parser.add_argument("--store-ca", metavar="PEM", help="etcds://: the CA of etcd's members")
+    parser.add_argument("--store-cert", metavar="PEM",
+                        help="etcds://: a client certificate etcd accepts")
+    parser.add_argument("--store-key", metavar="PEM", help="etcds://: the key of --store-cert")
     parser.add_argument(
         "--state-expiry", type=float, default=DEFAULT_STATE_EXPIRY, metavar="SECONDS",
         help="drop a node from state when its agent has not reported for this long "
@@ -42,7 +61,7 @@ def configure(parser):
         "--cluster-token-file", metavar="PATH",
         help=f"file holding the cluster token every v1 and agent request must carry as "
              f"'Authorization: Bearer' (or set {TOKEN_ENV}); without either, the token in "
-             f"{TOKEN_FILE_NAME} next to --db, made on first start",
+             f"{TOKEN_FILE_NAME} next to the SQLite database, made on first start",
     )
     parser.add_argument(
         "--insecure-http", action="store_true",
@@ -76,15 +95,41 @@ def token_path(db):
     return os.path.join(os.path.dirname(os.path.abspath(db)), TOKEN_FILE_NAME)
 
 
-def read_token(options, environ=os.environ):
+def store_location(options):
+    """The SQLiteURL or EtcdURL that --store or --db names (--db by default), and the
+    TLSFiles for etcds:// (or None); ConfigurationError for what cannot work."""
+    if options.store is not None and options.db is not None:
+        raise ConfigurationError("give --store or --db, not both (--db PATH is "
+                                 "--store sqlite://PATH)")
+    if options.store is None:
+        location = SQLiteURL(options.db or DEFAULT_DB)
+    else:
+        try:
+            location = parse_store_url(options.store)
+        except BadStoreURL as error:
+            raise ConfigurationError(f"--store: {error}")
+    try:
+        tls = etcd_tls_files(location, options.store_ca, options.store_cert,
+                             options.store_key)
+    except BadStoreURL as error:
+        raise ConfigurationError(str(error))
+    return location, tls
+
+
+def read_token(options, location, environ=os.environ):
     """(token, where it came from, made now?): the given token, else the one kept next to
-    the database, made on first start."""
+    the SQLite database, made on first start."""
     try:
         # A token given (file, then environment) is read as the clients read it.
         token = client_token(options.cluster_token_file, None, environ)
         if token is not None:
             return token, options.cluster_token_file or f"${TOKEN_ENV}", False
-        path = token_path(options.db)
+        if not isinstance(location, SQLiteURL):
+            # Replicas must share one token, and none of them may make its own.
+            raise ConfigurationError(
+                f"--store {location} needs the cluster token every replica shares: give "
+                f"--cluster-token-file or {TOKEN_ENV}")
+        path = token_path(location.path)
         if path is None:
             raise ConfigurationError(
                 f"--db :memory: keeps no token: give --cluster-token-file or {TOKEN_ENV}")
@@ -199,8 +244,9 @@ def make_site(service, token):
 
 
 class ControlServer(PartService):
-    """The control service from start to stop: its database (locked against a second
-    control service), the cluster token, the API listening."""
+    """The control service from start to stop: its store (a SQLite database locked
+    against a second control service, or etcd shared with other replicas), the cluster
+    token, the API listening."""
 
     name = "control"
 
@@ -208,6 +254,7 @@ class ControlServer(PartService):
         self.reactor = reactor
         self.options = options
         self._lock = self._store = self._service = self._port = None
+        self._closing_store = None
 
     async def start(self):
         try:
@@ -233,18 +280,16 @@ class ControlServer(PartService):
             raise ConfigurationError(
                 f"--listen {options.listen} is not loopback: serve TLS there (--tls-cert, "
                 f"--tls-key) or, on a network you trust, give --insecure-http")
-        self._lock = lock_database(options.db)
-        token, token_source, token_made = read_token(options)
+        location, store_tls = store_location(options)
+        if isinstance(location, SQLiteURL):
+            self._lock = lock_database(location.path)
+        token, token_source, token_made = read_token(options, location)
         if token_made:
             log.info("made the cluster token in {path} (mode 0600): give it to the agents "
                      "and clients with --cluster-token-file", path=token_source)
         else:
             log.info("the cluster token is the one in {source}", source=token_source)
-        try:
-            secure_database_files(options.db)
-            self._store = Store(options.db)
-        except Exception as error:
-            raise ConfigurationError(f"cannot open database {options.db}: {error}")
+        self._store = self._open_store(location, store_tls)
         self._service = ControlService(self._store, reactor, state_expiry=options.state_expiry)
         factory = make_site(self._service, token)
         if context is not None:
@@ -255,17 +300,17 @@ class ControlServer(PartService):
             self._port = await endpoint.listen(factory)
         except (ValueError, TypeError, KeyError, CannotListenError) as error:
             raise ConfigurationError(f"cannot listen on {options.listen!r}: {error}")
-        self._service.start()
+        await self._service.start()
         address = self._port.getHost()
         log.info(
             "control service listening on {address} ({scheme}; every request but "
-            "/v1/version and /metrics needs {auth}; database {db})",
+            "/v1/version, /healthz and /metrics needs {auth}; store {store})",
             address=f"{getattr(address, 'host', '')}:{getattr(address, 'port', '')}",
             scheme="https" + (" with client certificates" if options.tls_ca else "")
             if context else "http",
             auth="the cluster token or a client certificate" if options.tls_ca
             else "the cluster token",
-            db=options.db,
+            store=location,
         )
         factory.noisy = False
 
@@ -273,12 +318,26 @@ class ControlServer(PartService):
         log.info("control service stopping")
         await self._port.stopListening()
         # Waiting agents are answered now, while the store still reads.
-        self._service.stop()
+        await self._service.stop()
         self._close()
+        if self._closing_store is not None:
+            await self._closing_store
+
+    def _open_store(self, location, tls):
+        if isinstance(location, EtcdURL):
+            # A node report lives in etcd as long as the state expiry unless renewed.
+            return EtcdStore(EtcdClient(self.reactor, location.endpoints, tls=tls),
+                             report_ttl=self.options.state_expiry)
+        try:
+            secure_database_files(location.path)
+            return AsyncStore(Store(location.path))
+        except Exception as error:
+            raise ConfigurationError(f"cannot open database {location.path}: {error}")
 
     def _close(self):
         if self._store is not None:
-            self._store.close()
+            self._closing_store = self._store.close()
+            self._store = None
         if self._lock is not None:
             self._lock.close()
 

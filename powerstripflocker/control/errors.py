@@ -45,3 +45,11 @@ class ClaimedElsewhere(APIError):
 
     def body(self):
         return dict(super().body(), claimed_by=dict(self.claimant))
+
+
+class TagMismatch(APIError):
+    """412: X-If-Configuration-Matches names a configuration that is not the current one."""
+
+    def __init__(self, wanted, current):
+        super().__init__(412, f"Tag doesn't match. Required: {wanted}, current: {current}")
+        self.current = current

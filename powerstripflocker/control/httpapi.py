@@ -24,7 +24,9 @@ from powerstripflocker.protocol.docker_json import check_json_depth
 from powerstripflocker.control.metrics import ControlMetrics
 from powerstripflocker.control.schema import schema_errors
 from powerstripflocker.control.claims import DEFAULT_CLAIM_SECONDS
-from powerstripflocker.control.errors import DATASET_ID_IN_USE, APIError
+from powerstripflocker.clients.etcd import EtcdError
+from powerstripflocker.control.errors import DATASET_ID_IN_USE, APIError, TagMismatch
+from powerstripflocker.control.store import StoreBusy
 from powerstripflocker.protocol.ids import canonical_uuid, is_uuid4
 
 MAX_BODY = 1024 * 1024
@@ -42,7 +44,7 @@ SCHEMA_MISMATCH = "The provided JSON doesn't match the required schema."
 INTERNAL_ERROR = "internal error, see the control service log"
 
 # Health checks and Prometheus scrapes need no credentials; everything else does.
-OPEN_PATHS = (b"/v1/version", b"/metrics")
+OPEN_PATHS = (b"/v1/version", b"/metrics", b"/healthz")
 
 log = Logger()
 
@@ -158,9 +160,10 @@ class ControlAPI:
         self.metrics.requests.labels(route=route, code=str(code)).inc()
 
     @app.route("/metrics", methods=["GET"])
-    def prometheus(self, request):
+    async def prometheus(self, request):
+        body = await self.metrics.render()
         request.setHeader(b"Content-Type", self.metrics.content_type.encode("ascii"))
-        return self.metrics.render()
+        return body
 
     # -- errors: every refusal is rendered here ------------------------------
 
@@ -177,8 +180,22 @@ class ControlAPI:
             code=error.code, description=error.description,
             errors=error.errors or "",
         )
-        return json_response(request, error.code, error.body(),
-                             getattr(error, "headers", ()))
+        headers = getattr(error, "headers", ())
+        if isinstance(error, TagMismatch):
+            headers = [(TAG_HEADER, error.current.encode("ascii"))]
+        return json_response(request, error.code, error.body(), headers)
+
+    @app.handle_errors(EtcdError, StoreBusy)
+    def store_unavailable(self, request, failure):
+        """The store did not answer, or could not tell whether a change was made: 503,
+        which the clients take to the next replica (every write is safe to repeat)."""
+        self._count(_route_name(request), 503)
+        log.warn("{method} {uri}: the store failed: {error}",
+                 method=request.method.decode("ascii", "replace"),
+                 uri=request.uri.decode("ascii", "replace"), error=failure.value)
+        return json_response(request, 503, {
+            "description": f"the control service's store failed: {failure.value}; "
+                           "try again, or another control replica"})
 
     @app.handle_errors(NotFound)
     def not_found(self, request, failure):
@@ -221,6 +238,17 @@ class ControlAPI:
         )
         return json_response(request, 500, {"description": INTERNAL_ERROR})
 
+    # -- health -----------------------------------------------------------
+
+    @app.route("/healthz", methods=["GET"])
+    @endpoint
+    async def health(self, request):
+        """200 when this replica reaches its store, else 503 saying why."""
+        reachable, problem = await self.service.store_health()
+        if reachable:
+            return 200, {"store": "reachable"}
+        return 503, {"store": "unreachable", "description": problem}
+
     # -- v1: version ------------------------------------------------------
 
     @app.route("/v1/version", methods=["GET"])
@@ -230,42 +258,44 @@ class ControlAPI:
 
     # -- v1: configuration/datasets ----------------------------------------
 
-    def _tag_headers(self):
-        return [(TAG_HEADER, self.service.configuration_tag().encode("ascii"))]
+    async def _tag_headers(self):
+        return [(TAG_HEADER, (await self.service.configuration_tag()).encode("ascii"))]
 
-    def _check_tag(self, request):
+    @staticmethod
+    def _wanted_tag(request):
         wanted = request.getHeader(IF_MATCHES_HEADER)
-        try:
-            self.service.check_tag(None if wanted is None else wanted.decode("latin-1"))
-        except APIError as error:
-            error.headers = self._tag_headers()
-            raise
+        return None if wanted is None else wanted.decode("latin-1")
 
     @app.route("/v1/configuration/datasets", methods=["GET"])
     @endpoint
-    def list_datasets(self, request):
+    async def list_datasets(self, request):
         name = _query_text(request, b"name")
-        found = self.service.datasets() if name is None else self.service.datasets_named(name)
-        return 200, [d.to_configuration() for d in found], self._tag_headers()
+        found = await (self.service.datasets() if name is None
+                       else self.service.datasets_named(name))
+        return 200, [d.to_configuration() for d in found], await self._tag_headers()
 
     @app.route("/v1/configuration/datasets", methods=["POST"])
     @endpoint
-    def create_dataset(self, request):
+    async def create_dataset(self, request):
+        wanted = self._wanted_tag(request)
         try:
-            self._check_tag(request)
-        except APIError:
-            self._refuse_a_repeat(request)
+            # Refused before the body is read, as Flocker does; decided again with the
+            # create below, atomically.
+            await self.service.check_tag(wanted)
+        except TagMismatch:
+            await self._refuse_a_repeat(request)
             raise
         body = read_json(request, "dataset_create")
-        dataset = self.service.create_dataset(
+        dataset = await self.service.create_dataset(
             primary=body["primary"],
             dataset_id=body.get("dataset_id"),
             metadata=body.get("metadata"),
             maximum_size=body.get("maximum_size"),
+            wanted_tag=wanted,
         )
-        return 201, dataset.to_configuration(), self._tag_headers()
+        return 201, dataset.to_configuration(), await self._tag_headers()
 
-    def _refuse_a_repeat(self, request):
+    async def _refuse_a_repeat(self, request):
         """A create sent again with its own dataset_id after the first was stored (its
         answer lost) finds the tag moved by that first one: it is answered 409 for the
         id, as without a tag, which its client reads as done."""
@@ -273,39 +303,41 @@ class ControlAPI:
             dataset_id = canonical_uuid(read_json(request, "dataset_create").get("dataset_id"))
         except APIError:
             return
-        if dataset_id and any(d.dataset_id == dataset_id for d in self.service.datasets()):
+        if dataset_id and await self.service.store.get_dataset(dataset_id) is not None:
             raise APIError(409, DATASET_ID_IN_USE)
 
     @app.route("/v1/configuration/datasets/<dataset_id>", methods=["POST"])
     @endpoint
-    def update_dataset(self, request, dataset_id):
-        self._check_tag(request)
+    async def update_dataset(self, request, dataset_id):
+        wanted = self._wanted_tag(request)
+        await self.service.check_tag(wanted)
         body = read_json(request, "dataset_update")
-        dataset = self.service.update_dataset(dataset_id, primary=body.get("primary"))
-        return 200, dataset.to_configuration(), self._tag_headers()
+        dataset = await self.service.update_dataset(
+            dataset_id, primary=body.get("primary"), wanted_tag=wanted)
+        return 200, dataset.to_configuration(), await self._tag_headers()
 
     @app.route("/v1/configuration/datasets/<dataset_id>", methods=["DELETE"])
     @endpoint
-    def delete_dataset(self, request, dataset_id):
-        self._check_tag(request)
-        dataset = self.service.delete_dataset(dataset_id)
-        return 200, dataset.to_configuration(), self._tag_headers()
+    async def delete_dataset(self, request, dataset_id):
+        dataset = await self.service.delete_dataset(
+            dataset_id, wanted_tag=self._wanted_tag(request))
+        return 200, dataset.to_configuration(), await self._tag_headers()
 
     @app.route("/v1/configuration/datasets/<dataset_id>/restore", methods=["POST"])
     @endpoint
-    def restore_dataset(self, request, dataset_id):
+    async def restore_dataset(self, request, dataset_id):
         """Beyond Flocker: un-delete a dataset whose data a node keeps in its trash."""
-        self._check_tag(request)
-        dataset = self.service.restore_dataset(dataset_id)
-        return 200, dataset.to_configuration(), self._tag_headers()
+        dataset = await self.service.restore_dataset(
+            dataset_id, wanted_tag=self._wanted_tag(request))
+        return 200, dataset.to_configuration(), await self._tag_headers()
 
     # -- v1: state ---------------------------------------------------------
 
     @app.route("/v1/state/trash", methods=["GET"])
     @endpoint
-    def state_trash(self, request):
+    async def state_trash(self, request):
         """Beyond Flocker: the deleted datasets' data the nodes keep, newest first."""
-        entries = self.service.trash()
+        entries = await self.service.trash()
         name = _query_text(request, b"name")
         if name is not None:
             entries = [e for e in entries if e["name"] == name]
@@ -334,55 +366,56 @@ class ControlAPI:
 
     @app.route("/v1/configuration/leases", methods=["GET"])
     @endpoint
-    def list_leases(self, request):
+    async def list_leases(self, request):
+        leases = await self.service.leases()
         now = self.service.clock.seconds()
-        return 200, [lease.to_json(now) for lease in self.service.leases()], self._tag_headers()
+        return 200, [lease.to_json(now) for lease in leases], await self._tag_headers()
 
     @app.route("/v1/configuration/leases", methods=["POST"])
     @endpoint
-    def acquire_lease(self, request):
+    async def acquire_lease(self, request):
         body = read_json(request, "lease")
-        created, lease = self.service.acquire_lease(
+        created, lease = await self.service.acquire_lease(
             body["dataset_id"], body["node_uuid"], body["expires"],
             new_user=_query_flag(request, b"new_user"),
         )
         now = self.service.clock.seconds()
-        return (201 if created else 200), lease.to_json(now), self._tag_headers()
+        return (201 if created else 200), lease.to_json(now), await self._tag_headers()
 
     @app.route("/v1/configuration/leases/<dataset_id>", methods=["DELETE"])
     @endpoint
-    def release_lease(self, request, dataset_id):
+    async def release_lease(self, request, dataset_id):
         node_uuid = _query_text(request, b"node_uuid")
         if node_uuid is not None and canonical_uuid(node_uuid) is None:
             raise APIError(400, f"node_uuid must be a UUID, not {node_uuid!r}.")
-        lease = self.service.release_lease(dataset_id, node_uuid)
-        return 200, lease.to_json(self.service.clock.seconds()), self._tag_headers()
+        lease = await self.service.release_lease(dataset_id, node_uuid)
+        return 200, lease.to_json(self.service.clock.seconds()), await self._tag_headers()
 
     # -- claims (beyond Flocker) --------------------------------------------
 
     @app.route("/v1/configuration/claims", methods=["POST"])
     @endpoint
-    def claim(self, request):
+    async def claim(self, request):
         body = read_json(request, "claim")
-        code, answer = self.service.claim(
+        code, answer = await self.service.claim(
             body["name"], body["node_uuid"],
             expires=body.get("expires", DEFAULT_CLAIM_SECONDS),
             maximum_size=body.get("maximum_size"),
             create=body.get("create", True),
             generation=body.get("generation"),
         )
-        return code, answer, self._tag_headers()
+        return code, answer, await self._tag_headers()
 
     # -- agent protocol ----------------------------------------------------
 
     @app.route("/agent/v1/nodes/<node_uuid>", methods=["PUT"])
     @endpoint
-    def put_node(self, request, node_uuid):
+    async def put_node(self, request, node_uuid):
         if not is_uuid4(node_uuid):
             raise APIError(400, f"The node UUID {node_uuid!r} is not a version 4 UUID.")
         normalised = node_uuid.lower()
         body = read_json(request, "node_report")
-        generation = self.service.report(
+        generation = await self.service.report(
             normalised, body["host"], body["agent_url"], body["datasets"],
             body.get("transfers", []), trash=body.get("trash", []), era=body.get("era"),
         )
@@ -397,7 +430,7 @@ class ControlAPI:
             raise APIError(400, "timeout must be a number of seconds >= 0.")
         timeout = min(timeout, MAX_POLL_TIMEOUT)
         await self.service.wait_for_change(generation, timeout)
-        return 200, self.service.cluster_view()
+        return 200, await self.service.cluster_view()
 
 
 def _query_text(request, name):

@@ -1,5 +1,5 @@
 """Leases: which node holds which dataset, granted, renewed and released in one store
-transaction each, and the 409 that names the holder and what uses the dataset there."""
+decision each, and the 409 that names the holder and what uses the dataset there."""
 
 from powerstripflocker.control.errors import LEASE_NOT_FOUND, APIError, HeldElsewhere
 from powerstripflocker.control.store import Lease
@@ -14,7 +14,7 @@ class Leases:
     def leases(self):
         return self.store.leases()
 
-    def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
+    async def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
         """(created, lease): created is False for a renewal by the same node.
 
         Refused (409) when another node holds the lease, or when the dataset is
@@ -22,21 +22,27 @@ class Leases:
         new_user: a container started using the dataset on node_uuid since its last
         renewal, so the claims made before now have done their job (see _grant)."""
         dataset_id, node_uuid = dataset_id.lower(), node_uuid.lower()
-        with self.store.transaction():
-            existing = self._live_lease(dataset_id)
+
+        async def decision(view, note):
+            existing = await self._live_lease(view, dataset_id)
             if existing is not None and existing.node_uuid != node_uuid:
                 raise self._held_elsewhere(f"dataset {dataset_id}", existing)
-            dataset = self.store.get_dataset(dataset_id)
+            dataset = await view.get_dataset(dataset_id)
             if dataset is not None and dataset.primary != node_uuid:
                 raise APIError(409, (
                     f"dataset {dataset_id}'s primary is node {self._named_node(dataset.primary)}"
                     f", not {node_uuid}"
                 ))
-            lease = self._grant(dataset_id, node_uuid, expires, existing, new_user=new_user)
-        self.changed()
-        return existing is None, lease
+            lease = await self._grant(view, note, dataset_id, node_uuid, expires, existing,
+                                      new_user=new_user)
+            return existing is None, lease
 
-    def _grant(self, dataset_id, node_uuid, expires, existing, claim=False, new_user=False):
+        created, lease = await self._decide(decision)
+        self.changed()
+        return created, lease
+
+    async def _grant(self, view, note, dataset_id, node_uuid, expires, existing, claim=False,
+                     new_user=False):
         """Grant or renew node_uuid's lease (a claim: see leases.py)."""
         held = None
         if existing is not None and existing.node_uuid == node_uuid:
@@ -44,17 +50,17 @@ class Leases:
         expiration, claimed_until = granted(self.clock.seconds(), expires, held, claim=claim,
                                             new_user=new_user)
         lease = Lease(dataset_id, node_uuid, expiration, claimed_until)
-        self.store.put_lease(lease)
-        self.log.info(
+        await view.put_lease(lease)
+        note(
             "lease on dataset {dataset_id} {action} by {node_uuid} (expires in {expires}s)",
             dataset_id=dataset_id, node_uuid=node_uuid, expires=expires,
             action="acquired" if existing is None else "renewed",
         )
         return lease
 
-    def _live_lease(self, dataset_id):
+    async def _live_lease(self, view, dataset_id):
         """The dataset's lease unless it has expired (the sweep may not have run yet)."""
-        lease = self.store.get_lease(dataset_id)
+        lease = await view.get_lease(dataset_id)
         if lease is not None and lease.expiration is not None and (
                 lease.expiration <= self.clock.seconds()):
             return None
@@ -97,13 +103,14 @@ class Leases:
             )
         return HeldElsewhere(description, holder)
 
-    def release_lease(self, dataset_id, node_uuid=None):
+    async def release_lease(self, dataset_id, node_uuid=None):
         """Without node_uuid, break the lease (Flocker's admin release). With it, the
         holder node_uuid says its use ended: the lease goes, unless a claim made after
         its users started still keeps it (until that claim's expiry)."""
         normalised = canonical_uuid(dataset_id)
-        with self.store.transaction():
-            lease = None if normalised is None else self._live_lease(normalised)
+
+        async def decision(view, note):
+            lease = None if normalised is None else await self._live_lease(view, normalised)
             if lease is None:
                 raise APIError(404, LEASE_NOT_FOUND)
             if node_uuid is not None and lease.node_uuid != node_uuid.lower():
@@ -112,16 +119,19 @@ class Leases:
             kept = None if node_uuid is None else after_use_ended(now, lease.claimed_until)
             if kept is not None:
                 lease = Lease(lease.dataset_id, lease.node_uuid, *kept)
-                self.store.put_lease(lease)
-                self.log.info(
+                await view.put_lease(lease)
+                note(
                     "use of dataset {dataset_id} on {node_uuid} ended; its lease stays for a "
                     "claim made since, {seconds:.1f}s more", dataset_id=lease.dataset_id,
                     node_uuid=lease.node_uuid, seconds=lease.claimed_until - now)
             else:
-                self.store.delete_lease(lease.dataset_id)
-                self.log.info(
+                await view.delete_lease(lease.dataset_id)
+                note(
                     "lease on dataset {dataset_id} held by {node_uuid} released",
                     dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
                 )
+            return lease
+
+        lease = await self._decide(decision)
         self.changed()
         return lease

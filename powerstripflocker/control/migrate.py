@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from powerstripflocker.clients.etcd import EtcdError
 from powerstripflocker.clients.etcd_client import EtcdClient
-from powerstripflocker.control.asyncstore import EtcdStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.store import SQLiteStore, configuration_tag_of
 from powerstripflocker.control.store_url import (
     BadStoreURL, EtcdURL, SQLiteURL, etcd_tls_files, parse_store_url,

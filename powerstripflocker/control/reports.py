@@ -47,7 +47,7 @@ class NodeReports:
     """ControlService's node reports (a part of it: uses its store, clock, nodes,
     state_expiry, log and changed())."""
 
-    def report(self, node_uuid, host, agent_url, datasets, transfers, trash=(), era=None):
+    async def report(self, node_uuid, host, agent_url, datasets, transfers, trash=(), era=None):
         """Replace node_uuid's report; bump the generation only if its content changed."""
         now = self.clock.seconds()
         datasets = [
@@ -84,17 +84,22 @@ class NodeReports:
         different = old is None or old.content() != new.content()
         # A new era alone wakes nobody, but is stored: a restarted control service then
         # answers by_era for the agent's current run, not its last one.
-        if different or old.era != new.era:
-            self.store.put_node_report(node_uuid, new.to_json(), now)
-            self._persisted_received[node_uuid] = now
-        elif now - self._persisted_received.get(node_uuid, now) >= self.state_expiry / 4:
-            # Identical re-report: refresh the stored time now and then, not every time.
-            self.store.touch_node_report(node_uuid, now)
+        store = different or old.era != new.era
+        # Identical re-report: refresh the stored time now and then, not every time.
+        touch = not store and (
+            now - self._persisted_received.get(node_uuid, now) >= self.state_expiry / 4)
+
+        async def decision(view, note):
+            if store:
+                await view.put_node_report(node_uuid, new.to_json(), now)
+            elif touch:
+                await view.touch_node_report(node_uuid, now)
+            return await view.mark_manifested(sorted({d["dataset_id"] for d in datasets}))
+
+        newly_manifested = await self._decide(decision)
+        if store or touch:
             self._persisted_received[node_uuid] = now
         self.nodes[node_uuid] = new
-        newly_manifested = self.store.mark_manifested(
-            sorted({d["dataset_id"] for d in datasets})
-        )
         for dataset_id in newly_manifested:
             self.log.info(
                 "dataset {dataset_id} manifested on {node_uuid}",
@@ -142,11 +147,19 @@ class NodeReports:
                 return report.uuid
         raise APIError(404, NODE_ERA_NOT_FOUND)
 
-    def cluster_view(self):
+    async def cluster_view(self):
         """The agent protocol's view of configuration, leases and state."""
+        # The generation first: the view read after it shows at least its changes, and
+        # a change made meanwhile moves the generation on, so the agent asks again.
+        generation = self.generation
+
+        async def read(view):
+            return await view.datasets(), await view.leases()
+
+        datasets, leases = await self.store.decide(read)
         now = self.clock.seconds()
         return {
-            "generation": self.generation,
+            "generation": generation,
             "datasets": [
                 {
                     "dataset_id": d.dataset_id,
@@ -158,9 +171,9 @@ class NodeReports:
                     "origin": d.origin,
                     "generation": d.generation,
                 }
-                for d in self.store.datasets()
+                for d in datasets
             ],
-            "leases": [lease.to_json(now) for lease in self.store.leases()],
+            "leases": [lease.to_json(now) for lease in leases],
             "nodes": [
                 json.loads(json.dumps(report.to_json())) for report in self.fresh_nodes()
             ],

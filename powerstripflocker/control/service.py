@@ -5,6 +5,11 @@ ControlService is made of its parts: Leases (leasing.py), Claims (claims.py) and
 NodeReports (reports.py); the datasets' configuration, the trash, the generation and
 the long-poll waiters are here. Time comes from an injectable IReactorTime (the reactor
 in production, a twisted.internet.task.Clock in tests).
+
+Its store is an IAsyncStore (asyncstore.py): each change is one decision, read and
+applied atomically by the store, so several replicas of the service may share one store
+(etcd). When others write to it, the store's feed (follow) keeps this replica's node
+reports and generation current; alone on it (SQLite), the service keeps both itself.
 """
 
 import secrets
@@ -16,7 +21,7 @@ from twisted.logger import Logger
 
 from powerstripflocker.control.claims import Claims
 from powerstripflocker.control.errors import (
-    DATASET_DELETED, DATASET_ID_IN_USE, DATASET_NOT_FOUND, APIError,
+    DATASET_DELETED, DATASET_ID_IN_USE, DATASET_NOT_FOUND, APIError, TagMismatch,
 )
 from powerstripflocker.control.leasing import Leases
 from powerstripflocker.control.reports import NodeReport, NodeReports
@@ -25,10 +30,12 @@ from powerstripflocker.protocol.ids import canonical_uuid
 
 DEFAULT_STATE_EXPIRY = 120.0
 SWEEP_INTERVAL = 1.0
+STORE_HEALTH_SECONDS = 5.0
 
 
 class ControlService(Leases, Claims, NodeReports):
-    """Configuration (persisted in an IStore), leases, node reports and the generation."""
+    """Configuration (persisted in an IAsyncStore), leases, node reports and the
+    generation."""
 
     log = Logger()
 
@@ -38,45 +45,53 @@ class ControlService(Leases, Claims, NodeReports):
         self.state_expiry = state_expiry
         self.nodes = {}
         self._persisted_received = {}
-        for node_uuid, report, received in store.node_reports():
-            self.nodes[node_uuid] = NodeReport(
-                node_uuid, report["host"], report["agent_url"], report["datasets"],
-                report["transfers"], received=received, trash=report.get("trash", []),
-                era=report.get("era"),
-            )
-            self._persisted_received[node_uuid] = received
-        # Random start: a restarted service never takes an agent's old generation for current.
+        # Random start: a restarted service never takes an agent's old generation for
+        # current. Following a shared store, it is the store's revision instead.
         self.generation = secrets.randbelow(2 ** 48) + 1
         self._waiters = []
         self._sweeper = None
+        self._follower = None
+        self._sweep_failing = False
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self):
+    async def start(self):
+        self._follower = self.store.follow(self, self.clock)
+        if self._follower is None:
+            self.reports_loaded(await self.store.node_reports())
         self._sweeper = LoopingCall(self._sweep_safely)
         self._sweeper.clock = self.clock
         self._sweeper.start(SWEEP_INTERVAL, now=True).addErrback(
             lambda failure: self.log.failure("sweep loop stopped", failure)
         )
 
-    def stop(self):
+    async def stop(self):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
+        if self._follower is not None:
+            await self._follower.stop()
         for waiter in self._waiters[:]:
             waiter.callback(self.generation)
         self._waiters = []
 
-    def _sweep_safely(self):
+    async def _sweep_safely(self):
         try:
-            self.sweep()
-        except Exception:
-            self.log.failure("expiry sweep failed; trying again in a second")
+            await self.sweep()
+        except Exception as error:
+            if not self._sweep_failing:
+                self.log.warn("expiry sweep failed ({error}); trying again every second",
+                              error=error)
+            self._sweep_failing = True
+        else:
+            if self._sweep_failing:
+                self.log.info("expiry sweep works again")
+            self._sweep_failing = False
 
-    def sweep(self):
+    async def sweep(self):
         """Drop expired leases and stale node reports (called every second)."""
         now = self.clock.seconds()
         changed = False
-        for lease in self.store.expire_leases(now):
+        for lease in await self.store.expire_leases(now):
             self.log.info(
                 "lease on dataset {dataset_id} held by {node_uuid} expired",
                 dataset_id=lease.dataset_id, node_uuid=lease.node_uuid,
@@ -86,7 +101,9 @@ class ControlService(Leases, Claims, NodeReports):
             if now - report.received > self.state_expiry:
                 del self.nodes[node_uuid]
                 self._persisted_received.pop(node_uuid, None)
-                self.store.delete_node_report(node_uuid)
+                if self._follower is None:
+                    # A shared store drops the report itself (its lease lapses).
+                    await self.store.delete_node_report(node_uuid)
                 self.log.warn(
                     "node {node_uuid} ({host}) has not reported for {seconds:.0f}s; "
                     "dropped from state",
@@ -96,11 +113,50 @@ class ControlService(Leases, Claims, NodeReports):
         if changed:
             self.changed()
 
+    async def store_health(self):
+        """(True, None) when the store answers a read within STORE_HEALTH_SECONDS, else
+        (False, what went wrong)."""
+        reading = self.store.is_empty()
+        reading.addTimeout(STORE_HEALTH_SECONDS, self.clock)
+        try:
+            await reading
+        except Exception as error:
+            return False, str(error) or type(error).__name__
+        return True, None
+
+    # -- the store's feed: what other replicas write -------------------------
+
+    def reports_loaded(self, reports):
+        self.nodes = {}
+        for node_uuid, report, received in reports:
+            self.report_stored(node_uuid, report, received)
+
+    def report_stored(self, node_uuid, report, received):
+        self.nodes[node_uuid] = NodeReport(
+            node_uuid, report["host"], report["agent_url"], report["datasets"],
+            report["transfers"], received=received, trash=report.get("trash", []),
+            era=report.get("era"),
+        )
+        self._persisted_received.setdefault(node_uuid, received)
+
+    def report_removed(self, node_uuid):
+        self.nodes.pop(node_uuid, None)
+        self._persisted_received.pop(node_uuid, None)
+
+    def store_advanced(self, revision):
+        if revision != self.generation:
+            self._advance(revision)
+
     # -- generation and waiting -------------------------------------------
 
     def changed(self):
-        """Something agents care about changed: bump the generation, wake the long-polls."""
-        self.generation += 1
+        """Something agents care about changed: bump the generation, wake the long-polls.
+        Following a shared store, the change comes back through its feed instead."""
+        if self._follower is None:
+            self._advance(self.generation + 1)
+
+    def _advance(self, generation):
+        self.generation = generation
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self.generation)
@@ -137,33 +193,64 @@ class ControlService(Leases, Claims, NodeReports):
         self._waiters.append(waiter)
         return waiter
 
+    # -- decisions --------------------------------------------------------
+
+    async def _decide(self, decision):
+        """What decision(view, note) returns, run as one decision of the store.
+        note(format, **fields) logs once the decision is applied: on a shared store a
+        decision may run again when another replica changed what it read."""
+        notes = []
+
+        async def attempt(view):
+            notes.clear()
+            return await decision(view, lambda text, **fields: notes.append((text, fields)))
+
+        result = await self.store.decide(attempt)
+        for text, fields in notes:
+            self.log.info(text, **fields)
+        return result
+
     # -- configuration ----------------------------------------------------
 
     def configuration_tag(self):
         return self.store.configuration_tag()
 
-    def check_tag(self, wanted):
-        """412 unless wanted (the X-If-Configuration-Matches header, or None) matches."""
+    async def _check_tag(self, view, wanted):
         if wanted is None:
             return
-        current = self.configuration_tag()
+        current = await view.configuration_tag()
         if wanted != current:
-            raise APIError(
-                412, f"Tag doesn't match. Required: {wanted}, current: {current}"
-            )
+            raise TagMismatch(wanted, current)
+
+    async def check_tag(self, wanted):
+        """TagMismatch (412) unless wanted (X-If-Configuration-Matches, or None) matches."""
+        async def decision(view, note):
+            await self._check_tag(view, wanted)
+        await self._decide(decision)
 
     def datasets(self):
         return self.store.datasets()
 
-    def create_dataset(self, primary, dataset_id=None, metadata=None, maximum_size=None):
-        with self.store.transaction():
-            dataset = self._create(primary, dataset_id, metadata, maximum_size)
+    async def create_dataset(self, primary, dataset_id=None, metadata=None,
+                             maximum_size=None, wanted_tag=None):
+        """409 when dataset_id is taken (a create sent again after its answer was lost
+        finds its own id: its client reads the 409 as done), else 412 when wanted_tag
+        does not match, decided in one transaction with the create."""
+        dataset_id = (dataset_id or str(uuid.uuid4())).lower()
+
+        async def decision(view, note):
+            if await view.get_dataset(dataset_id) is not None:
+                raise APIError(409, DATASET_ID_IN_USE)
+            await self._check_tag(view, wanted_tag)
+            return await self._create(view, note, primary, dataset_id, metadata,
+                                      maximum_size)
+
+        dataset = await self._decide(decision)
         self.changed()
         return dataset
 
-    def _create(self, primary, dataset_id, metadata, maximum_size):
-        dataset_id = (dataset_id or str(uuid.uuid4())).lower()
-        if self.store.get_dataset(dataset_id) is not None:
+    async def _create(self, view, note, primary, dataset_id, metadata, maximum_size):
+        if await view.get_dataset(dataset_id) is not None:
             raise APIError(409, DATASET_ID_IN_USE)
         dataset = Dataset(
             dataset_id=dataset_id,
@@ -172,8 +259,8 @@ class ControlService(Leases, Claims, NodeReports):
             maximum_size=maximum_size,
             origin=primary.lower(),
         )
-        self.store.add_dataset(dataset)
-        self.log.info(
+        await view.add_dataset(dataset)
+        note(
             "dataset {dataset_id} created on {primary} (metadata {metadata}, "
             "maximum_size {maximum_size})",
             dataset_id=dataset_id, primary=dataset.primary, metadata=dataset.metadata,
@@ -181,9 +268,9 @@ class ControlService(Leases, Claims, NodeReports):
         )
         return dataset
 
-    def _existing(self, dataset_id):
+    async def _existing(self, view, dataset_id):
         normalised = canonical_uuid(dataset_id)
-        dataset = None if normalised is None else self.store.get_dataset(normalised)
+        dataset = None if normalised is None else await view.get_dataset(normalised)
         if dataset is None:
             raise APIError(404, DATASET_NOT_FOUND)
         return dataset
@@ -192,59 +279,65 @@ class ControlService(Leases, Claims, NodeReports):
         """Every dataset named name, deleted ones too, in creation order."""
         return self.store.datasets_named(name)
 
-    def update_dataset(self, dataset_id, primary=None):
+    async def update_dataset(self, dataset_id, primary=None, wanted_tag=None):
         """Move the dataset; refused (409) while another node than the new primary
         holds its lease, decided in one transaction with the move."""
-        with self.store.transaction():
-            dataset = self._existing(dataset_id)
+        async def decision(view, note):
+            await self._check_tag(view, wanted_tag)
+            dataset = await self._existing(view, dataset_id)
             if dataset.deleted:
                 raise APIError(405, DATASET_DELETED)
             if primary is None or primary.lower() == dataset.primary:
-                return dataset
-            primary = primary.lower()
-            lease = self._live_lease(dataset.dataset_id)
-            if lease is not None and lease.node_uuid != primary:
+                return dataset, False
+            lease = await self._live_lease(view, dataset.dataset_id)
+            if lease is not None and lease.node_uuid != primary.lower():
                 raise self._held_elsewhere(f"dataset {dataset.dataset_id}", lease)
-            self._move(dataset, primary)
-            moved = self.store.get_dataset(dataset.dataset_id)
-        self.changed()
-        return moved
+            await self._move(view, note, dataset, primary.lower())
+            return await view.get_dataset(dataset.dataset_id), True
 
-    def _move(self, dataset, primary):
-        self.store.set_primary(dataset.dataset_id, primary)
-        self.log.info(
+        dataset, moved = await self._decide(decision)
+        if moved:
+            self.changed()
+        return dataset
+
+    async def _move(self, view, note, dataset, primary):
+        await view.set_primary(dataset.dataset_id, primary)
+        note(
             "dataset {dataset_id} moved from {source} to {target} (generation {generation})",
             dataset_id=dataset.dataset_id, source=dataset.primary, target=primary,
             generation=dataset.generation + 1,
         )
 
-    def delete_dataset(self, dataset_id):
+    async def delete_dataset(self, dataset_id, wanted_tag=None):
         """Mark the dataset deleted; refused (409) while any node holds its lease."""
-        with self.store.transaction():
-            dataset = self._existing(dataset_id)
+        async def decision(view, note):
+            await self._check_tag(view, wanted_tag)
+            dataset = await self._existing(view, dataset_id)
             if dataset.deleted:
-                return dataset
-            lease = self._live_lease(dataset.dataset_id)
+                return dataset, False
+            lease = await self._live_lease(view, dataset.dataset_id)
             if lease is not None:
                 raise self._held_elsewhere(f"dataset {dataset.dataset_id}", lease)
-            self.store.mark_deleted(dataset.dataset_id)
-            deleted = self.store.get_dataset(dataset.dataset_id)
-        self.log.info(
-            "dataset {dataset_id} deleted (primary {primary})",
-            dataset_id=dataset.dataset_id, primary=dataset.primary,
-        )
-        self.changed()
-        return deleted
+            await view.mark_deleted(dataset.dataset_id)
+            note("dataset {dataset_id} deleted (primary {primary})",
+                 dataset_id=dataset.dataset_id, primary=dataset.primary)
+            return await view.get_dataset(dataset.dataset_id), True
+
+        dataset, deleted = await self._decide(decision)
+        if deleted:
+            self.changed()
+        return dataset
 
     # -- the trash: deleted data the agents keep for a while ----------------
 
-    def trash(self):
+    async def trash(self):
         """Every trash entry of the fresh node reports, with its node, host, dataset
         name and whether the dataset is still deleted; most recently deleted first."""
+        datasets = {d.dataset_id: d for d in await self.store.datasets()}
         entries = []
         for report in self.fresh_nodes():
             for kept in report.trash:
-                dataset = self.store.get_dataset(kept["dataset_id"])
+                dataset = datasets.get(kept["dataset_id"])
                 entries.append(dict(
                     kept, node_uuid=report.uuid, host=report.host,
                     name=None if dataset is None else dataset.metadata.get("name"),
@@ -266,17 +359,18 @@ class ControlService(Leases, Claims, NodeReports):
                                  report.uuid))
         return max(kept)[2] if kept else None
 
-    def restore_dataset(self, dataset_id):
+    async def restore_dataset(self, dataset_id, wanted_tag=None):
         """Un-delete a deleted dataset, primary the node keeping its data, decided in
         one transaction: 409 when it is not deleted or its name is used by a live
         dataset now, 404 when no node keeps its data."""
-        with self.store.transaction():
-            dataset = self._existing(dataset_id)
+        async def decision(view, note):
+            await self._check_tag(view, wanted_tag)
+            dataset = await self._existing(view, dataset_id)
             if not dataset.deleted:
                 raise APIError(409, f"dataset {dataset.dataset_id} is not deleted.")
             name = dataset.metadata.get("name")
             if name is not None:
-                live = [d for d in self.store.datasets_named(name) if not d.deleted]
+                live = [d for d in await view.datasets_named(name) if not d.deleted]
                 if live:
                     raise APIError(409, (
                         f"the name {name!r} is used by dataset {live[0].dataset_id} now; "
@@ -288,13 +382,15 @@ class ControlService(Leases, Claims, NodeReports):
                     f"dataset {dataset.dataset_id} is in no node's trash: its data was "
                     "removed after the agents' --keep-deleted, or its node is not "
                     "reporting."))
-            self.store.mark_restored(dataset.dataset_id)
+            await view.mark_restored(dataset.dataset_id)
             if keeper != dataset.primary:
-                self._move(dataset, keeper)
-            restored = self.store.get_dataset(dataset.dataset_id)
-        self.log.info(
-            "dataset {dataset_id} restored on {primary} (generation {generation})",
-            dataset_id=restored.dataset_id, primary=restored.primary,
-            generation=restored.generation)
+                await self._move(view, note, dataset, keeper)
+            restored = await view.get_dataset(dataset.dataset_id)
+            note("dataset {dataset_id} restored on {primary} (generation {generation})",
+                 dataset_id=restored.dataset_id, primary=restored.primary,
+                 generation=restored.generation)
+            return restored
+
+        restored = await self._decide(decision)
         self.changed()
         return restored

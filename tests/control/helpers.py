@@ -5,9 +5,17 @@ import json
 import os
 import uuid
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from treq.client import HTTPClient
 from treq.testing import StubTreq
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.server import Site
 
+from powerstripflocker.control.asyncstore import AsyncStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.httpapi import ControlAPI
 from powerstripflocker.control.service import ControlService
 from powerstripflocker.control.store import Store
@@ -24,6 +32,17 @@ def new_id():
     return str(uuid.uuid4())
 
 
+def at_once(awaitable):
+    """What a coroutine (or Deferred) of the service on SQLite or the in-memory etcd
+    gives: it waits on nothing but its store, whose answers are ready at once."""
+    outcome = []
+    ensureDeferred(awaitable).addBoth(outcome.append)
+    assert outcome, "the coroutine waited on something"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
 def harness(testcase, **kwargs):
     """A started Harness in a fresh directory of a trial TestCase, closed at cleanup."""
     path = testcase.mktemp()
@@ -34,24 +53,45 @@ def harness(testcase, **kwargs):
 
 
 class Harness:
-    """A ControlService on a Clock with its SQLite file in directory, served by StubTreq."""
+    """A ControlService on a Clock with its SQLite file in directory, served by StubTreq.
+    With etcd (an IEtcd), the service is a replica on an EtcdStore over it instead, and
+    store (the SQLite store, read directly by some tests) is None."""
 
-    def __init__(self, directory, token=None, state_expiry=120.0, start=True):
+    def __init__(self, directory, token=None, state_expiry=120.0, start=True, etcd=None,
+                 clock=None, listen=False):
         self.directory = str(directory)
         self.db_path = os.path.join(self.directory, "control.db")
-        self.clock = Clock()
-        self.clock.advance(1_000_000)
+        if clock is None:
+            clock = Clock()
+            clock.advance(1_000_000)
+        self.clock = clock
         self.token = token
         self.state_expiry = state_expiry
+        self.etcd = etcd
+        # listen: served on a loopback port, for a service that waits on real I/O (a
+        # real etcd), which StubTreq's in-memory requests cannot wait for.
+        self.listen = listen
+        self._port = None
+        self.base = BASE
         self.open(start)
 
     def open(self, start=True):
-        self.store = Store(self.db_path)
-        self.service = ControlService(self.store, self.clock, state_expiry=self.state_expiry)
+        if self.etcd is None:
+            self.store = Store(self.db_path)
+            shared = AsyncStore(self.store)
+        else:
+            self.store = None
+            shared = EtcdStore(self.etcd, report_ttl=self.state_expiry)
+        self.service = ControlService(shared, self.clock, state_expiry=self.state_expiry)
         if start:
-            self.service.start()
+            at_once(self.service.start())
         self.api = ControlAPI(self.service, self.token)
-        self.treq = StubTreq(self.api.resource())
+        if self.listen:
+            self._port = reactor.listenTCP(0, Site(self.api.resource()), interface="127.0.0.1")
+            self.base = f"http://127.0.0.1:{self._port.getHost().port}"
+            self.treq = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, False)))
+        else:
+            self.treq = StubTreq(self.api.resource())
 
     def restart(self):
         """A new service process on the same database (waiting long-polls are lost)."""
@@ -59,8 +99,14 @@ class Harness:
         self.open()
 
     def close(self):
-        self.service.stop()
-        self.store.close()
+        """A Deferred: on a real etcd, the store's watch takes a moment to stop."""
+        stopping = Deferred.fromCoroutine(self.service.stop())
+        if self._port is not None:
+            listening, self._port = self._port, None
+            stopping = gatherResults([stopping, listening.stopListening()])
+        if self.store is not None:
+            self.store.close()
+        return stopping
 
     def snapshot(self):
         """Everything a bad request must leave untouched."""
@@ -77,9 +123,11 @@ class Harness:
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         if headers is None:
             headers = self.agent_headers()
-        response = await self.treq.request(method, BASE + path, data=data, headers=headers)
+        response = await self.treq.request(method, self.base + path, data=data,
+                                           headers=headers)
         content = await response.content()
-        self.treq.flush()
+        if not self.listen:
+            self.treq.flush()
         return response, json.loads(content)
 
     async def create(self, primary=NODE1, **fields):

@@ -167,19 +167,19 @@ class DatasetConfigurationTests(TestCase, SchemaChecks):
 
     async def test_move_and_move_to_self(self):
         a = await self.h.create()
-        tag = self.h.service.configuration_tag()
+        tag = self.h.store.configuration_tag()
         response, body = await self.h.request(
             "POST", f"/v1/configuration/datasets/{a['dataset_id']}", {"primary": NODE1})
         self.assertEqual((response.code, body), (200, a))
-        self.assertEqual(self.h.service.configuration_tag(), tag)
+        self.assertEqual(self.h.store.configuration_tag(), tag)
         response, body = await self.h.request(
             "POST", f"/v1/configuration/datasets/{a['dataset_id'].upper()}", {})
         self.assertEqual((response.code, body), (200, a))
         response, body = await self.h.request(
             "POST", f"/v1/configuration/datasets/{a['dataset_id']}", {"primary": NODE2})
         self.assertEqual(body, dict(a, primary=NODE2))
-        self.assertNotEqual(self.h.service.configuration_tag(), tag)
-        self.assertEqual(header(response, "X-Configuration-Tag"), self.h.service.configuration_tag())
+        self.assertNotEqual(self.h.store.configuration_tag(), tag)
+        self.assertEqual(header(response, "X-Configuration-Tag"), self.h.store.configuration_tag())
 
     async def test_delete_is_idempotent(self):
         a = await self.h.create()
@@ -211,13 +211,13 @@ class DatasetConfigurationTests(TestCase, SchemaChecks):
 
     async def test_tag_changes_with_leases(self):
         a = await self.h.create()
-        tag = self.h.service.configuration_tag()
+        tag = self.h.store.configuration_tag()
         await self.h.request("POST", "/v1/configuration/leases", {
             "dataset_id": a["dataset_id"], "node_uuid": NODE1, "expires": None})
-        leased = self.h.service.configuration_tag()
+        leased = self.h.store.configuration_tag()
         self.assertNotEqual(leased, tag)
         await self.h.request("DELETE", f"/v1/configuration/leases/{a['dataset_id']}")
-        self.assertEqual(self.h.service.configuration_tag(), tag)
+        self.assertEqual(self.h.store.configuration_tag(), tag)
 
     async def test_metadata_and_size_limits_accepted_at_the_edge(self):
         metadata = {("k%02d" % i).ljust(256, "k"): "v" * 256 for i in range(16)}

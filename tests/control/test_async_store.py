@@ -6,7 +6,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore, EtcdStore
+from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.store import Dataset, SQLiteStore, StoreBusy
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
 

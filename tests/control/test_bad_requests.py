@@ -239,7 +239,7 @@ class BadRequestTests(TestCase):
         return {"X-If-Configuration-Matches": "0" * 32}
 
     async def test_stale_tag_on_create(self):
-        current = self.h.service.configuration_tag()
+        current = self.h.store.configuration_tag()
         answer = await self.assertRefused(
             "POST", DATASETS, 412,
             f"Tag doesn't match. Required: {'0' * 32}, current: {current}",
@@ -251,34 +251,34 @@ class BadRequestTests(TestCase):
             "POST", DATASETS, {"primary": NODE1}, headers=self.stale())
         self.assertEqual(response.code, 412)
         self.assertEqual(header(response, "X-Configuration-Tag"),
-                         self.h.service.configuration_tag())
+                         self.h.store.configuration_tag())
 
     async def test_stale_tag_is_checked_before_the_body(self):
-        current = self.h.service.configuration_tag()
+        current = self.h.store.configuration_tag()
         await self.assertRefused(
             "POST", DATASETS, 412,
             f"Tag doesn't match. Required: {'0' * 32}, current: {current}",
             raw=b"not json", headers=self.stale())
 
     async def test_stale_tag_on_update(self):
-        current = self.h.service.configuration_tag()
+        current = self.h.store.configuration_tag()
         await self.assertRefused(
             "POST", f"{DATASETS}/{self.existing['dataset_id']}", 412,
             f"Tag doesn't match. Required: {'0' * 32}, current: {current}",
             {"primary": NODE2}, headers=self.stale())
 
     async def test_stale_tag_on_delete(self):
-        current = self.h.service.configuration_tag()
+        current = self.h.store.configuration_tag()
         await self.assertRefused(
             "DELETE", f"{DATASETS}/{self.existing['dataset_id']}", 412,
             f"Tag doesn't match. Required: {'0' * 32}, current: {current}",
             headers=self.stale())
 
     async def test_tag_made_stale_by_a_lease(self):
-        tag = self.h.service.configuration_tag()
+        tag = self.h.store.configuration_tag()
         await self.h.request("POST", LEASES, {
             "dataset_id": new_id(), "node_uuid": NODE2, "expires": 100})
-        current = self.h.service.configuration_tag()
+        current = self.h.store.configuration_tag()
         await self.assertRefused(
             "POST", DATASETS, 412, f"Tag doesn't match. Required: {tag}, current: {current}",
             {"primary": NODE1}, headers={"X-If-Configuration-Matches": tag})

@@ -38,7 +38,7 @@ class ClaimTests(TestCase, SchemaChecks):
         self.assertEqual((dataset.primary, dataset.origin, dataset.metadata,
                           dataset.maximum_size), (NODE1, NODE1, {"name": "db"}, 67108864))
         self.assertEqual(header(response, "X-Configuration-Tag"),
-                         self.h.service.configuration_tag())
+                         self.h.store.configuration_tag())
         response, again = await self.claim("db", NODE1)
         self.assertEqual((response.code, again), (202, body), "no report yet: still creating")
         self.assertEqual([(lease.node_uuid, lease.claimed_until) for lease in self.h.store.leases()],
@@ -226,7 +226,7 @@ class PerNameReadTests(TestCase, SchemaChecks):
         self.assertEqual(body, [wanted, dict(gone, deleted=True)])
         self.assertValid("configuration_datasets_list", body)
         self.assertEqual(header(response, "X-Configuration-Tag"),
-                         self.h.service.configuration_tag())
+                         self.h.store.configuration_tag())
         response, body = await self.h.request("GET", f"{DATASETS}?name=%C3%A9t%C3%A9")
         self.assertEqual((response.code, body), (200, []))
 

@@ -6,7 +6,7 @@ import uuid
 import pytest
 from twisted.internet import reactor
 
-from powerstripflocker.control.asyncstore import EtcdStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.clients.etcd_client import EtcdClient
 
 from ..support.etcd import SharedCluster

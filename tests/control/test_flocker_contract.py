@@ -9,13 +9,13 @@ from powerstripflocker.clients.flocker import Node
 from powerstripflocker.clients.flocker_client import FlockerClient
 
 from ..flocker_contract import make_flocker_api_tests
-from .helpers import BASE, NODE1, NODE2, harness, new_id
+from .helpers import NODE1, NODE2, harness, new_id
 
 
 class SimulatedCluster:
-    def __init__(self, testcase):
-        self.h = harness(testcase)
-        self.api = FlockerClient(reactor, BASE, http_client=self.h.treq)
+    def __init__(self, testcase, **harness_options):
+        self.h = harness(testcase, **harness_options)
+        self.api = FlockerClient(reactor, self.h.base, http_client=self.h.treq)
         self.nodes = [Node(uuid=NODE1, host="10.0.0.1"), Node(uuid=NODE2, host="10.0.0.2")]
         self.eras = {node.uuid: new_id() for node in self.nodes}  # one agent run each
 
@@ -31,7 +31,7 @@ class SimulatedCluster:
                       "maximum_size": d.maximum_size},
                      **({"users": self.users[node.uuid, d.dataset_id]}
                         if self.users.get((node.uuid, d.dataset_id)) else {}))
-                for d in self.h.store.datasets()
+                for d in await self.h.service.datasets()
                 if not d.deleted and (
                     d.primary == node.uuid and d.dataset_id not in moving
                     or (node.uuid, d.dataset_id) in self.users
@@ -64,8 +64,9 @@ class SimulatedCluster:
         return states
 
 
-async def start_simulated_cluster(testcase):
-    cluster = SimulatedCluster(testcase)
+async def start_simulated_cluster(testcase, **harness_options):
+    """harness_options: Harness's (etcd=... for a replica on an etcd store)."""
+    cluster = SimulatedCluster(testcase, **harness_options)
     await cluster.converge()
     return cluster
 

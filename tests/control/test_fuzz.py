@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from .helpers import BASE, NODE1, Harness, new_id
+from .helpers import BASE, NODE1, Harness, at_once, new_id
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(min_value=-2 ** 80, max_value=2 ** 80)
@@ -74,7 +74,7 @@ class NeverAnInternalErrorTests(SynchronousTestCase):
         self.h = Harness(self.directory)
         self.addCleanup(self.h.close)
         self.known = new_id()
-        self.h.service.create_dataset(NODE1, dataset_id=self.known)
+        at_once(self.h.service.create_dataset(NODE1, dataset_id=self.known))
 
     def send(self, method, path, body):
         response = self.successResultOf(self.h.treq.request(

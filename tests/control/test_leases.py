@@ -2,7 +2,7 @@
 
 from twisted.trial.unittest import TestCase
 
-from .helpers import NODE1, NODE2, harness, new_id
+from .helpers import NODE1, NODE2, at_once, harness, new_id
 
 LEASES = "/v1/configuration/leases"
 DATASETS = "/v1/configuration/datasets"
@@ -41,7 +41,7 @@ class LeaseTests(TestCase):
     async def test_expires_counts_down_and_the_lease_expires_on_the_sweep(self):
         dataset_id = new_id()
         await self.acquire(dataset_id, NODE1, 10)
-        tag = self.h.service.configuration_tag()
+        tag = self.h.store.configuration_tag()
         generation = self.h.service.generation
         self.h.clock.advance(4)
         response, body = await self.h.request("GET", LEASES)
@@ -52,7 +52,7 @@ class LeaseTests(TestCase):
         self.h.clock.advance(1)
         response, body = await self.h.request("GET", LEASES)
         self.assertEqual(body, [])
-        self.assertNotEqual(self.h.service.configuration_tag(), tag)
+        self.assertNotEqual(self.h.store.configuration_tag(), tag)
         self.assertEqual(self.h.service.generation, generation + 1)
         # Another node may now take it.
         response, _ = await self.acquire(dataset_id, NODE2, None)
@@ -157,7 +157,7 @@ class LeaseTests(TestCase):
     async def test_an_expired_lease_refuses_nothing_even_before_the_sweep(self):
         dataset = await self.h.create(primary=NODE1)
         await self.acquire(dataset["dataset_id"], NODE1, 0.5)
-        self.h.service.stop()  # no sweep: the expiry alone must count
+        at_once(self.h.service.stop())  # no sweep: the expiry alone must count
         self.h.clock.advance(0.6)
         response, body = await self.h.request(
             "POST", f"{DATASETS}/{dataset['dataset_id']}", {"primary": NODE2})

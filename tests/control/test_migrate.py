@@ -11,7 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
 from powerstripflocker.control import migrate as migrate_module
-from powerstripflocker.control.asyncstore import EtcdStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.migrate import (
     Contents, MigrationError, check_options, first_difference, migrate, open_source,
     read_source, read_target,

@@ -12,7 +12,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from powerstripflocker.clients.etcd_client import EtcdClient
-from powerstripflocker.control.asyncstore import EtcdStore
+from powerstripflocker.control.etcdstore import EtcdStore
 from powerstripflocker.control.migrate import MigrationError, migrate, read_source, read_target
 from powerstripflocker.control.store import SQLiteStore
 

@@ -5,7 +5,7 @@ from twisted.trial.unittest import TestCase
 
 from powerstripflocker.cli.status import build_rows
 
-from .helpers import NODE1, NODE2, flocker_schema, harness, new_id
+from .helpers import NODE1, NODE2, at_once, flocker_schema, harness, new_id
 
 DATASETS = "/v1/configuration/datasets"
 DELETED_AT = 1_000_000.0
@@ -170,7 +170,7 @@ class TrashTests(TestCase):
     async def test_the_cluster_view_names_each_nodes_trash(self):
         dataset_id = await self.deleted()
         await self.report(NODE1, trash=[kept(dataset_id)])
-        [node] = self.h.service.cluster_view()["nodes"]
+        [node] = at_once(self.h.service.cluster_view())["nodes"]
         self.assertEqual(node["trash"], [kept(dataset_id)])
 
 

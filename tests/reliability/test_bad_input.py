@@ -22,7 +22,7 @@ from powerstripflocker.frontends.adapter import FlockerAdapter
 from powerstripflocker.clients.flocker_memory import MemoryFlockerAPI
 from powerstripflocker.frontends.metrics import Metrics
 from powerstripflocker.core.placement import Placement
-from tests.control.helpers import NODE1, Harness
+from tests.control.helpers import NODE1, Harness, at_once
 from tests.control.test_fuzz import dataset_bodies, lease_bodies
 
 from .strategies import (
@@ -120,7 +120,7 @@ control_requests = st.tuples(
 def control_harness():
     directory = tempfile.mkdtemp(prefix="reliability-control-")
     harness = Harness(directory)
-    harness.service.create_dataset(NODE1, metadata={"name": "kept"})
+    at_once(harness.service.create_dataset(NODE1, metadata={"name": "kept"}))
     yield harness
     harness.close()
     shutil.rmtree(directory, ignore_errors=True)

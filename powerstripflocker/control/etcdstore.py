@@ -1,0 +1,356 @@
+"""EtcdStore: the control service's IAsyncStore in an etcd key space (replicas of the
+control service on one etcd cluster, docs/etcd.md), and the feed that keeps a replica's
+node reports and generation current from etcd's watch."""
+
+import json
+import math
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from powerstripflocker.clients.etcd import Compacted, Compare, Delete, Put
+from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, IAsyncStore, Decided
+from powerstripflocker.control.store import (
+    Dataset, DatasetExists, Lease, StoreBusy, configuration_tag_of,
+)
+
+DATASETS = b"datasets/"
+LEASES = b"leases/"
+NODES = b"nodes/"
+# Put by every change of a dataset (other than its manifested flag) or a lease: a
+# decision that listed them compares its revision, so none was added or dropped since.
+GUARD = b"config/guard"
+
+log = Logger()
+
+def _dataset_value(dataset):
+    return json.dumps({
+        "primary": dataset.primary, "metadata": dataset.metadata,
+        "maximum_size": dataset.maximum_size, "deleted": dataset.deleted,
+        "manifested": dataset.manifested, "origin": dataset.origin,
+        "generation": dataset.generation,
+    }, sort_keys=True).encode()
+
+
+def _dataset(key, value):
+    fields = json.loads(value)
+    return Dataset(dataset_id=key[len(DATASETS):].decode(), **fields)
+
+
+def _lease_value(lease):
+    return json.dumps({"node_uuid": lease.node_uuid, "expiration": lease.expiration,
+                       "claimed_until": lease.claimed_until}, sort_keys=True).encode()
+
+
+def _lease(key, value):
+    return Lease(dataset_id=key[len(LEASES):].decode(), **json.loads(value))
+
+
+class _Conflict(Exception):
+    """What a decision read changed before its changes were applied."""
+
+
+class _EtcdView:
+    """One run of a decision: reads at one revision, changes kept until commit()."""
+
+    def __init__(self, etcd, report_ttl):
+        self._etcd = etcd
+        self._report_ttl = report_ttl
+        self._revision = 0  # the snapshot, from the first read on
+        self._read = {}  # key -> (mod_revision, 0 when absent; value or None)
+        self._changes = {}  # key -> value, or None for a delete; in the order made
+        self._changes_configuration = False
+
+    # reading
+
+    async def _range(self, key, prefix=False):
+        result = await self._etcd.range(key, prefix=prefix, revision=self._revision)
+        if not self._revision:
+            self._revision = result.revision
+        return result
+
+    async def _get(self, key):
+        if key in self._changes:
+            return self._changes[key]
+        if key not in self._read:
+            [kv] = (await self._range(key)).kvs or [None]
+            self._read[key] = (0, None) if kv is None else (kv.mod_revision, kv.value)
+        return self._read[key][1]
+
+    async def _list(self, prefix):
+        """[(key, value)] under prefix, oldest first, then those this decision added."""
+        await self._get(GUARD)
+        kvs = (await self._range(prefix, prefix=True)).kvs
+        listed = {kv.key: kv.value for kv in sorted(kvs, key=lambda kv: kv.create_revision)}
+        for key, value in self._changes.items():
+            if not key.startswith(prefix):
+                continue
+            if value is None:
+                listed.pop(key, None)
+            else:
+                listed[key] = value  # in place when listed, else after the rest
+        return list(listed.items())
+
+    async def datasets(self):
+        return [_dataset(key, value) for key, value in await self._list(DATASETS)]
+
+    async def datasets_named(self, name):
+        return [d for d in await self.datasets() if d.metadata.get("name") == name]
+
+    async def get_dataset(self, dataset_id):
+        key = DATASETS + dataset_id.encode()
+        value = await self._get(key)
+        return None if value is None else _dataset(key, value)
+
+    async def leases(self):
+        return sorted((_lease(key, value) for key, value in await self._list(LEASES)),
+                      key=lambda lease: lease.dataset_id)
+
+    async def get_lease(self, dataset_id):
+        key = LEASES + dataset_id.encode()
+        value = await self._get(key)
+        return None if value is None else _lease(key, value)
+
+    async def configuration_tag(self):
+        return configuration_tag_of(await self.datasets(), await self.leases())
+
+    # changing
+
+    def _change(self, key, value, configuration=True):
+        self._changes.pop(key, None)
+        self._changes[key] = value
+        self._changes_configuration = self._changes_configuration or configuration
+
+    async def add_dataset(self, dataset):
+        if await self.get_dataset(dataset.dataset_id) is not None:
+            raise DatasetExists(dataset.dataset_id)
+        fresh = Dataset(dataset.dataset_id, dataset.primary, dict(dataset.metadata),
+                        dataset.maximum_size, dataset.deleted, False, dataset.origin, 1)
+        self._change(DATASETS + dataset.dataset_id.encode(), _dataset_value(fresh))
+
+    async def import_dataset(self, dataset):
+        if await self.get_dataset(dataset.dataset_id) is not None:
+            raise DatasetExists(dataset.dataset_id)
+        self._change(DATASETS + dataset.dataset_id.encode(), _dataset_value(dataset))
+
+    async def _replace(self, dataset_id, configuration=True, **fields):
+        dataset = await self.get_dataset(dataset_id)
+        if dataset is None:
+            return False
+        changed = dict(vars(dataset), **fields)
+        if changed == vars(dataset):
+            return False
+        self._change(DATASETS + dataset_id.encode(), _dataset_value(Dataset(**changed)),
+                     configuration)
+        return True
+
+    async def set_primary(self, dataset_id, primary):
+        dataset = await self.get_dataset(dataset_id)
+        if dataset is not None and dataset.primary != primary:
+            await self._replace(dataset_id, primary=primary, generation=dataset.generation + 1)
+
+    async def mark_deleted(self, dataset_id):
+        await self._replace(dataset_id, deleted=True)
+
+    async def mark_restored(self, dataset_id):
+        await self._replace(dataset_id, deleted=False)
+
+    async def mark_manifested(self, dataset_ids):
+        # Every agent report asks this of every dataset it holds: one listing finds the
+        # few not yet marked, and only those are read (and compared) one by one.
+        unmarked = {d.dataset_id for d in await self.datasets() if not d.manifested}
+        changed = []
+        for dataset_id in dataset_ids:
+            if dataset_id in unmarked and await self._replace(
+                    dataset_id, configuration=False, manifested=True):
+                changed.append(dataset_id)
+        return changed
+
+    async def put_lease(self, lease):
+        self._change(LEASES + lease.dataset_id.encode(), _lease_value(lease))
+
+    async def delete_lease(self, dataset_id):
+        if await self.get_lease(dataset_id) is not None:
+            self._change(LEASES + dataset_id.encode(), None)
+
+    async def expire_leases(self, now):
+        expired = [lease for lease in await self.leases()
+                   if lease.expiration is not None and lease.expiration <= now]
+        for lease in expired:
+            self._change(LEASES + lease.dataset_id.encode(), None)
+        return expired
+
+    async def put_node_report(self, node_uuid, report, received):
+        self._change(NODES + node_uuid.encode(),
+                     json.dumps({"report": report, "received": received},
+                                sort_keys=True).encode(), configuration=False)
+
+    async def touch_node_report(self, node_uuid, received):
+        value = await self._get(NODES + node_uuid.encode())
+        if value is not None:
+            await self.put_node_report(node_uuid, json.loads(value)["report"], received)
+
+    async def delete_node_report(self, node_uuid):
+        if await self._get(NODES + node_uuid.encode()) is not None:
+            self._change(NODES + node_uuid.encode(), None, configuration=False)
+
+    # applying
+
+    async def commit(self):
+        """Apply the changes unless something read has changed (_Conflict)."""
+        if not self._changes:
+            return
+        compares = [Compare(key, "mod_revision", "==", mod_revision)
+                    for key, (mod_revision, _) in self._read.items()]
+        report_lease = 0
+        if self._report_ttl and any(
+                key.startswith(NODES) and value is not None
+                for key, value in self._changes.items()):
+            # A node report lives as long as this lease: a node whose agent stops
+            # reporting (and is touched by no replica) lapses from the store by itself.
+            # A lease left by a decision that conflicts expires alone, holding nothing.
+            report_lease = (await self._etcd.grant(self._report_ttl)).id
+        operations = [
+            Delete(key) if value is None
+            else Put(key, value, lease=report_lease if key.startswith(NODES) else 0)
+            for key, value in self._changes.items()]
+        if self._changes_configuration:
+            operations.append(Put(GUARD, b""))
+        if not (await self._etcd.txn(compares, operations)).succeeded:
+            raise _Conflict()
+
+
+@implementer(IAsyncStore)
+class EtcdStore(Decided):
+    """The configuration and node reports in an IEtcd key space (docs/etcd.md).
+
+    A commit whose outcome etcd cannot tell fails with OutcomeUnknown: the caller
+    reads again to see whether it happened (a decision is not run again for it)."""
+
+    def __init__(self, etcd, report_ttl=None):
+        """report_ttl: seconds a stored node report lives unless stored again (an etcd
+        lease); None: until deleted."""
+        self.etcd = etcd
+        self.report_ttl = None if report_ttl is None else max(1, math.ceil(report_ttl))
+
+    def decide(self, decision):
+        async def attempts():
+            for _ in range(DECISION_ATTEMPTS):
+                view = _EtcdView(self.etcd, self.report_ttl)
+                try:
+                    result = await decision(view)
+                    await view.commit()
+                except (_Conflict, Compacted):
+                    # Compacted: etcd forgot the snapshot's revision in the middle of
+                    # the decision; a new run reads a new one.
+                    continue
+                return result
+            raise StoreBusy(f"a decision's reads kept changing under it "
+                            f"({DECISION_ATTEMPTS} tries)")
+        return Deferred.fromCoroutine(attempts())
+
+    def close(self):
+        return self.etcd.close()
+
+    def is_empty(self):
+        async def read():
+            return not (await self.etcd.range(b"", prefix=True, limit=1)).kvs
+        return Deferred.fromCoroutine(read())
+
+    def node_reports(self):
+        async def read():
+            kvs = (await self.etcd.range(NODES, prefix=True)).kvs
+            reports = []
+            for kv in kvs:
+                reports.append((kv.key[len(NODES):].decode(), *_report(kv.value)))
+            return reports
+        return Deferred.fromCoroutine(read())
+
+    def follow(self, listener, clock):
+        follower = _Follower(self.etcd, listener, clock)
+        follower.start()
+        return follower
+
+
+# A watch that ended (etcd compacted past it, or no member answered for a while) is
+# started again after this pause, from a new read.
+FOLLOW_RETRY_SECONDS = 1.0
+
+
+class _Follower:
+    """Keeps a replica's listener current with what every replica writes: node reports
+    as they are stored and removed, and the revision of every change (its generation)."""
+
+    def __init__(self, etcd, listener, clock):
+        self._etcd = etcd
+        self._listener = listener
+        self._clock = clock
+        self._watch = None
+        self._pause = None
+        self._stopped = False
+        self.done = None
+
+    def start(self):
+        self.done = Deferred.fromCoroutine(self._follow())
+
+    def stop(self):
+        """Stop following; done fires once the watch is stopped."""
+        self._stopped = True
+        if self._watch is not None:
+            self._watch.stop()
+        if self._pause is not None:
+            self._pause.cancel()
+        return self.done
+
+    async def _follow(self):
+        while not self._stopped:
+            try:
+                await self._watch_from_a_new_read()
+            except Exception as error:
+                if self._stopped:
+                    return
+                log.warn("following the etcd store failed ({error}); reading it again in "
+                         "{seconds}s", error=error, seconds=FOLLOW_RETRY_SECONDS)
+            if self._stopped:
+                return
+            self._pause = deferLater(self._clock, FOLLOW_RETRY_SECONDS, lambda: None)
+            try:
+                await self._pause
+            except CancelledError:
+                return
+            finally:
+                self._pause = None
+
+    async def _watch_from_a_new_read(self):
+        read = await self._etcd.range(NODES, prefix=True)
+        self._listener.reports_loaded([
+            (kv.key[len(NODES):].decode(), *_report(kv.value)) for kv in read.kvs])
+        self._listener.store_advanced(read.revision)
+        if self._stopped:
+            return
+        self._watch = self._etcd.watch(b"", self._events, prefix=True,
+                                       start_revision=read.revision + 1)
+        try:
+            await self._watch.ended
+        finally:
+            self._watch = None
+
+    def _events(self, events):
+        for event in events:
+            if not event.key.startswith(NODES):
+                continue
+            node_uuid = event.key[len(NODES):].decode()
+            if event.type == "PUT":
+                self._listener.report_stored(node_uuid, *_report(event.kv.value))
+            else:
+                self._listener.report_removed(node_uuid)
+        if events:
+            self._listener.store_advanced(events[-1].revision)
+
+
+def _report(value):
+    """(report, received) of a stored node report."""
+    stored = json.loads(value)
+    return stored["report"], stored["received"]

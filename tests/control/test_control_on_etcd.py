@@ -1,0 +1,131 @@
+"""The control service on the etcd store: the Flocker contract suite (the one the SQLite
+service passes, tests/control/test_flocker_contract.py) on an EtcdStore over the
+in-memory etcd and over a real three-member cluster, and two replicas of the service on
+one store agreeing on everything an agent or a client can see."""
+
+import uuid
+
+import pytest
+from twisted.internet import reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from powerstripflocker.clients.etcd_client import EtcdClient
+from powerstripflocker.clients.etcd_memory import MemoryEtcd
+
+from ..flocker_contract import make_flocker_api_tests
+from ..support.etcd import SharedCluster
+from .helpers import NODE1, NODE2, at_once, harness, header
+from .test_flocker_contract import start_simulated_cluster
+
+
+def _clock():
+    clock = Clock()
+    clock.advance(1_000_000)
+    return clock
+
+
+async def on_memory_etcd(testcase):
+    clock = _clock()
+    return await start_simulated_cluster(testcase, etcd=MemoryEtcd(clock), clock=clock)
+
+
+def real_etcd(testcase):
+    """A client of the shared real cluster, in a key prefix of the test's own."""
+    url = f"{SharedCluster.get().endpoint}/test-{uuid.uuid4().hex[:12]}"
+    client = EtcdClient(reactor, url)
+    testcase.addCleanup(client.close)
+    return client
+
+
+async def on_real_etcd(testcase):
+    return await start_simulated_cluster(testcase, etcd=real_etcd(testcase), listen=True)
+
+
+class MemoryEtcdControlContractTests(make_flocker_api_tests(on_memory_etcd)):
+    pass
+
+
+@pytest.mark.etcd
+class RealEtcdControlContractTests(make_flocker_api_tests(on_real_etcd)):
+    @classmethod
+    def tearDownClass(cls):
+        SharedCluster.stop()
+
+
+class TwoReplicas(TestCase):
+    """Replicas A and B of the control service on one MemoryEtcd, one clock."""
+
+    def setUp(self):
+        self.clock = _clock()
+        self.etcd = MemoryEtcd(self.clock)
+        self.a = harness(self, etcd=self.etcd, clock=self.clock, state_expiry=20.0)
+        self.b = harness(self, etcd=self.etcd, clock=self.clock, state_expiry=20.0)
+
+    async def test_a_create_through_one_replica_wakes_a_long_poll_on_the_other(self):
+        polled = self.b.service.generation
+        waiting = self.b.service.wait_for_change(polled, 30)
+        await self.a.create(metadata={"name": "shared"})
+        self.assertTrue(waiting.called)
+        view = await self.b.service.cluster_view()
+        self.assertEqual([d["metadata"] for d in view["datasets"]], [{"name": "shared"}])
+        # Both replicas name the change by the same generation: the store's revision.
+        self.assertEqual(self.a.service.generation, self.b.service.generation)
+        self.assertNotEqual(view["generation"], polled)
+
+    async def test_a_node_report_to_one_replica_is_state_on_the_other(self):
+        dataset = await self.a.create(primary=NODE1)
+        await self.a.report(NODE1, [{"dataset_id": dataset["dataset_id"], "path": "/p",
+                                     "maximum_size": None}], host="10.0.0.1")
+        response, state = await self.b.request("GET", "/v1/state/datasets")
+        self.assertEqual([(s["dataset_id"], s["primary"]) for s in state],
+                         [(dataset["dataset_id"], NODE1)])
+        response, nodes = await self.b.request("GET", "/v1/state/nodes")
+        self.assertEqual(nodes, [{"host": "10.0.0.1", "uuid": NODE1}])
+
+    async def test_a_conditional_request_holds_across_replicas(self):
+        response, _ = await self.a.request("GET", "/v1/configuration/datasets")
+        tag = header(response, "X-Configuration-Tag")
+        response, _ = await self.b.request("GET", "/v1/configuration/datasets")
+        self.assertEqual(header(response, "X-Configuration-Tag"), tag)
+        await self.a.create(metadata={"name": "first"})
+        response, body = await self.b.request(
+            "POST", "/v1/configuration/datasets", {"primary": NODE2},
+            headers={"X-If-Configuration-Matches": tag})
+        self.assertEqual(response.code, 412, body)
+        self.assertEqual(len(await self.b.service.datasets()), 1)
+
+    async def test_claims_of_one_name_through_both_replicas_make_one_dataset(self):
+        first = await self.a.request("POST", "/v1/configuration/claims",
+                                     {"name": "raced", "node_uuid": NODE1})
+        second = await self.b.request("POST", "/v1/configuration/claims",
+                                      {"name": "raced", "node_uuid": NODE2})
+        self.assertEqual(first[0].code, 202, first[1])
+        self.assertEqual(second[0].code, 409, second[1])
+        self.assertEqual(second[1]["holder"]["node_uuid"], NODE1)
+        self.assertEqual(len(await self.a.service.datasets_named("raced")), 1)
+
+    async def test_a_lease_through_one_replica_refuses_a_move_through_the_other(self):
+        dataset = await self.a.create(primary=NODE1)
+        response, body = await self.a.request(
+            "POST", "/v1/configuration/leases",
+            {"dataset_id": dataset["dataset_id"], "node_uuid": NODE1, "expires": None})
+        self.assertEqual(response.code, 201, body)
+        response, body = await self.b.request(
+            "POST", f"/v1/configuration/datasets/{dataset['dataset_id']}",
+            {"primary": NODE2})
+        self.assertEqual(response.code, 409, body)
+        self.assertEqual((await self.a.service.datasets())[0].primary, NODE1)
+
+    async def test_a_silent_node_lapses_from_the_store_by_itself(self):
+        await self.a.report(NODE1, host="10.0.0.1")
+        self.assertIn(NODE1, self.b.service.nodes)
+        # Replica A stops (nobody deletes the report); its etcd lease lapses alone.
+        await self.a.close()
+        self.clock.advance(21)
+        self.assertEqual(at_once(self.b.service.store.node_reports()), [])
+        self.assertNotIn(NODE1, self.b.service.nodes)
+
+    async def test_health_says_the_store_is_reachable(self):
+        response, body = await self.a.request("GET", "/healthz", headers={})
+        self.assertEqual((response.code, body), (200, {"store": "reachable"}))
