@@ -23,6 +23,9 @@ NODES = b"nodes/"
 # decision that listed them compares its revision, so none was added or dropped since.
 GUARD = b"config/guard"
 
+# Under etcd's default limit of 128 operations (and compares) in one transaction.
+CHANGES_PER_DECISION = 100
+
 log = Logger()
 
 def _dataset_value(dataset):
@@ -160,11 +163,12 @@ class _EtcdView:
     async def mark_manifested(self, dataset_ids):
         # Every agent report asks this of every dataset it holds: one listing finds the
         # few not yet marked, and only those are read (and compared) one by one.
+        # etcd takes at most 128 compares and operations in a transaction: the rest are
+        # marked by the next report.
         unmarked = {d.dataset_id for d in await self.datasets() if not d.manifested}
         changed = []
-        for dataset_id in dataset_ids:
-            if dataset_id in unmarked and await self._replace(
-                    dataset_id, configuration=False, manifested=True):
+        for dataset_id in [i for i in dataset_ids if i in unmarked][:CHANGES_PER_DECISION]:
+            if await self._replace(dataset_id, configuration=False, manifested=True):
                 changed.append(dataset_id)
         return changed
 
@@ -178,6 +182,8 @@ class _EtcdView:
     async def expire_leases(self, now):
         expired = [lease for lease in await self.leases()
                    if lease.expiration is not None and lease.expiration <= now]
+        # The rest expire at the next sweep (etcd's limit on a transaction's operations).
+        expired = expired[:CHANGES_PER_DECISION]
         for lease in expired:
             self._change(LEASES + lease.dataset_id.encode(), None)
         return expired

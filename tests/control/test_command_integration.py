@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from powerstripflocker.clients.http import TOKEN_ENV
 from tests.support.limits import MIB, chunked_piece, send_body
 from tests.support.processes import ManagedProcess, free_port
 
@@ -268,6 +269,26 @@ def test_bad_options_exit_with_a_clear_error(tmp_path, args):
     )
     assert result.returncode == 2, result.stderr
     assert "control service not started" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--db", "/tmp/x.db", "--store", "sqlite:///tmp/y.db"], "give --store or --db, not both"),
+    (["--store", "sqlite://host/c.db"], "a sqlite URL names no host"),
+    (["--store", "redis://127.0.0.1:6379"], "unknown scheme 'redis'"),
+    (["--store", "etcd://127.0.0.1:2379"], "needs the cluster token every replica shares"),
+    (["--store", "etcd://127.0.0.1:2379", "--store-ca", "/ca.pem"],
+     "--store-ca given, but etcd://127.0.0.1:2379 is not etcds://"),
+])
+def test_a_store_that_cannot_work_is_refused_with_its_reason(args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "powerstripflocker", "control",
+         "--listen", f"tcp:{free_port()}:interface=127.0.0.1", *args],
+        capture_output=True, timeout=30, text=True,
+        env={name: value for name, value in os.environ.items() if name != TOKEN_ENV},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "control service not started" in result.stderr
+    assert message in result.stderr, result.stderr
 
 
 def _certificates(directory):

@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from powerstripflocker.clients.etcd_client import EtcdClient
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
+from powerstripflocker.control.etcdstore import CHANGES_PER_DECISION
 
 from ..flocker_contract import make_flocker_api_tests
 from ..support.etcd import SharedCluster
@@ -129,3 +130,14 @@ class TwoReplicas(TestCase):
     async def test_health_says_the_store_is_reachable(self):
         response, body = await self.a.request("GET", "/healthz", headers={})
         self.assertEqual((response.code, body), (200, {"store": "reachable"}))
+
+    async def test_a_report_of_many_new_datasets_is_marked_over_several_reports(self):
+        # etcd refuses a transaction of more than 128 operations: one report marks at
+        # most CHANGES_PER_DECISION datasets manifested, the next ones the rest.
+        ids = [(await self.a.create(primary=NODE1))["dataset_id"] for _ in range(150)]
+        entries = [{"dataset_id": i, "path": f"/p/{i}", "maximum_size": None} for i in ids]
+        await self.a.report(NODE1, entries)
+        marked = [d for d in await self.a.service.datasets() if d.manifested]
+        self.assertEqual(len(marked), CHANGES_PER_DECISION)
+        await self.a.report(NODE1, entries)
+        self.assertTrue(all(d.manifested for d in await self.a.service.datasets()))

@@ -17,8 +17,8 @@ from powerstripflocker.control.migrate import MigrationError, migrate, read_sour
 from powerstripflocker.control.store import SQLiteStore
 
 from ..support.etcd import EtcdCluster, SharedCluster
-from .helpers import REPO_ROOT, harness
-from .populated import populate
+from .helpers import NODE1, NODE2, REPO_ROOT, harness
+from .populated import DATASETS, populate
 
 
 def command(*argv):
@@ -53,6 +53,36 @@ class MigrateIntoRealEtcdTests(TestCase):
         self.assertEqual(await read_target(reader), source)
         self.assertEqual(await reader.configuration_tag(), self.h.store.configuration_tag())
         self.assertTrue(lines[-1].startswith("verified: 7 datasets, 3 leases, 2 node reports"))
+
+    async def test_the_cluster_carries_on_against_the_migrated_store(self):
+        ids = await populate(self.h)
+        _, before = await self.h.request("GET", "/v1/configuration/datasets")
+        await migrate(self.h.store, self.store(), lambda line: None)
+        # A control replica on etcd, on the same clock as the SQLite service was.
+        replica = harness(self, etcd=EtcdClient(reactor, self.url), clock=self.h.clock,
+                          listen=True)
+        self.addCleanup(replica.etcd.close)
+        response, after = await replica.request("GET", "/v1/configuration/datasets")
+        self.assertEqual(after, before)
+        self.assertEqual(response.headers.getRawHeaders("X-Configuration-Tag"),
+                         [self.h.store.configuration_tag()])
+        # The migrated lease still refuses a move away from its holder.
+        response, body = await replica.request(
+            "POST", f"{DATASETS}/{ids[0]}", {"primary": NODE2})
+        self.assertEqual(response.code, 409, body)
+        # A claim finds the migrated dataset of its name (no second one) on its node.
+        response, body = await replica.request(
+            "POST", "/v1/configuration/claims", {"name": "volume4", "node_uuid": NODE1})
+        self.assertEqual((response.code, body["dataset_id"]), (202, ids[4]))
+        # And new work goes on: a create, a move of an unleased dataset, a delete.
+        created = await replica.create(primary=NODE2, metadata={"name": "after"})
+        response, body = await replica.request(
+            "POST", f"{DATASETS}/{ids[5]}", {"primary": NODE2})
+        self.assertEqual((response.code, body["primary"]), (200, NODE2))
+        response, body = await replica.request("DELETE", f"{DATASETS}/{created['dataset_id']}")
+        self.assertEqual((response.code, body["deleted"]), (200, True))
+        _, final = await replica.request("GET", "/v1/configuration/datasets")
+        self.assertEqual(len(final), len(before) + 1)
 
     async def test_a_non_empty_target_is_refused_with_nothing_written(self):
         await populate(self.h)
