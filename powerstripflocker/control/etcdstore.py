@@ -82,9 +82,12 @@ class _EtcdView:
             self._read[key] = (0, None) if kv is None else (kv.mod_revision, kv.value)
         return self._read[key][1]
 
-    async def _list(self, prefix):
-        """[(key, value)] under prefix, oldest first, then those this decision added."""
-        await self._get(GUARD)
+    async def _list(self, prefix, guarded=True):
+        """[(key, value)] under prefix, oldest first, then those this decision added.
+        guarded: the decision depends on the whole listing (no key added or dropped
+        since), so its commit compares config/guard."""
+        if guarded:
+            await self._get(GUARD)
         kvs = (await self._range(prefix, prefix=True)).kvs
         listed = {kv.key: kv.value for kv in sorted(kvs, key=lambda kv: kv.create_revision)}
         for key, value in self._changes.items():
@@ -165,7 +168,11 @@ class _EtcdView:
         # few not yet marked, and only those are read (and compared) one by one.
         # etcd takes at most 128 compares and operations in a transaction: the rest are
         # marked by the next report.
-        unmarked = {d.dataset_id for d in await self.datasets() if not d.manifested}
+        # The listing only finds candidates (each is then read and compared on its own),
+        # so a configuration change meanwhile need not run the report's decision again.
+        listed = [_dataset(key, value)
+                  for key, value in await self._list(DATASETS, guarded=False)]
+        unmarked = {d.dataset_id for d in listed if not d.manifested}
         changed = []
         for dataset_id in [i for i in dataset_ids if i in unmarked][:CHANGES_PER_DECISION]:
             if await self._replace(dataset_id, configuration=False, manifested=True):
