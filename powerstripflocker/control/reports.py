@@ -151,6 +151,7 @@ class NodeReports:
         """The agent protocol's view of configuration, leases and state."""
         # The generation first: the view read after it shows at least its changes, and
         # a change made meanwhile moves the generation on, so the agent asks again.
+        await self.reports_ready()
         generation = self.generation
 
         async def read(view):

@@ -15,10 +15,12 @@ reports and generation current; alone on it (SQLite), the service keeps both its
 import secrets
 import uuid
 
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from powerstripflocker.clients.etcd import Once
 from powerstripflocker.control.claims import Claims
 from powerstripflocker.control.errors import (
     DATASET_DELETED, DATASET_ID_IN_USE, DATASET_NOT_FOUND, APIError, TagMismatch,
@@ -31,6 +33,7 @@ from powerstripflocker.protocol.ids import canonical_uuid
 DEFAULT_STATE_EXPIRY = 120.0
 SWEEP_INTERVAL = 1.0
 STORE_HEALTH_SECONDS = 5.0
+REPORTS_LOAD_SECONDS = 5.0
 
 
 class ControlService(Leases, Claims, NodeReports):
@@ -51,6 +54,8 @@ class ControlService(Leases, Claims, NodeReports):
         self._waiters = []
         self._sweeper = None
         self._follower = None
+        # Fires once the store's feed has given the node reports (at start, from SQLite).
+        self._reports_loaded = Once()
         self._sweep_failing = False
 
     # -- lifecycle --------------------------------------------------------
@@ -130,6 +135,17 @@ class ControlService(Leases, Claims, NodeReports):
         self.nodes = {}
         for node_uuid, report, received in reports:
             self.report_stored(node_uuid, report, received)
+        self._reports_loaded.fire(None)
+
+    async def reports_ready(self):
+        """Once the node reports are loaded, or after REPORTS_LOAD_SECONDS (a replica
+        whose store does not answer yet): an agent's first view then names its peers."""
+        loading = self._reports_loaded.wait()
+        loading.addTimeout(REPORTS_LOAD_SECONDS, self.clock)
+        try:
+            await loading
+        except defer.TimeoutError:
+            pass
 
     def report_stored(self, node_uuid, report, received):
         self.nodes[node_uuid] = NodeReport(
