@@ -301,7 +301,6 @@ class _Follower:
         self._listener = listener
         self._clock = clock
         self._watch = None
-        self._pause = None
         self._stopped = False
         self.done = None
 
@@ -309,13 +308,13 @@ class _Follower:
         self.done = Deferred.fromCoroutine(self._follow())
 
     def stop(self):
-        """Stop following; done fires once the watch is stopped."""
+        """Stop following: the watch, a read in flight (which may wait out etcd's call
+        deadline when no member answers) or the pause before the next. done fires."""
         self._stopped = True
         if self._watch is not None:
             self._watch.stop()
-        if self._pause is not None:
-            self._pause.cancel()
-        return self.done
+        self.done.cancel()
+        return self.done.addErrback(lambda failure: failure.trap(CancelledError) and None)
 
     async def _follow(self):
         while not self._stopped:
@@ -328,13 +327,7 @@ class _Follower:
                          "{seconds}s", error=error, seconds=FOLLOW_RETRY_SECONDS)
             if self._stopped:
                 return
-            self._pause = deferLater(self._clock, FOLLOW_RETRY_SECONDS, lambda: None)
-            try:
-                await self._pause
-            except CancelledError:
-                return
-            finally:
-                self._pause = None
+            await deferLater(self._clock, FOLLOW_RETRY_SECONDS, lambda: None)
 
     async def _watch_from_a_new_read(self):
         read = await self._etcd.range(NODES, prefix=True)

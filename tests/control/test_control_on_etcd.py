@@ -7,12 +7,14 @@ import uuid
 
 import pytest
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from powerstripflocker.clients.etcd_client import EtcdClient
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
-from powerstripflocker.control.etcdstore import CHANGES_PER_DECISION
+from powerstripflocker.control.etcdstore import CHANGES_PER_DECISION, EtcdStore
+from powerstripflocker.control.service import ControlService
 
 from ..flocker_contract import make_flocker_api_tests
 from ..support.etcd import SharedCluster
@@ -141,3 +143,19 @@ class TwoReplicas(TestCase):
         self.assertEqual(len(marked), CHANGES_PER_DECISION)
         await self.a.report(NODE1, entries)
         self.assertTrue(all(d.manifested for d in await self.a.service.datasets()))
+
+
+class SilentEtcd:
+    """An etcd none of whose members answers: every read waits (until cancelled)."""
+
+    def range(self, key, prefix=False, limit=0, revision=0):
+        return Deferred()
+
+
+class FollowerTests(TestCase):
+
+    def test_a_replica_stops_at_once_while_its_store_does_not_answer(self):
+        clock = _clock()
+        service = ControlService(EtcdStore(SilentEtcd()), clock)
+        at_once(service.start())
+        at_once(service.stop())
