@@ -33,6 +33,8 @@ BENCHMARKS = [
     ("handoff", "handoff.py", ["--runs", "15"], ["--runs", "4"]),
     ("concurrency", "concurrency.py", [], []),
     ("concurrency_split", "concurrency.py", ["--mode", "split"], ["--mode", "split"]),
+    ("control_store", "control_store.py", ["--requests", "1000", "--kills", "3"],
+     ["--requests", "100", "--kills", "1"]),
 ]
 
 TITLES = {
@@ -45,6 +47,7 @@ TITLES = {
     "handoff": "6. refusal of a volume in use elsewhere; docker stop then docker run elsewhere",
     "concurrency": "5. 200 creates / 50 names, each from both nodes",
     "concurrency_split": "5b. same, each name from one node",
+    "control_store": "7. hook with the control service on etcd (2 replicas) vs SQLite; kills",
 }
 
 
