@@ -172,6 +172,36 @@ def test_when_no_replica_accepts_a_connection_rounds_are_retried_after_a_pause()
     assert replicas.root == B
 
 
+def test_a_round_of_refusals_and_503_answers_is_asked_again_after_a_pause():
+    # One replica dead, the other answering 503 while its etcd elects a leader.
+    clock = Clock()
+    refused = neterror.ConnectionRefusedError()
+    replicas = Replicas([A, B], clock, connect_retries=2, first_delay=0.1)
+    attempt = script(a=[refused, refused], b=[Answer(503), Answer(200)])
+    results = []
+    Deferred.fromCoroutine(replicas.call(attempt, unavailable)).addBoth(results.append)
+    assert attempt.asked == [A, B] and not results
+    clock.advance(0.1)
+    assert attempt.asked == [A, B, A, B] and results[0].code == 200
+    assert replicas.root == B
+
+
+def test_rounds_of_503_answers_end_with_the_last_answer_or_error():
+    clock = Clock()
+    results = []
+    replicas = Replicas([A], clock, connect_retries=1, first_delay=0.1)
+    attempt = script(a=[Answer(503), Answer(503)])
+    Deferred.fromCoroutine(replicas.call(attempt, unavailable)).addBoth(results.append)
+    clock.advance(0.1)
+    assert attempt.asked == [A, A] and results[0].code == 503
+    refused = neterror.ConnectionRefusedError()
+    replicas = Replicas([A, B], clock, connect_retries=1, first_delay=0.1)
+    attempt = script(a=[Answer(503), Answer(503)], b=[refused, refused])
+    Deferred.fromCoroutine(replicas.call(attempt, unavailable)).addBoth(results.append)
+    clock.advance(0.1)
+    assert attempt.asked == [A, B, A, B] and results[1].value is refused
+
+
 def test_rounds_are_not_retried_when_a_replica_may_have_received_the_request():
     refused = neterror.ConnectionRefusedError()
     replicas = Replicas([A, B], Clock(), connect_retries=3)

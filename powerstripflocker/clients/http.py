@@ -230,8 +230,9 @@ class Replicas:
     it cannot be reached, does not answer in time or answers 503; it sticks with the one
     that answers. Bounded: each replica once per request, plus one retry of a request
     whose connection was closed before any answer, plus connect_retries more rounds
-    when no replica accepted a connection (then nothing can have been received).
-    Whoever calls sends only requests that are safe to send twice."""
+    when every replica refused the connection or answered 503 (none is still at work
+    on the request: one replica dead and the other's store electing a leader answers
+    so for a moment). Whoever calls sends only requests that are safe to send twice."""
 
     def __init__(self, control_urls, reactor=None, connect_retries=0, first_delay=0.1):
         self.roots = control_roots(control_urls)
@@ -261,7 +262,8 @@ class Replicas:
         for round_number in range(self._connect_retries + 1):
             last_round = round_number == self._connect_retries
             index, tried = self._current, 0
-            only_refused = True
+            # Whether every replica so far refused the connection or answered 503.
+            only_not_now = True
             while tried < count:
                 last = tried == count - 1
                 try:
@@ -274,16 +276,16 @@ class Replicas:
                         log.debug("asking {root} again: {reason}", root=self.roots[index],
                                   reason=describe(error))
                         continue
-                    only_refused = only_refused and isinstance(error, NOT_CONNECTED)
-                    if last and (last_round or not only_refused):
+                    only_not_now = only_not_now and isinstance(error, NOT_CONNECTED)
+                    if last and (last_round or not only_not_now):
                         raise
                     log.debug("control service {root} unavailable: {reason}",
                               root=self.roots[index], reason=describe(error))
                 else:
-                    if not (unavailable(answer) and not last):
+                    if not unavailable(answer) or (
+                            last and (last_round or not only_not_now)):
                         self._current = index
                         return answer
-                    only_refused = False
                     log.debug("control service {root} answered 503", root=self.roots[index])
                 index, tried = (index + 1) % count, tried + 1
             await self._sleep(delay)
