@@ -206,10 +206,9 @@ class ClusterLayout:
             return found
         try:
             return self.node(name)
-        except ClusterError:
-            names = [node.name for node in self.nodes] + [h.name for h in self.service_hosts]
-            raise ClusterError(f"no node or host {name!r} in this cluster; its hosts are "
-                               f"{', '.join(names)}") from None
+        except ClusterError as error:
+            services = ", ".join(host.name for host in self.service_hosts)
+            raise ClusterError(f"{error}; its control plane is {services}") from None
 
     def command_in_place(self, host, argv):
         """argv as it runs on host (a node or a service host): inside its network
