@@ -48,11 +48,12 @@ def post_raw(url, data, timeout=60, content_type="application/json"):
 class Adapter:
     """One node's `powerstrip-flocker adapter` process."""
 
-    def __init__(self, cluster, name, node_uuid, timeout=10.0):
+    def __init__(self, cluster, name, node_uuid, timeout=10.0, options=()):
         self.cluster = cluster
         self.name = name
         self.node_uuid = node_uuid
         self.timeout = timeout
+        self.options = list(options)  # more command line arguments
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(cluster.base, f"{name}.log")
@@ -63,7 +64,8 @@ class Adapter:
             ["adapter", "--control-url", self.cluster.control_url,
              "--node-uuid", self.node_uuid, "--timeout", str(self.timeout),
              "--request-timeout", "5", "--cluster-token-file", self.cluster.token_file,
-             "--listen", f"tcp:{self.port}:interface=127.0.0.1"], self.log_path).start()
+             "--listen", f"tcp:{self.port}:interface=127.0.0.1", *self.options],
+            self.log_path).start()
         self.process.wait_until(lambda: http("GET", f"{self.url}/healthz", timeout=5),
                                 what="answering /healthz")
         return self
@@ -98,8 +100,8 @@ class ReliabilityCluster(Cluster):
         super().__init__(base, "directory")
         self.adapters = {}
 
-    def add_adapter(self, name, agent, timeout=10.0):
-        adapter = Adapter(self, name, agent.uuid, timeout=timeout)
+    def add_adapter(self, name, agent, timeout=10.0, options=()):
+        adapter = Adapter(self, name, agent.uuid, timeout=timeout, options=options)
         self.adapters[name] = adapter
         return adapter.start()
 
