@@ -346,6 +346,8 @@ def kill_leaders(plane, etcd, body, kills, progress):
 
 
 def recovery_rows(what, results):
+    if not results:
+        return []
     seconds = [r["seconds"] * 1000 for r in results]
     failed = sum(len(r["failed_hooks"]) for r in results)
     return [row(f"{what} -> next good hook, median of {len(seconds)}", median(seconds),
@@ -422,7 +424,8 @@ def run(options, base, progress=print):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--kills", type=int, default=3, help="kills of each kind")
+    parser.add_argument("--kills", type=int, default=3,
+                        help="kills of each kind (0: measure latency only)")
     parser.add_argument("--output")
     options = parser.parse_args(argv)
     reason = etcd_missing()
