@@ -1,8 +1,8 @@
 """A whole cluster on one machine: its control plane (control_plane.py: one control
 service, or control replicas on etcd), and per node a dockerd, an agent, an adapter, a
-volume plugin and a proxy. Used by `powerstrip-flocker demo` and
-the end-to-end tests, and its command lines (commands.py) are the ones the systemd units
-run; where everything lives is its layout (layout.py).
+volume plugin and a proxy. Used by `powerstrip-flocker demo` and the end-to-end tests,
+and its command lines (commands.py) are the ones the systemd units run; where everything
+lives is its layout (layout.py).
 
 Every process is started detached with its pid in the cluster's run directory, so
 `demo down` (or a test's teardown) can stop it later, from another process.

@@ -33,7 +33,7 @@ class ControlPlane:
         kind started together, then waited for one by one."""
         layout = self.layout
         for hosts in (layout.etcd_members, layout.control_hosts):
-            started = [(host, *self._spawn(host)) for host in hosts]
+            started = [(host, *self._launch(host)) for host in hosts]
             for host, process, ready in started:
                 self._wait(host.name, process, ready)
 
@@ -42,15 +42,15 @@ class ControlPlane:
             return ""
         return f" in namespace {self.layout.network.namespace(host.index)}"
 
-    def _spawn(self, host):
+    def _launch(self, host):
         """Start host's process: (the process, whether it is ready)."""
         layout = self.layout
         if host in layout.etcd_members:
             self._progress(f"{host.name}: etcd member on "
-                                  f"{etcd_members.client_url(layout, host)}{self._where(host)}")
+                           f"{etcd_members.client_url(layout, host)}{self._where(host)}")
             os.makedirs(layout.etcd_dir, mode=0o700, exist_ok=True)
             process = self._spawn_process(host.name, etcd_members.etcd_command(layout, host),
-                                         host)
+                                          host)
             # Healthy: it runs among a quorum of members that agree on a leader.
             return process, lambda: etcd_members.healthy(layout, host)
         url = layout.control_url_of(host)
@@ -70,9 +70,9 @@ class ControlPlane:
     def _host(self, name):
         host = self.layout.service_host(name)
         if host is None:
-            kinds = ", ".join(host.name for host in self.layout.service_hosts)
+            names = ", ".join(host.name for host in self.layout.service_hosts)
             raise ClusterError(f"no control-plane host {name!r} in this cluster; it has "
-                               f"{kinds}")
+                               f"{names}")
         return host
 
     def processes(self, name):
@@ -118,5 +118,5 @@ class ControlPlane:
                 and not self._etcd_has_quorum():
             raise ClusterError(f"{name} cannot serve: no etcd member is healthy (is the "
                                f"cluster up? restart its etcd members first)")
-        process, ready = self._spawn(host)
+        process, ready = self._launch(host)
         self._wait(host.name, process, ready)
