@@ -19,9 +19,14 @@ from powerstripflocker.control.store import (
 DATASETS = b"datasets/"
 LEASES = b"leases/"
 NODES = b"nodes/"
-# Put by every change of a dataset (other than its manifested flag) or a lease: a
-# decision that listed them compares its revision, so none was added or dropped since.
+# Put by every change of a dataset (other than its manifested flag), and by every change
+# of a lease: a decision that listed datasets (leases) compares the revision of their
+# guard, so none was added or dropped since. Two guards, not one: a claim lists the
+# datasets and renews a lease, and with one guard every claim's renewal ran every other
+# claim in flight again (8 clients claiming 8 names: one claim in five ended busy).
 GUARD = b"config/guard"
+LEASES_GUARD = b"config/leases-guard"
+_GUARD_OF = {DATASETS: GUARD, LEASES: LEASES_GUARD}
 
 # Under etcd's default limit of 128 operations (and compares) in one transaction.
 CHANGES_PER_DECISION = 100
@@ -64,7 +69,7 @@ class _EtcdView:
         self._revision = 0  # the snapshot, from the first read on
         self._read = {}  # key -> (mod_revision, 0 when absent; value or None)
         self._changes = {}  # key -> value, or None for a delete; in the order made
-        self._changes_configuration = False
+        self._guards = set()  # the guards of what the changes change
 
     # reading
 
@@ -85,9 +90,9 @@ class _EtcdView:
     async def _list(self, prefix, guarded=True):
         """[(key, value)] under prefix, oldest first, then those this decision added.
         guarded: the decision depends on the whole listing (no key added or dropped
-        since), so its commit compares config/guard."""
+        since), so its commit compares the prefix's guard."""
         if guarded:
-            await self._get(GUARD)
+            await self._get(_GUARD_OF[prefix])
         kvs = (await self._range(prefix, prefix=True)).kvs
         listed = {kv.key: kv.value for kv in sorted(kvs, key=lambda kv: kv.create_revision)}
         for key, value in self._changes.items():
@@ -127,7 +132,8 @@ class _EtcdView:
     def _change(self, key, value, configuration=True):
         self._changes.pop(key, None)
         self._changes[key] = value
-        self._changes_configuration = self._changes_configuration or configuration
+        if configuration:
+            self._guards.add(GUARD if key.startswith(DATASETS) else LEASES_GUARD)
 
     async def add_dataset(self, dataset):
         if await self.get_dataset(dataset.dataset_id) is not None:
@@ -229,8 +235,7 @@ class _EtcdView:
             Delete(key) if value is None
             else Put(key, value, lease=report_lease if key.startswith(NODES) else 0)
             for key, value in self._changes.items()]
-        if self._changes_configuration:
-            operations.append(Put(GUARD, b""))
+        operations.extend(Put(guard, b"") for guard in sorted(self._guards))
         if not (await self._etcd.txn(compares, operations)).succeeded:
             raise _Conflict()
 

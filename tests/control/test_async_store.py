@@ -8,7 +8,7 @@ from twisted.trial.unittest import TestCase
 
 from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore
 from powerstripflocker.control.etcdstore import EtcdStore
-from powerstripflocker.control.store import Dataset, SQLiteStore, StoreBusy
+from powerstripflocker.control.store import Dataset, Lease, SQLiteStore, StoreBusy
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
 
 from .async_store_contract import make_async_store_tests
@@ -83,3 +83,51 @@ class DecisionLimitTests(TestCase):
         with self.assertRaises(RuntimeError):
             await store.decide(waits_elsewhere)
         self.assertEqual(await store.datasets(), [])
+
+
+class EtcdGuardTests(TestCase):
+    """A decision runs again when what it listed changed, and only then: a lease renewed
+    elsewhere does not run again a claim that listed the datasets (issue 14: claims of
+    different names through two replicas ended busy)."""
+
+    def setUp(self):
+        etcd = MemoryEtcd(Clock())
+        self.store, self.other = EtcdStore(etcd), EtcdStore(etcd)
+        self.mine, self.theirs = new_id(), new_id()
+
+    async def decide_while_a_lease_changes_elsewhere(self, listing):
+        runs = []
+
+        async def claim_like(view):
+            runs.append(1)
+            await listing(view)
+            await view.get_lease(self.mine)
+            if len(runs) == 1:
+                await self.other.put_lease(Lease(self.theirs, NODE1, 100.0))
+            await view.put_lease(Lease(self.mine, NODE1, 50.0))
+
+        await self.store.decide(claim_like)
+        self.assertEqual(await self.store.get_lease(self.mine), Lease(self.mine, NODE1, 50.0))
+        return len(runs)
+
+    async def test_a_lease_changed_elsewhere_does_not_run_again_a_listing_of_datasets(self):
+        runs = await self.decide_while_a_lease_changes_elsewhere(
+            lambda view: view.datasets_named("mine"))
+        self.assertEqual(runs, 1)
+
+    async def test_a_lease_changed_elsewhere_runs_again_a_listing_of_leases(self):
+        runs = await self.decide_while_a_lease_changes_elsewhere(lambda view: view.leases())
+        self.assertEqual(runs, 2)
+
+    async def test_a_dataset_added_elsewhere_runs_again_a_listing_of_datasets(self):
+        runs = []
+
+        async def lists_datasets(view):
+            runs.append(1)
+            await view.datasets()
+            if len(runs) == 1:
+                await self.other.add_dataset(Dataset(new_id(), NODE1))
+            await view.put_lease(Lease(self.mine, NODE1, 50.0))
+
+        await self.store.decide(lists_datasets)
+        self.assertEqual(len(runs), 2)
