@@ -83,7 +83,7 @@ def moves_by_phase(outcomes):
     return phases
 
 
-def named(datasets):
+def live_by_id(datasets):
     return {d["dataset_id"]: d for d in datasets if not d.get("deleted")}
 
 
@@ -145,7 +145,7 @@ def test_hooks_from_both_nodes_survive_a_killed_replica_and_etcd_leader(replicat
 
     # Exactly one dataset per name, read through the replica that survived.
     _, datasets = cluster.configuration(second)
-    live = named(datasets)
+    live = live_by_id(datasets)
     names = sorted(d["metadata"].get("name") for d in live.values())
     assert names == sorted({o.name for o in outcomes}), names
     by_name = {d["metadata"]["name"]: d for d in live.values()}
@@ -161,7 +161,7 @@ def test_hooks_from_both_nodes_survive_a_killed_replica_and_etcd_leader(replicat
     # Nothing configured before the kills was lost: each dataset is there with the same
     # id, name and everything else; its primary is the node whose hook for that name was
     # answered 200 last (only the test's own moves moved it).
-    before = named(snapshot["datasets"])
+    before = live_by_id(snapshot["datasets"])
     assert before, "nothing was configured before the kills"
     for dataset_id, dataset in before.items():
         assert dataset_id in live, (dataset, sorted(live))
