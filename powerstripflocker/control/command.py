@@ -327,7 +327,7 @@ class ControlServer(PartService):
         if isinstance(location, EtcdURL):
             # A node report lives in etcd as long as the state expiry unless renewed.
             return EtcdStore(EtcdClient(self.reactor, location.endpoints, tls=tls),
-                             report_ttl=self.options.state_expiry)
+                             report_ttl=self.options.state_expiry, clock=self.reactor)
         try:
             secure_database_files(location.path)
             return AsyncStore(Store(location.path))

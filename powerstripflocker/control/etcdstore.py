@@ -4,6 +4,7 @@ node reports and generation current from etcd's watch."""
 
 import json
 import math
+import random
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import deferLater
@@ -27,6 +28,11 @@ NODES = b"nodes/"
 GUARD = b"config/guard"
 LEASES_GUARD = b"config/leases-guard"
 _GUARD_OF = {DATASETS: GUARD, LEASES: LEASES_GUARD}
+
+# A decision run again after a conflict first waits a random time up to this, doubled at
+# each attempt, up to the cap (seconds): about a third of a second in all, at most.
+CONFLICT_PAUSE = 0.002
+CONFLICT_PAUSE_CAP = 0.1
 
 # Under etcd's default limit of 128 operations (and compares) in one transaction.
 CHANGES_PER_DECISION = 100
@@ -247,15 +253,22 @@ class EtcdStore(Decided):
     A commit whose outcome etcd cannot tell fails with OutcomeUnknown: the caller
     reads again to see whether it happened (a decision is not run again for it)."""
 
-    def __init__(self, etcd, report_ttl=None):
+    def __init__(self, etcd, report_ttl=None, clock=None):
         """report_ttl: seconds a stored node report lives unless stored again (an etcd
-        lease); None: until deleted."""
+        lease); None: until deleted. clock: paces a decision run again after a conflict
+        (a random pause, longer each time, so that decisions colliding on one key do not
+        collide again at once); None: no pause."""
         self.etcd = etcd
         self.report_ttl = None if report_ttl is None else max(1, math.ceil(report_ttl))
+        self.clock = clock
 
     def decide(self, decision):
         async def attempts():
-            for _ in range(DECISION_ATTEMPTS):
+            for attempt in range(DECISION_ATTEMPTS):
+                if attempt and self.clock is not None:
+                    pause = random.uniform(0, min(CONFLICT_PAUSE_CAP,
+                                                  CONFLICT_PAUSE * 2 ** attempt))
+                    await deferLater(self.clock, pause, lambda: None)
                 view = _EtcdView(self.etcd, self.report_ttl)
                 try:
                     result = await decision(view)

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, AsyncStore
-from powerstripflocker.control.etcdstore import EtcdStore
+from powerstripflocker.control.etcdstore import CONFLICT_PAUSE_CAP, EtcdStore
 from powerstripflocker.control.store import Dataset, Lease, SQLiteStore, StoreBusy
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
 
@@ -71,6 +71,27 @@ class DecisionLimitTests(TestCase):
         self.assertEqual(len(runs), DECISION_ATTEMPTS)
         self.assertEqual(await store.datasets_named("mine"), [])
         self.assertEqual(len(await store.datasets()), DECISION_ATTEMPTS)
+
+    def test_a_decision_run_again_after_a_conflict_waits_a_little_first(self):
+        clock = Clock()
+        etcd = MemoryEtcd(clock)
+        store, other = EtcdStore(etcd, clock=clock), EtcdStore(etcd)
+        runs = []
+
+        async def outrun_once(view):
+            runs.append(clock.seconds())
+            await view.datasets()
+            if len(runs) == 1:
+                await other.add_dataset(Dataset(new_id(), NODE1))
+            await view.add_dataset(Dataset(new_id(), NODE1, {"name": "mine"}))
+
+        deciding = store.decide(outrun_once)
+        self.assertEqual(len(runs), 1)
+        self.assertNoResult(deciding)
+        clock.advance(CONFLICT_PAUSE_CAP)
+        self.successResultOf(deciding)
+        self.assertEqual(len(runs), 2)
+        self.assertEqual(len(self.successResultOf(store.datasets_named("mine"))), 1)
 
     async def test_a_decision_on_sqlite_may_wait_on_nothing_but_its_view(self):
         store = AsyncStore(SQLiteStore(":memory:"))
