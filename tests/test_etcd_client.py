@@ -7,6 +7,7 @@ import json
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import Logger
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseNeverReceived
 from twisted.python.failure import Failure
@@ -16,6 +17,8 @@ from powerstripflocker.clients.etcd import (
 )
 from powerstripflocker.clients.etcd_client import EtcdClient, TLSFiles
 from powerstripflocker.clients.etcd_endpoints import EtcdEndpoints, parse_endpoints
+from powerstripflocker.clients import etcd_watch
+from powerstripflocker.clients.etcd_watch import SILENCE_BEFORE_PROBE
 
 
 class EndpointTests(SynchronousTestCase):
@@ -298,16 +301,24 @@ class WatchStream:
 
 
 class WatchMembers:
-    """Watch requests to members "refuse" or get a WatchStream the test drives."""
+    """Watch requests to members "refuse" or get a WatchStream the test drives; a status
+    request gets what status says for its member: "hang" (never answered), or an Answer
+    (by default, member 1 is the leader)."""
 
     def __init__(self, refusing=()):
         self.refusing = set(refusing)
         self.streams = []
+        self.status = {}
+        self.status_asked = []
 
     def request(self, method, url, data=None, headers=None, unbuffered=False):
         member = url.partition("://")[2].split(":")[0]
         if member in self.refusing:
             return fail(neterror.ConnectionRefusedError("Connection refused"))
+        if url.endswith("/v3/maintenance/status"):
+            self.status_asked.append(member)
+            answer = self.status.get(member, Answer(200, dict(header(), leader="1")))
+            return Deferred() if answer == "hang" else succeed(answer)
         stream = WatchStream(member, json.loads(data)["create_request"])
         self.streams.append(stream)
         return succeed(stream)
@@ -386,9 +397,103 @@ class WatchResumptionTests(SynchronousTestCase):
         self.assertTrue(stream.transport.stopped)
         self.assertIsNone(self.successResultOf(watch.ended))
         self.assertEqual(len(self.members.streams), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_stream_that_never_says_created_is_left_after_the_request_timeout(self):
         self.watch()
         first = self.members.streams[0]
         self.clock.advance(3.0)
         self.assertTrue(first.transport.stopped)
+
+
+class SilentMemberTests(SynchronousTestCase):
+    """A member whose link is cut sends nothing on its stream, not even a reset: after
+    SILENCE_BEFORE_PROBE without a message, the watch asks that member for its status."""
+
+    def setUp(self):
+        self.members = WatchMembers()
+        self.clock, self.etcd = client(self.members, "etcd://a:1,b:1,c:1/psf",
+                                       request_timeout=2.0)
+        self.delivered = []
+        self.watch = self.etcd.watch("datasets/", self.delivered.extend, prefix=True)
+        self.first = self.members.streams[0]
+        self.first.created(10)
+        self.first.events(("PUT", 11, b"/psf/datasets/x"))
+
+    def test_a_member_that_does_not_answer_its_status_is_left_and_the_watch_resumes(self):
+        logged = []
+        self.patch(etcd_watch, "log", Logger(observer=logged.append))
+        self.members.status["a"] = "hang"
+        self.clock.advance(SILENCE_BEFORE_PROBE - 0.1)
+        self.assertEqual(self.members.status_asked, [])
+        self.clock.advance(0.1)
+        self.assertEqual(self.members.status_asked, ["a"])
+        self.clock.advance(1.9)
+        self.assertFalse(self.first.transport.stopped)
+        self.assertEqual(len(self.members.streams), 1)
+        self.clock.advance(0.1)
+        self.assertTrue(self.first.transport.stopped)
+        second = self.members.streams[1]
+        self.assertEqual((second.member, second.body["start_revision"]), ("b", "12"))
+        second.created(12)
+        second.events(("PUT", 12, b"/psf/datasets/y"))
+        self.assertEqual([e.revision for e in self.delivered], [11, 12])
+        self.assertEqual(self.members.status_asked, ["a"])
+        [resumed] = logged
+        self.assertIn("etcd member http://a:1 did not answer a status check within 2s",
+                      resumed["reason"])
+
+    def test_a_silent_member_that_has_a_leader_keeps_its_stream(self):
+        self.clock.advance(SILENCE_BEFORE_PROBE)
+        self.assertEqual(self.members.status_asked, ["a"])
+        # a message puts off the next probe by a whole silent period
+        self.clock.advance(SILENCE_BEFORE_PROBE - 1.0)
+        self.first.events(("PUT", 12, b"/psf/datasets/y"))
+        self.clock.advance(SILENCE_BEFORE_PROBE - 0.1)
+        self.assertEqual(self.members.status_asked, ["a"])
+        self.clock.advance(0.1)
+        self.assertEqual(self.members.status_asked, ["a", "a"])
+        self.assertFalse(self.first.transport.stopped)
+        self.assertEqual(len(self.members.streams), 1)
+        self.assertEqual([e.revision for e in self.delivered], [11, 12])
+
+    def test_a_member_without_a_leader_or_answering_an_error_is_left(self):
+        for answer in (Answer(200, dict(header(), leader="0")), Answer(200, header()),
+                       Answer(503, {"message": "etcdserver: no leader", "code": 14})):
+            stream = self.members.streams[-1]
+            if stream is not self.first:
+                stream.created(11)
+            self.members.status[stream.member] = answer
+            self.clock.advance(SILENCE_BEFORE_PROBE - 0.1)
+            self.assertFalse(stream.transport.stopped)
+            self.clock.advance(0.1)
+            self.assertTrue(stream.transport.stopped, answer.code)
+        self.assertEqual(self.members.status_asked, ["a", "b", "c"])
+        self.assertEqual([s.member for s in self.members.streams], ["a", "b", "c", "a"])
+        self.assertEqual(self.members.streams[-1].body["start_revision"], "12")
+
+    def test_a_message_while_the_status_is_asked_cancels_the_probe(self):
+        self.members.status["a"] = "hang"
+        self.clock.advance(SILENCE_BEFORE_PROBE)
+        self.first.events(("PUT", 12, b"/psf/datasets/y"))
+        self.clock.advance(SILENCE_BEFORE_PROBE - 0.1)
+        self.assertFalse(self.first.transport.stopped)
+        self.assertEqual(self.members.status_asked, ["a"])
+
+    def test_stopping_the_watch_while_the_status_is_asked_leaves_no_delayed_call(self):
+        self.members.status["a"] = "hang"
+        self.clock.advance(SILENCE_BEFORE_PROBE)
+        self.assertEqual(self.members.status_asked, ["a"])
+        self.watch.stop()
+        self.assertIsNone(self.successResultOf(self.watch.ended))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.members.streams), 1)
+
+    def test_a_stream_that_ends_while_the_status_is_asked_takes_its_probe_with_it(self):
+        self.members.status["a"] = "hang"
+        self.clock.advance(SILENCE_BEFORE_PROBE)
+        self.first.die()
+        self.members.streams[1].created(11)
+        # b's acceptance deadline and silence timer; a's probe left no timeout behind
+        self.assertEqual(sorted(call.getTime() for call in self.clock.getDelayedCalls()),
+                         [SILENCE_BEFORE_PROBE + 2.0, SILENCE_BEFORE_PROBE * 2])

@@ -133,6 +133,45 @@ class LeaderLossTests(TestCase):
         self.assertFalse(self.leader.running)
 
 
+@pytest.mark.etcd
+class StoppedMemberTests(TestCase):
+    """A member stopped with SIGSTOP keeps its connections open and says nothing on them,
+    as one behind a cut link does (no reset reaches the client): the watch streaming from
+    it finds it silent, asks it for its status in vain, and resumes on another member."""
+
+    def setUp(self):
+        self.cluster = EtcdCluster().start()
+        self.addCleanup(self.cluster.stop)
+
+    def client(self, members, request_timeout=3.0):
+        etcd = EtcdClient(reactor, "etcd://" + ",".join(m.address for m in members)
+                          + "/stopped", request_timeout=request_timeout)
+        self.addCleanup(etcd.close)
+        return etcd
+
+    async def test_a_watch_leaves_a_member_that_went_silent(self):
+        leader = self.cluster.leader()
+        stopped, other = [m for m in self.cluster.members if m is not leader]
+        watcher = self.client([stopped, leader, other], request_timeout=1.0)
+        writer = self.client([leader, other])
+        events = []
+        watch = watcher.watch("w/", events.extend, prefix=True)
+        self.addCleanup(watch.stop)
+        await watch.created
+        before = await writer.put("w/before", "before")
+        await until(lambda: watch.next_revision > before.revision, "the first event seen")
+        await deferToThread(stopped.pause)
+        self.addCleanup(deferToThread, stopped.resume)
+        acknowledged = [(before.revision, b"w/before", b"before")]
+        for i in range(10):
+            result = await writer.put(f"w/{i}", str(i))
+            acknowledged.append((result.revision, f"w/{i}".encode(), str(i).encode()))
+        last = acknowledged[-1][0]
+        await until(lambda: watch.next_revision > last, f"the watch past revision {last}",
+                    timeout=60.0)
+        self.assertEqual([(e.revision, e.key, e.kv.value) for e in events], acknowledged)
+
+
 class Silent(Protocol):
     """Takes connections and requests and never answers."""
 

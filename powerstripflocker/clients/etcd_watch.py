@@ -1,5 +1,6 @@
 """An EtcdClient's watch: the gateway's streamed /v3/watch, read line by line, started
-again from the next revision on another member when its stream breaks."""
+again from the next revision on another member when its stream breaks or its member stops
+answering."""
 
 import json
 
@@ -19,6 +20,12 @@ from powerstripflocker.clients.etcd import (
 from powerstripflocker.clients.etcd_gateway import describe_failure, revision_of
 
 log = Logger()
+
+# A member whose link is cut sends nothing, not even a reset, and etcd 3.4 sends progress
+# notifications only every 10 minutes (unless told otherwise): a stream silent this long
+# has its member asked for its status, which a member that is still there answers at once.
+SILENCE_BEFORE_PROBE = 5.0
+
 
 class _WatchStream(Protocol):
     """Reads the gateway's watch stream: one JSON object per line."""
@@ -56,6 +63,78 @@ class _WatchStream(Protocol):
     def _close(self, reason):
         if not self.closed.called:
             self.closed.callback(reason)
+
+
+class _SilenceProbe:
+    """Whenever one stream has been silent for SILENCE_BEFORE_PROBE, asks its member (that
+    member only) for its status, and aborts the stream when the member does not answer
+    within the request timeout, answers an error, or has no leader. One probe at a time;
+    stop() cancels the timer or the probe in flight."""
+
+    def __init__(self, client, url, stream):
+        self._client = client
+        self._url = url
+        self._stream = stream
+        self._probe = None
+        self._timer = client._reactor.callLater(SILENCE_BEFORE_PROBE, self._ask)
+
+    def heard(self):
+        """The member sent a message: it is there, and its silence starts again."""
+        if self._timer is not None:
+            self._timer.reset(SILENCE_BEFORE_PROBE)
+        elif self._probe is not None:
+            self._cancel_probe()
+            self._timer = self._client._reactor.callLater(SILENCE_BEFORE_PROBE, self._ask)
+
+    def stop(self):
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        self._cancel_probe()
+
+    def _cancel_probe(self):
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+
+    def _ask(self):
+        self._timer = None
+        client = self._client
+        probe = Deferred.fromCoroutine(client._attempt(self._url, "/v3/maintenance/status", {}))
+        self._probe = probe
+        probe.addTimeout(client._request_timeout, client._reactor)
+        probe.addCallbacks(self._answered, self._failed, callbackArgs=(probe,),
+                           errbackArgs=(probe,))
+
+    def _answered(self, answer, probe):
+        if probe is not self._probe:
+            return
+        self._probe = None
+        code, status = answer
+        if not isinstance(status, dict):
+            status = {}
+        if code != 200:
+            self._leave(f"answered a status check with HTTP {code}: "
+                        f"{str(status.get('message', ''))[:200]}")
+        elif str(status.get("leader", "0")) == "0":
+            # the gateway leaves a zero leader out of its answer
+            self._leave("has no leader")
+        else:
+            self._timer = self._client._reactor.callLater(SILENCE_BEFORE_PROBE, self._ask)
+
+    def _failed(self, failure, probe):
+        if probe is not self._probe:
+            return  # cancelled: the stream ended or its member spoke
+        self._probe = None
+        if failure.check(defer.TimeoutError):
+            self._leave("did not answer a status check within "
+                        f"{self._client._request_timeout:g}s")
+        else:
+            self._leave(f"failed a status check: {describe_failure(failure.value)}")
+
+    def _leave(self, reason):
+        self._stream.abort(f"etcd member {self._url} {reason} after "
+                           f"{SILENCE_BEFORE_PROBE:g}s of silence on its watch stream")
 
 
 @implementer(IEtcdWatch)
@@ -188,7 +267,12 @@ class ClientWatch:
             except Exception as reason:
                 content = describe_failure(reason).encode()
             return f"HTTP {response.code}: {content[:200].decode('utf-8', 'replace')}"
-        stream = _WatchStream(lambda message: self._message(message, stream))
+
+        def on_message(message):
+            silence.heard()
+            self._message(message, stream)
+        stream = _WatchStream(on_message)
+        silence = _SilenceProbe(client, url, stream)
         self._stream = stream
         response.deliverBody(stream)
 
@@ -202,6 +286,7 @@ class ClientWatch:
         finally:
             if accept_timer.active():
                 accept_timer.cancel()
+            silence.stop()
             self._stream = None
 
     def _message(self, message, stream):

@@ -6,6 +6,7 @@
     cluster.kill(leader)                      # kill -9; its data dir stays
     cluster.restart(leader)                   # same name, ports and data dir: it rejoins
     cluster.kill_leader()                     # both at once, returns the member killed
+    member.pause(); member.resume()           # SIGSTOP / SIGCONT: silent, connections open
     cluster.stop()
 
     EtcdCluster(tls=True)                     # etcds://: members ask for client certificates
@@ -176,6 +177,14 @@ class EtcdMember:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def pause(self):
+        """SIGSTOP: its connections stay open and silent, as behind a cut link."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self):
+        if self.running:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
     def status(self, timeout=2.0):
         """This member's /v3/maintenance/status answer (ids as the gateway spells them)."""
