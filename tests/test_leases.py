@@ -2,7 +2,7 @@
 
 from hypothesis import given, strategies as st
 
-from powerstripflocker.protocol.leases import after_use_ended, granted
+from powerstripflocker.protocol.leases import after_use_ended, granted, still_claimed
 
 NOW = 1000.0
 seconds = st.floats(min_value=0.1, max_value=1e4, allow_nan=False)
@@ -45,3 +45,27 @@ def test_a_granted_lease_lasts_at_least_as_long_as_asked_and_as_its_live_claim(
 
 def test_a_permanent_lease_stays_permanent():
     assert granted(NOW, None, (NOW + 30, NOW + 30)) == (None, NOW + 30)
+
+
+def test_a_claim_asked_again_within_half_its_time_needs_no_renewal():
+    held = granted(NOW, 30, None, claim=True)
+    assert still_claimed(NOW + 15, 30, held)
+    assert not still_claimed(NOW + 15.1, 30, held)
+    # A shorter claim asked of a longer one: its half is long since covered.
+    assert still_claimed(NOW + 25, 10, held)
+
+
+def test_a_lease_without_an_outstanding_claim_is_always_claimed_anew():
+    renewed_by_its_user = granted(NOW, 30, granted(NOW, 30, None, claim=True), new_user=True)
+    assert not still_claimed(NOW, 30, renewed_by_its_user)
+    assert not still_claimed(NOW, 30, None)
+    assert not still_claimed(NOW, None, granted(NOW, None, None, claim=True))
+
+
+@given(expires=seconds, elapsed=times)
+def test_a_claim_answered_without_renewal_still_holds_half_of_what_was_asked(expires,
+                                                                            elapsed):
+    held = granted(NOW, expires, None, claim=True)
+    if still_claimed(NOW + elapsed, expires, held):
+        expiration, claimed_until = held
+        assert min(expiration, claimed_until) >= NOW + elapsed + expires / 2

@@ -18,7 +18,7 @@ from powerstripflocker.clients.flocker import (
     DatasetState, HeldElsewhere, Holder, IFlockerAPI, Lease, Node, NotFound,
 )
 from powerstripflocker.protocol.ids import is_uuid4
-from powerstripflocker.protocol.leases import after_use_ended, granted
+from powerstripflocker.protocol.leases import after_use_ended, granted, still_claimed
 
 _VOLUME_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}\Z")
 LONGEST_CLAIM = 365 * 24 * 3600
@@ -226,7 +226,8 @@ class MemoryFlockerAPI:
                 self._set_primary(dataset, node_uuid)
                 self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
                 return self._pending(dataset.dataset_id, dataset.primary)
-            self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
+            if lease is None or not still_claimed(self._clock.seconds(), expires, lease[1:]):
+                self._grant(dataset.dataset_id, node_uuid, expires, claim=True)
             holder = self._state.get(dataset.dataset_id)
             if holder != node_uuid:
                 return self._pending(dataset.dataset_id, holder)

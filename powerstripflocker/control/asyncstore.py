@@ -30,7 +30,10 @@ class IAsyncStore(Interface):
         only if nothing the decision read has changed by then; otherwise the
         decision runs again on the state as it is then (StoreBusy after a few
         tries), so it must change nothing except through its view. When the
-        decision raises, nothing changes and the exception passes through."""
+        decision raises, nothing changes and the exception passes through.
+
+        The view also has decided_tag(): the configuration tag as the decision leaves
+        it, which does not make the decision depend on everything the tag covers."""
 
     def close():
         """Deferred None; no call after this one."""
@@ -143,6 +146,10 @@ for _name in VIEW_CALLS:
 class _SynchronousView:
     def __init__(self, store):
         self._store = store
+
+    def decided_tag(self):
+        # Inside the decision's transaction the store's tag is the decided one.
+        return maybeDeferred(self._store.configuration_tag)
 
     def __getattr__(self, name):
         if name not in VIEW_CALLS:

@@ -5,6 +5,7 @@ there, or lease it there once it is ready, and says how far a move has got."""
 import uuid
 
 from powerstripflocker.control.errors import APIError, ClaimedElsewhere
+from powerstripflocker.protocol.leases import still_claimed
 
 DEFAULT_CLAIM_SECONDS = 30.0
 
@@ -15,11 +16,13 @@ class Claims:
 
     async def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS,
                     maximum_size=None, create=True, generation=None):
-        """(code, answer) for POST /v1/configuration/claims, decided in one store decision:
-        create the name here, move it here, or lease it to node_uuid once it is here.
+        """(code, answer, configuration tag) for POST /v1/configuration/claims, decided
+        in one store decision: create the name here, move it here, or lease it to
+        node_uuid once it is here.
 
         From its first answer on, a claim holds the lease for the claimant (for
-        expires seconds, renewed by each poll): another node asking meanwhile is
+        expires seconds, renewed by a poll that finds less than half of that left:
+        protocol/leases.still_claimed): another node asking meanwhile is
         refused with a holder that reports no user, and waits, instead of moving the
         volume back and forth with it (first come, first served).
 
@@ -39,7 +42,7 @@ class Claims:
                 await self._grant(view, note, dataset.dataset_id, node_uuid, expires, None,
                                   claim=True)
                 return 202, {"status": "creating", "dataset_id": dataset.dataset_id,
-                             "generation": dataset.generation}
+                             "generation": dataset.generation}, True
             dataset = min(candidates, key=lambda d: d.dataset_id)
             if (generation is not None and dataset.generation != generation
                     and dataset.primary != node_uuid):
@@ -60,21 +63,26 @@ class Claims:
                 dataset = await view.get_dataset(dataset.dataset_id)
                 await self._grant(view, note, dataset.dataset_id, node_uuid, expires, lease,
                                   claim=True)
-                return 202, self._pending(dataset, source)
+                return 202, self._pending(dataset, source), True
             path = self._reported_path(dataset.dataset_id, node_uuid, dataset.generation)
-            lease = await self._grant(view, note, dataset.dataset_id, node_uuid, expires,
-                                      lease, claim=True)
+            now = self.clock.seconds()
+            renewed = lease is None or not still_claimed(
+                now, expires, (lease.expiration, lease.claimed_until))
+            if renewed:
+                lease = await self._grant(view, note, dataset.dataset_id, node_uuid, expires,
+                                          lease, claim=True)
             if path is None:
-                return 202, self._pending(dataset, self._source_of(dataset))
+                return 202, self._pending(dataset, self._source_of(dataset)), renewed
             return 200, {
                 "status": "ready", "dataset_id": dataset.dataset_id,
                 "generation": dataset.generation, "path": path,
                 "lease": lease.to_json(self.clock.seconds()),
-            }
+            }, renewed
 
-        code, answer = await self._decide(decision)
-        self.changed()
-        return code, answer
+        (code, answer, changed), tag = await self._decide(decision, tagged=True)
+        if changed:
+            self.changed()
+        return code, answer, tag
 
     def _reported_path(self, dataset_id, node_uuid, generation):
         """The path node_uuid's fresh report gives the dataset's copy of generation, or

@@ -11,7 +11,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from powerstripflocker.clients.etcd import Compacted, Compare, Delete, Put
+from powerstripflocker.clients.etcd import (
+    Compacted, Compare, Delete, EtcdRequestError, Put, Range,
+)
 from powerstripflocker.control.asyncstore import DECISION_ATTEMPTS, IAsyncStore, Decided
 from powerstripflocker.control.store import (
     Dataset, DatasetExists, Lease, StoreBusy, configuration_tag_of,
@@ -76,6 +78,10 @@ class _EtcdView:
         self._read = {}  # key -> (mod_revision, 0 when absent; value or None)
         self._changes = {}  # key -> value, or None for a delete; in the order made
         self._guards = set()  # the guards of what the changes change
+        # From the first listing on: every dataset and lease and both guards, as read
+        # in one request (key -> KeyValue), and the listings oldest first.
+        self._listed = None
+        self._listings = None
 
     # reading
 
@@ -85,22 +91,52 @@ class _EtcdView:
             self._revision = result.revision
         return result
 
+    async def _read_configuration(self):
+        """Read the guards, the datasets and the leases in one request at the decision's
+        revision: a claim, for one, needs all of them, and each request is a round trip
+        to etcd (a read-only transaction is served without a raft proposal)."""
+        if self._listings is not None:
+            return
+        operations = [Range(GUARD, revision=self._revision),
+                      Range(LEASES_GUARD, revision=self._revision),
+                      Range(DATASETS, prefix=True, revision=self._revision),
+                      Range(LEASES, prefix=True, revision=self._revision)]
+        try:
+            result = await self._etcd.txn((), operations)
+        except EtcdRequestError as error:
+            if "required revision has been compacted" in error.message:
+                raise Compacted(self._revision) from None
+            raise
+        if not self._revision:
+            self._revision = result.revision
+        guard, leases_guard, datasets, leases = result.responses
+        self._listed = {kv.key: kv for response in result.responses for kv in response.kvs}
+        self._listings = {
+            prefix: sorted(response.kvs, key=lambda kv: kv.create_revision)
+            for prefix, response in ((DATASETS, datasets), (LEASES, leases))}
+
+    def _configuration_key(self, key):
+        return key in (GUARD, LEASES_GUARD) or key.startswith((DATASETS, LEASES))
+
     async def _get(self, key):
         if key in self._changes:
             return self._changes[key]
         if key not in self._read:
-            [kv] = (await self._range(key)).kvs or [None]
+            if self._listed is not None and self._configuration_key(key):
+                kv = self._listed.get(key)
+            else:
+                [kv] = (await self._range(key)).kvs or [None]
             self._read[key] = (0, None) if kv is None else (kv.mod_revision, kv.value)
         return self._read[key][1]
 
     async def _list(self, prefix, guarded=True):
-        """[(key, value)] under prefix, oldest first, then those this decision added.
-        guarded: the decision depends on the whole listing (no key added or dropped
-        since), so its commit compares the prefix's guard."""
+        """[(key, value)] under prefix (datasets or leases), oldest first, then those
+        this decision added. guarded: the decision depends on the whole listing (no key
+        added or dropped since), so its commit compares the prefix's guard."""
+        await self._read_configuration()
         if guarded:
             await self._get(_GUARD_OF[prefix])
-        kvs = (await self._range(prefix, prefix=True)).kvs
-        listed = {kv.key: kv.value for kv in sorted(kvs, key=lambda kv: kv.create_revision)}
+        listed = {kv.key: kv.value for kv in self._listings[prefix]}
         for key, value in self._changes.items():
             if not key.startswith(prefix):
                 continue
@@ -132,6 +168,17 @@ class _EtcdView:
 
     async def configuration_tag(self):
         return configuration_tag_of(await self.datasets(), await self.leases())
+
+    async def decided_tag(self):
+        """The configuration tag as this decision leaves it, without making the decision
+        depend on every dataset and lease (a change elsewhere meanwhile makes the next
+        tag; a conditional request checks the tag itself, atomically)."""
+        datasets = [_dataset(key, value)
+                    for key, value in await self._list(DATASETS, guarded=False)]
+        leases = sorted((_lease(key, value)
+                         for key, value in await self._list(LEASES, guarded=False)),
+                        key=lambda lease: lease.dataset_id)
+        return configuration_tag_of(datasets, leases)
 
     # changing
 

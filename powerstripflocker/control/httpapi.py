@@ -182,7 +182,7 @@ class ControlAPI:
         )
         headers = getattr(error, "headers", ())
         if isinstance(error, TagMismatch):
-            headers = [(TAG_HEADER, error.current.encode("ascii"))]
+            headers = _tag_header(error.current)
         return json_response(request, error.code, error.body(), headers)
 
     @app.handle_errors(EtcdError, StoreBusy)
@@ -258,9 +258,6 @@ class ControlAPI:
 
     # -- v1: configuration/datasets ----------------------------------------
 
-    async def _tag_headers(self):
-        return [(TAG_HEADER, (await self.service.configuration_tag()).encode("ascii"))]
-
     @staticmethod
     def _wanted_tag(request):
         wanted = request.getHeader(IF_MATCHES_HEADER)
@@ -269,10 +266,8 @@ class ControlAPI:
     @app.route("/v1/configuration/datasets", methods=["GET"])
     @endpoint
     async def list_datasets(self, request):
-        name = _query_text(request, b"name")
-        found = await (self.service.datasets() if name is None
-                       else self.service.datasets_named(name))
-        return 200, [d.to_configuration() for d in found], await self._tag_headers()
+        found, _, tag = await self.service.listing(_query_text(request, b"name"))
+        return 200, [d.to_configuration() for d in found], _tag_header(tag)
 
     @app.route("/v1/configuration/datasets", methods=["POST"])
     @endpoint
@@ -286,14 +281,14 @@ class ControlAPI:
             await self._refuse_a_repeat(request)
             raise
         body = read_json(request, "dataset_create")
-        dataset = await self.service.create_dataset(
+        dataset, tag = await self.service.create_dataset(
             primary=body["primary"],
             dataset_id=body.get("dataset_id"),
             metadata=body.get("metadata"),
             maximum_size=body.get("maximum_size"),
             wanted_tag=wanted,
         )
-        return 201, dataset.to_configuration(), await self._tag_headers()
+        return 201, dataset.to_configuration(), _tag_header(tag)
 
     async def _refuse_a_repeat(self, request):
         """A create sent again with its own dataset_id after the first was stored (its
@@ -312,24 +307,24 @@ class ControlAPI:
         wanted = self._wanted_tag(request)
         await self.service.check_tag(wanted)
         body = read_json(request, "dataset_update")
-        dataset = await self.service.update_dataset(
+        dataset, tag = await self.service.update_dataset(
             dataset_id, primary=body.get("primary"), wanted_tag=wanted)
-        return 200, dataset.to_configuration(), await self._tag_headers()
+        return 200, dataset.to_configuration(), _tag_header(tag)
 
     @app.route("/v1/configuration/datasets/<dataset_id>", methods=["DELETE"])
     @endpoint
     async def delete_dataset(self, request, dataset_id):
-        dataset = await self.service.delete_dataset(
+        dataset, tag = await self.service.delete_dataset(
             dataset_id, wanted_tag=self._wanted_tag(request))
-        return 200, dataset.to_configuration(), await self._tag_headers()
+        return 200, dataset.to_configuration(), _tag_header(tag)
 
     @app.route("/v1/configuration/datasets/<dataset_id>/restore", methods=["POST"])
     @endpoint
     async def restore_dataset(self, request, dataset_id):
         """Beyond Flocker: un-delete a dataset whose data a node keeps in its trash."""
-        dataset = await self.service.restore_dataset(
+        dataset, tag = await self.service.restore_dataset(
             dataset_id, wanted_tag=self._wanted_tag(request))
-        return 200, dataset.to_configuration(), await self._tag_headers()
+        return 200, dataset.to_configuration(), _tag_header(tag)
 
     # -- v1: state ---------------------------------------------------------
 
@@ -367,20 +362,20 @@ class ControlAPI:
     @app.route("/v1/configuration/leases", methods=["GET"])
     @endpoint
     async def list_leases(self, request):
-        leases = await self.service.leases()
+        _, leases, tag = await self.service.listing()
         now = self.service.clock.seconds()
-        return 200, [lease.to_json(now) for lease in leases], await self._tag_headers()
+        return 200, [lease.to_json(now) for lease in leases], _tag_header(tag)
 
     @app.route("/v1/configuration/leases", methods=["POST"])
     @endpoint
     async def acquire_lease(self, request):
         body = read_json(request, "lease")
-        created, lease = await self.service.acquire_lease(
+        created, lease, tag = await self.service.acquire_lease(
             body["dataset_id"], body["node_uuid"], body["expires"],
             new_user=_query_flag(request, b"new_user"),
         )
         now = self.service.clock.seconds()
-        return (201 if created else 200), lease.to_json(now), await self._tag_headers()
+        return (201 if created else 200), lease.to_json(now), _tag_header(tag)
 
     @app.route("/v1/configuration/leases/<dataset_id>", methods=["DELETE"])
     @endpoint
@@ -388,8 +383,8 @@ class ControlAPI:
         node_uuid = _query_text(request, b"node_uuid")
         if node_uuid is not None and canonical_uuid(node_uuid) is None:
             raise APIError(400, f"node_uuid must be a UUID, not {node_uuid!r}.")
-        lease = await self.service.release_lease(dataset_id, node_uuid)
-        return 200, lease.to_json(self.service.clock.seconds()), await self._tag_headers()
+        lease, tag = await self.service.release_lease(dataset_id, node_uuid)
+        return 200, lease.to_json(self.service.clock.seconds()), _tag_header(tag)
 
     # -- claims (beyond Flocker) --------------------------------------------
 
@@ -397,14 +392,14 @@ class ControlAPI:
     @endpoint
     async def claim(self, request):
         body = read_json(request, "claim")
-        code, answer = await self.service.claim(
+        code, answer, tag = await self.service.claim(
             body["name"], body["node_uuid"],
             expires=body.get("expires", DEFAULT_CLAIM_SECONDS),
             maximum_size=body.get("maximum_size"),
             create=body.get("create", True),
             generation=body.get("generation"),
         )
-        return code, answer, await self._tag_headers()
+        return code, answer, _tag_header(tag)
 
     # -- agent protocol ----------------------------------------------------
 
@@ -431,6 +426,10 @@ class ControlAPI:
         timeout = min(timeout, MAX_POLL_TIMEOUT)
         await self.service.wait_for_change(generation, timeout)
         return 200, await self.service.cluster_view()
+
+
+def _tag_header(tag):
+    return [(TAG_HEADER, tag.encode("ascii"))]
 
 
 def _query_text(request, name):

@@ -11,11 +11,9 @@ class Leases:
     """ControlService's leases (a part of it: uses its store, clock, nodes, log and
     changed())."""
 
-    def leases(self):
-        return self.store.leases()
-
     async def acquire_lease(self, dataset_id, node_uuid, expires, new_user=False):
-        """(created, lease): created is False for a renewal by the same node.
+        """(created, lease, tag): created is False for a renewal by the same node; tag:
+        the configuration's after it.
 
         Refused (409) when another node holds the lease, or when the dataset is
         configured and its primary is not node_uuid; decided in one transaction.
@@ -37,9 +35,9 @@ class Leases:
                                       new_user=new_user)
             return existing is None, lease
 
-        created, lease = await self._decide(decision)
+        (created, lease), tag = await self._decide(decision, tagged=True)
         self.changed()
-        return created, lease
+        return created, lease, tag
 
     async def _grant(self, view, note, dataset_id, node_uuid, expires, existing, claim=False,
                      new_user=False):
@@ -132,6 +130,6 @@ class Leases:
                 )
             return lease
 
-        lease = await self._decide(decision)
+        lease, tag = await self._decide(decision, tagged=True)
         self.changed()
-        return lease
+        return lease, tag

@@ -211,15 +211,19 @@ class ControlService(Leases, Claims, NodeReports):
 
     # -- decisions --------------------------------------------------------
 
-    async def _decide(self, decision):
-        """What decision(view, note) returns, run as one decision of the store.
+    async def _decide(self, decision, tagged=False):
+        """What decision(view, note) returns, run as one decision of the store; tagged:
+        (that, the configuration tag as the decision leaves it), for the answer's
+        X-Configuration-Tag without another read of the store.
         note(format, **fields) logs once the decision is applied: on a shared store a
         decision may run again when another replica changed what it read."""
         notes = []
 
         async def attempt(view):
             notes.clear()
-            return await decision(view, lambda text, **fields: notes.append((text, fields)))
+            result = await decision(
+                view, lambda text, **fields: notes.append((text, fields)))
+            return (result, await view.decided_tag()) if tagged else result
 
         result = await self.store.decide(attempt)
         for text, fields in notes:
@@ -227,9 +231,6 @@ class ControlService(Leases, Claims, NodeReports):
         return result
 
     # -- configuration ----------------------------------------------------
-
-    def configuration_tag(self):
-        return self.store.configuration_tag()
 
     async def _check_tag(self, view, wanted):
         if wanted is None:
@@ -247,6 +248,14 @@ class ControlService(Leases, Claims, NodeReports):
     def datasets(self):
         return self.store.datasets()
 
+    async def listing(self, name=None):
+        """(datasets, leases, configuration tag), read in one snapshot: the tag is that
+        of what was read. name: only the datasets of that name, deleted ones too."""
+        async def read(view):
+            datasets = await (view.datasets() if name is None else view.datasets_named(name))
+            return datasets, await view.leases(), await view.configuration_tag()
+        return await self.store.decide(read)
+
     async def create_dataset(self, primary, dataset_id=None, metadata=None,
                              maximum_size=None, wanted_tag=None):
         """409 when dataset_id is taken (a create sent again after its answer was lost
@@ -261,9 +270,9 @@ class ControlService(Leases, Claims, NodeReports):
             return await self._create(view, note, primary, dataset_id, metadata,
                                       maximum_size)
 
-        dataset = await self._decide(decision)
+        dataset, tag = await self._decide(decision, tagged=True)
         self.changed()
-        return dataset
+        return dataset, tag
 
     async def _create(self, view, note, primary, dataset_id, metadata, maximum_size):
         if await view.get_dataset(dataset_id) is not None:
@@ -291,10 +300,6 @@ class ControlService(Leases, Claims, NodeReports):
             raise APIError(404, DATASET_NOT_FOUND)
         return dataset
 
-    def datasets_named(self, name):
-        """Every dataset named name, deleted ones too, in creation order."""
-        return self.store.datasets_named(name)
-
     async def update_dataset(self, dataset_id, primary=None, wanted_tag=None):
         """Move the dataset; refused (409) while another node than the new primary
         holds its lease, decided in one transaction with the move."""
@@ -311,10 +316,10 @@ class ControlService(Leases, Claims, NodeReports):
             await self._move(view, note, dataset, primary.lower())
             return await view.get_dataset(dataset.dataset_id), True
 
-        dataset, moved = await self._decide(decision)
+        (dataset, moved), tag = await self._decide(decision, tagged=True)
         if moved:
             self.changed()
-        return dataset
+        return dataset, tag
 
     async def _move(self, view, note, dataset, primary):
         await view.set_primary(dataset.dataset_id, primary)
@@ -339,10 +344,10 @@ class ControlService(Leases, Claims, NodeReports):
                  dataset_id=dataset.dataset_id, primary=dataset.primary)
             return await view.get_dataset(dataset.dataset_id), True
 
-        dataset, deleted = await self._decide(decision)
+        (dataset, deleted), tag = await self._decide(decision, tagged=True)
         if deleted:
             self.changed()
-        return dataset
+        return dataset, tag
 
     # -- the trash: deleted data the agents keep for a while ----------------
 
@@ -407,6 +412,6 @@ class ControlService(Leases, Claims, NodeReports):
                  generation=restored.generation)
             return restored
 
-        restored = await self._decide(decision)
+        restored, tag = await self._decide(decision, tagged=True)
         self.changed()
-        return restored
+        return restored, tag

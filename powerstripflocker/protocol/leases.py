@@ -34,3 +34,18 @@ def after_use_ended(now, claimed_until):
     if claimed_until is not None and claimed_until > now:
         return claimed_until, claimed_until
     return None
+
+
+def still_claimed(now, expires, existing):
+    """Whether a claim asked again at now for expires seconds is answered from the
+    holder's lease as it is (existing: its (expiration, claimed_until)), writing nothing:
+    while at least half of expires is left of both, as a DHCP client renews at half its
+    lease. A hook that polls its claim then costs a read, not a write that wakes every
+    agent."""
+    if expires is None or existing is None:
+        return False
+    expiration, claimed_until = existing
+    if claimed_until is None:
+        return False  # no claim outstanding (its users' start used it up): make one
+    ends = claimed_until if expiration is None else min(expiration, claimed_until)
+    return ends - now >= expires / 2

@@ -51,8 +51,16 @@ class ClaimTests(TestCase, SchemaChecks):
             "a claim never cuts short the one its pending answers took")
         self.assertValid("lease", ready["lease"])
         self.h.clock.advance(10)
+        tag, generation = self.h.store.configuration_tag(), self.h.service.generation
+        _, held = await self.claim("db", NODE1)
+        self.assertEqual(held["lease"]["expires"], 20.0,
+                         "asked again with half its 30 s or more left: answered as it is")
+        self.assertEqual((self.h.store.configuration_tag(), self.h.service.generation),
+                         (tag, generation), "nothing written, no agent woken")
+        self.h.clock.advance(5.5)
         _, renewed = await self.claim("db", NODE1)
-        self.assertEqual(renewed["lease"]["expires"], 30.0, "the default expiry is 30 s")
+        self.assertEqual(renewed["lease"]["expires"], 30.0,
+                         "with less than half left: renewed for the default 30 s")
         self.h.clock.advance(30)
         self.assertEqual(self.h.store.leases(), [], "a claim lapses by itself")
 

@@ -106,7 +106,7 @@ class TwoReplicas(TestCase):
         self.assertEqual(first[0].code, 202, first[1])
         self.assertEqual(second[0].code, 409, second[1])
         self.assertEqual(second[1]["holder"]["node_uuid"], NODE1)
-        self.assertEqual(len(await self.a.service.datasets_named("raced")), 1)
+        self.assertEqual(len(await self.a.service.store.datasets_named("raced")), 1)
 
     async def test_a_lease_through_one_replica_refuses_a_move_through_the_other(self):
         dataset = await self.a.create(primary=NODE1)
