@@ -78,10 +78,10 @@ class _EtcdView:
         self._read = {}  # key -> (mod_revision, 0 when absent; value or None)
         self._changes = {}  # key -> value, or None for a delete; in the order made
         self._guards = set()  # the guards of what the changes change
-        # From the first listing on: every dataset and lease and both guards, as read
-        # in one request (key -> KeyValue), and the listings oldest first.
-        self._listed = None
-        self._listings = None
+        # What listings have read, each with its guard in one request: key -> KeyValue,
+        # and prefix -> its KeyValues oldest first.
+        self._listed = {}
+        self._listings = {}
 
     # reading
 
@@ -91,16 +91,18 @@ class _EtcdView:
             self._revision = result.revision
         return result
 
-    async def _read_configuration(self):
-        """Read the guards, the datasets and the leases in one request at the decision's
-        revision: a claim, for one, needs all of them, and each request is a round trip
-        to etcd (a read-only transaction is served without a raft proposal)."""
-        if self._listings is not None:
+    async def _read_listings(self, prefixes):
+        """Read the prefixes not yet read, with their guards, in one request at the
+        decision's revision (a read-only transaction: no raft proposal). A claim needs
+        the datasets and a lease: listing the datasets reads the leases with them, as
+        each request is a round trip to etcd; the sweep lists only the leases."""
+        wanted = [prefix for prefix in prefixes if prefix not in self._listings]
+        if not wanted:
             return
-        operations = [Range(GUARD, revision=self._revision),
-                      Range(LEASES_GUARD, revision=self._revision),
-                      Range(DATASETS, prefix=True, revision=self._revision),
-                      Range(LEASES, prefix=True, revision=self._revision)]
+        operations = []
+        for prefix in wanted:
+            operations += [Range(_GUARD_OF[prefix], revision=self._revision),
+                           Range(prefix, prefix=True, revision=self._revision)]
         try:
             result = await self._etcd.txn((), operations)
         except EtcdRequestError as error:
@@ -109,20 +111,24 @@ class _EtcdView:
             raise
         if not self._revision:
             self._revision = result.revision
-        guard, leases_guard, datasets, leases = result.responses
-        self._listed = {kv.key: kv for response in result.responses for kv in response.kvs}
-        self._listings = {
-            prefix: sorted(response.kvs, key=lambda kv: kv.create_revision)
-            for prefix, response in ((DATASETS, datasets), (LEASES, leases))}
+        for prefix, guard, listing in zip(wanted, result.responses[::2],
+                                          result.responses[1::2]):
+            self._listed.update((kv.key, kv) for kv in (*guard.kvs, *listing.kvs))
+            self._listings[prefix] = sorted(listing.kvs, key=lambda kv: kv.create_revision)
 
-    def _configuration_key(self, key):
-        return key in (GUARD, LEASES_GUARD) or key.startswith((DATASETS, LEASES))
+    def _listed_prefix(self, key):
+        """The listed prefix whose listing answers for key (a key under it, or its
+        guard), or None."""
+        for prefix in self._listings:
+            if key.startswith(prefix) or key == _GUARD_OF[prefix]:
+                return prefix
+        return None
 
     async def _get(self, key):
         if key in self._changes:
             return self._changes[key]
         if key not in self._read:
-            if self._listed is not None and self._configuration_key(key):
+            if self._listed_prefix(key) is not None:
                 kv = self._listed.get(key)
             else:
                 [kv] = (await self._range(key)).kvs or [None]
@@ -133,7 +139,7 @@ class _EtcdView:
         """[(key, value)] under prefix (datasets or leases), oldest first, then those
         this decision added. guarded: the decision depends on the whole listing (no key
         added or dropped since), so its commit compares the prefix's guard."""
-        await self._read_configuration()
+        await self._read_listings((DATASETS, LEASES) if prefix == DATASETS else (prefix,))
         if guarded:
             await self._get(_GUARD_OF[prefix])
         listed = {kv.key: kv.value for kv in self._listings[prefix]}

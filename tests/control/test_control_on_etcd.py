@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from powerstripflocker.clients.etcd_client import EtcdClient
+from powerstripflocker.clients.etcd import Range
 from powerstripflocker.clients.etcd_memory import MemoryEtcd
 from powerstripflocker.control.etcdstore import CHANGES_PER_DECISION, EtcdStore
 from powerstripflocker.control.service import ControlService
@@ -159,3 +160,56 @@ class FollowerTests(TestCase):
         service = ControlService(EtcdStore(SilentEtcd()), clock)
         at_once(service.start())
         at_once(service.stop())
+
+
+class CountingEtcd:
+    """A MemoryEtcd that counts the requests a replica makes of it."""
+
+    def __init__(self, etcd):
+        self._etcd = etcd
+        self.requests = []  # ("range", key) or ("txn", (range keys...), writes?)
+
+    def range(self, key, *args, **kwargs):
+        self.requests.append(("range", key))
+        return self._etcd.range(key, *args, **kwargs)
+
+    def txn(self, compare, success, failure=()):
+        self.requests.append(("txn", tuple(op.key for op in success if isinstance(op, Range)),
+                              any(not isinstance(op, Range) for op in success)))
+        return self._etcd.txn(compare, success, failure)
+
+    def __getattr__(self, name):
+        return getattr(self._etcd, name)
+
+
+class RoundTripTests(TestCase):
+    """What a replica asks of etcd: each request is a round trip."""
+
+    def setUp(self):
+        self.clock = _clock()
+        self.etcd = CountingEtcd(MemoryEtcd(self.clock))
+        self.h = harness(self, etcd=self.etcd, clock=self.clock)
+
+    async def test_a_claim_of_a_volume_here_is_one_read_and_at_most_one_write(self):
+        dataset = (await self.h.request("POST", "/v1/configuration/claims",
+                                        {"name": "here", "node_uuid": NODE1}))[1]
+        await self.h.report(NODE1, [{"dataset_id": dataset["dataset_id"], "path": "/p",
+                                     "maximum_size": None}])
+        claim = {"name": "here", "node_uuid": NODE1}
+        del self.etcd.requests[:]
+        response, body = await self.h.request("POST", "/v1/configuration/claims", claim)
+        self.assertEqual(body["status"], "ready")
+        self.assertEqual(self.etcd.requests, [
+            ("txn", (b"config/guard", b"datasets/", b"config/leases-guard", b"leases/"),
+             False)], "read in one request; its claim is fresh: nothing written")
+        self.clock.advance(20)
+        del self.etcd.requests[:]
+        await self.h.request("POST", "/v1/configuration/claims", claim)
+        self.assertEqual([request[0] for request in self.etcd.requests], ["txn", "txn"])
+        self.assertTrue(self.etcd.requests[1][2], "renewed: one write")
+
+    async def test_the_sweep_reads_the_leases_alone(self):
+        del self.etcd.requests[:]
+        await self.h.service.sweep()
+        self.assertEqual(self.etcd.requests,
+                         [("txn", (b"config/leases-guard", b"leases/"), False)])
