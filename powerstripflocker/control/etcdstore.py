@@ -46,12 +46,13 @@ def _dataset_value(dataset):
         "primary": dataset.primary, "metadata": dataset.metadata,
         "maximum_size": dataset.maximum_size, "deleted": dataset.deleted,
         "manifested": dataset.manifested, "origin": dataset.origin,
-        "generation": dataset.generation,
+        "generation": dataset.generation, "replica_nodes": list(dataset.replica_nodes),
     }, sort_keys=True).encode()
 
 
 def _dataset(key, value):
     fields = json.loads(value)
+    fields["replica_nodes"] = tuple(fields.get("replica_nodes", ()))
     return Dataset(dataset_id=key[len(DATASETS):].decode(), **fields)
 
 
@@ -198,7 +199,8 @@ class _EtcdView:
         if await self.get_dataset(dataset.dataset_id) is not None:
             raise DatasetExists(dataset.dataset_id)
         fresh = Dataset(dataset.dataset_id, dataset.primary, dict(dataset.metadata),
-                        dataset.maximum_size, dataset.deleted, False, dataset.origin, 1)
+                        dataset.maximum_size, dataset.deleted, False, dataset.origin, 1,
+                        tuple(dataset.replica_nodes))
         self._change(DATASETS + dataset.dataset_id.encode(), _dataset_value(fresh))
 
     async def import_dataset(self, dataset):
@@ -220,7 +222,13 @@ class _EtcdView:
     async def set_primary(self, dataset_id, primary):
         dataset = await self.get_dataset(dataset_id)
         if dataset is not None and dataset.primary != primary:
-            await self._replace(dataset_id, primary=primary, generation=dataset.generation + 1)
+            await self._replace(
+                dataset_id, primary=primary, generation=dataset.generation + 1,
+                replica_nodes=tuple(n for n in dataset.replica_nodes if n != primary))
+
+    async def set_replica_nodes(self, dataset_id, nodes):
+        # Not in the configuration tag: config/guard is not put, as for manifested flags.
+        await self._replace(dataset_id, configuration=False, replica_nodes=tuple(nodes))
 
     async def mark_deleted(self, dataset_id):
         await self._replace(dataset_id, deleted=True)

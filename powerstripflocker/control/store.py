@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS datasets (
     deleted INTEGER NOT NULL DEFAULT 0,
     manifested INTEGER NOT NULL DEFAULT 0,
     origin TEXT,
-    generation INTEGER NOT NULL DEFAULT 1
+    generation INTEGER NOT NULL DEFAULT 1,
+    replica_nodes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS nodes (
     node_uuid TEXT PRIMARY KEY,
@@ -56,6 +57,8 @@ class Dataset:
     origin: str | None = None
     # 1 at creation, +1 on every change of primary: agents retire older copies.
     generation: int = 1
+    # The nodes chosen to hold copies besides the primary's (control/replicas.py).
+    replica_nodes: tuple = ()
 
     def to_configuration(self):
         """The Flocker v1 configuration object (maximum_size omitted when unset)."""
@@ -144,8 +147,12 @@ class IStore(Interface):
         a cluster so), after those already held; DatasetExists for a dataset_id held."""
 
     def set_primary(dataset_id, primary):
-        """Change the primary and raise the generation by one; nothing for the same
-        primary or an unknown dataset."""
+        """Change the primary and raise the generation by one, and drop the new primary
+        from the replica nodes; nothing for the same primary or an unknown dataset."""
+
+    def set_replica_nodes(dataset_id, nodes):
+        """Replace the replica nodes (a sequence of node uuids); nothing for an unknown
+        dataset. Not a change of the configuration tag (the v1 API does not show them)."""
 
     def mark_deleted(dataset_id):
         """Set deleted (nothing for an unknown dataset)."""
@@ -202,6 +209,9 @@ class SQLiteStore:
         if "generation" not in columns:  # a database from before generations
             self._db.execute(
                 "ALTER TABLE datasets ADD COLUMN generation INTEGER NOT NULL DEFAULT 1")
+        if "replica_nodes" not in columns:  # a database from before replicas
+            self._db.execute(
+                "ALTER TABLE datasets ADD COLUMN replica_nodes TEXT NOT NULL DEFAULT '[]'")
         lease_columns = {row[1] for row in self._db.execute("PRAGMA table_info(leases)")}
         if "claimed_until" not in lease_columns:  # a database from before claims
             self._db.execute("ALTER TABLE leases ADD COLUMN claimed_until REAL")
@@ -279,9 +289,10 @@ class SQLiteStore:
                 raise DatasetExists(dataset.dataset_id)
             db.execute(
                 "INSERT INTO datasets (dataset_id, primary_node, metadata, maximum_size, deleted, "
-                "origin) VALUES (?, ?, ?, ?, ?, ?)",
+                "origin, replica_nodes) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (dataset.dataset_id, dataset.primary, json.dumps(dataset.metadata),
-                 dataset.maximum_size, int(dataset.deleted), dataset.origin),
+                 dataset.maximum_size, int(dataset.deleted), dataset.origin,
+                 json.dumps(list(dataset.replica_nodes))),
             )
 
     def import_dataset(self, dataset):
@@ -293,10 +304,19 @@ class SQLiteStore:
     def set_primary(self, dataset_id, primary):
         """Change the primary and raise the generation (a no-op for the same primary)."""
         with self._transaction() as db:
+            dataset = self.get_dataset(dataset_id)
+            if dataset is None or dataset.primary == primary:
+                return
             db.execute(
-                "UPDATE datasets SET primary_node = ?, generation = generation + 1 "
-                "WHERE dataset_id = ? AND primary_node != ?", (primary, dataset_id, primary)
-            )
+                "UPDATE datasets SET primary_node = ?, generation = generation + 1, "
+                "replica_nodes = ? WHERE dataset_id = ?",
+                (primary, json.dumps([n for n in dataset.replica_nodes if n != primary]),
+                 dataset_id))
+
+    def set_replica_nodes(self, dataset_id, nodes):
+        with self._transaction(tag_changes=False) as db:
+            db.execute("UPDATE datasets SET replica_nodes = ? WHERE dataset_id = ?",
+                       (json.dumps(list(nodes)), dataset_id))
 
     def mark_deleted(self, dataset_id):
         with self._transaction() as db:
@@ -411,12 +431,14 @@ def configuration_tag_of(datasets, leases):
 Store = SQLiteStore
 
 DATASET_COLUMNS = (
-    "dataset_id, primary_node, metadata, maximum_size, deleted, manifested, origin, generation"
+    "dataset_id, primary_node, metadata, maximum_size, deleted, manifested, origin, generation, "
+    "replica_nodes"
 )
 
 
 def _dataset(row):
-    dataset_id, primary, metadata, maximum_size, deleted, manifested, origin, generation = row
+    (dataset_id, primary, metadata, maximum_size, deleted, manifested, origin, generation,
+     replica_nodes) = row
     return Dataset(
         dataset_id=dataset_id,
         primary=primary,
@@ -426,4 +448,5 @@ def _dataset(row):
         manifested=bool(manifested),
         origin=origin,
         generation=generation,
+        replica_nodes=tuple(json.loads(replica_nodes)),
     )

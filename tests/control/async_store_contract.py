@@ -119,6 +119,43 @@ def make_async_store_tests(open_store):
             await store.set_primary(FIRST, NODE1)
             self.assertEqual((await store.get_dataset(FIRST)).generation, 3)
 
+        async def test_replica_nodes_are_kept_outside_the_tag(self):
+            store = (await self.open()).store
+            await store.add_dataset(Dataset(FIRST, NODE1, origin=NODE1))
+            self.assertEqual((await store.get_dataset(FIRST)).replica_nodes, ())
+            tag = await store.configuration_tag()
+            await store.set_replica_nodes(FIRST, [NODE3, NODE2])
+            self.assertEqual((await store.get_dataset(FIRST)).replica_nodes, (NODE3, NODE2))
+            self.assertEqual((await store.datasets())[0].replica_nodes, (NODE3, NODE2))
+            self.assertEqual(await store.configuration_tag(), tag)
+            await store.set_replica_nodes(SECOND, [NODE2])
+            self.assertEqual(len(await store.datasets()), 1)
+
+        async def test_replica_nodes_set_in_a_decision_are_read_back_in_it(self):
+            store = (await self.open()).store
+            await store.add_dataset(Dataset(FIRST, NODE1))
+
+            async def decision(view):
+                await view.set_replica_nodes(FIRST, [NODE2])
+                return (await view.get_dataset(FIRST)).replica_nodes
+            self.assertEqual(await store.decide(decision), (NODE2,))
+
+        async def test_a_move_drops_the_new_primary_from_the_replica_nodes(self):
+            store = (await self.open()).store
+            await store.add_dataset(Dataset(FIRST, NODE1, origin=NODE1))
+            await store.set_replica_nodes(FIRST, [NODE2, NODE3])
+            await store.set_primary(FIRST, NODE2)
+            moved = await store.get_dataset(FIRST)
+            self.assertEqual((moved.primary, moved.generation, moved.replica_nodes),
+                             (NODE2, 2, (NODE3,)))
+
+        async def test_an_imported_dataset_keeps_its_replica_nodes(self):
+            store = (await self.open()).store
+            imported = Dataset(FIRST, NODE1, {"replicas": "1"}, generation=3,
+                               replica_nodes=(NODE2,))
+            await store.import_dataset(imported)
+            self.assertEqual(await store.get_dataset(FIRST), imported)
+
         async def test_changes_to_an_unknown_dataset_do_nothing(self):
             store = (await self.open()).store
             await store.add_dataset(Dataset(FIRST, NODE1))

@@ -8,7 +8,7 @@ DATASETS = "/v1/configuration/datasets"
 
 async def populate(h, count=6):
     """Fill Harness h's store: datasets with metadata and sizes, one moved (generation
-    2), one deleted (in the trash), manifested ones, leases with and without an expiry,
+    2), one deleted (in the trash), one with a replica node, manifested ones, leases with and without an expiry,
     a claim's lease, and both nodes' reports. Returns the ids made, oldest first."""
     ids = []
     for number in range(count):
@@ -33,6 +33,8 @@ async def populate(h, count=6):
     await _ok(h, "POST", "/v1/configuration/leases",
               {"dataset_id": ids[1], "node_uuid": NODE1, "expires": None})
     await _ok(h, "POST", "/v1/configuration/claims", {"name": "claimed", "node_uuid": NODE1})
+    # The nodes chosen for replicas, as the sweep would choose them.
+    h.store.set_replica_nodes(ids[0], [NODE2])
     return ids
 
 

@@ -107,6 +107,34 @@ def make_store_tests(open_store):
             store.set_primary(FIRST, NODE1)
             self.assertEqual(store.get_dataset(FIRST).generation, 3)
 
+        def test_replica_nodes_are_kept_outside_the_tag(self):
+            store = self.open().store
+            store.add_dataset(Dataset(FIRST, NODE1, origin=NODE1))
+            self.assertEqual(store.get_dataset(FIRST).replica_nodes, ())
+            tag = store.configuration_tag()
+            store.set_replica_nodes(FIRST, [NODE3, NODE2])
+            self.assertEqual(store.get_dataset(FIRST).replica_nodes, (NODE3, NODE2))
+            self.assertEqual(store.datasets()[0].replica_nodes, (NODE3, NODE2))
+            self.assertEqual(store.configuration_tag(), tag)
+            store.set_replica_nodes(SECOND, [NODE2])
+            self.assertEqual(len(store.datasets()), 1)
+
+        def test_a_move_drops_the_new_primary_from_the_replica_nodes(self):
+            store = self.open().store
+            store.add_dataset(Dataset(FIRST, NODE1, origin=NODE1))
+            store.set_replica_nodes(FIRST, [NODE2, NODE3])
+            store.set_primary(FIRST, NODE2)
+            moved = store.get_dataset(FIRST)
+            self.assertEqual((moved.primary, moved.generation, moved.replica_nodes),
+                             (NODE2, 2, (NODE3,)))
+
+        def test_an_imported_dataset_keeps_its_replica_nodes(self):
+            store = self.open().store
+            imported = Dataset(FIRST, NODE1, {"replicas": "1"}, generation=3,
+                               replica_nodes=(NODE2,))
+            store.import_dataset(imported)
+            self.assertEqual(store.get_dataset(FIRST), imported)
+
         def test_changes_to_an_unknown_dataset_do_nothing(self):
             store = self.open().store
             store.add_dataset(Dataset(FIRST, NODE1))

@@ -39,6 +39,7 @@ class MigrateIntoMemoryEtcdTests(TestCase):
         self.assertTrue(any(d.deleted for d in source.datasets))
         self.assertTrue(any(d.manifested for d in source.datasets))
         self.assertTrue(any(d.generation == 2 for d in source.datasets))
+        self.assertTrue(any(d.replica_nodes for d in source.datasets))
         self.assertTrue(any(l.claimed_until for l in source.leases))
         self.assertIn(None, [l.expiration for l in source.leases])
         self.assertEqual(len(source.node_reports), 2)

@@ -102,3 +102,20 @@ class StoreTests(TestCase):
             store.add_dataset(Dataset(dataset_id, NODE1, {"name": "a"}))
             store.put_lease(Lease(dataset_id, NODE1, None))
         self.assertEqual(stores[0].configuration_tag(), stores[1].configuration_tag())
+
+    def test_a_database_from_before_replicas_gains_the_column(self):
+        os.makedirs(os.path.dirname(self.path))
+        dataset_id = new_id()
+        with sqlite3.connect(self.path) as db:
+            db.execute(
+                "CREATE TABLE datasets (seq INTEGER PRIMARY KEY AUTOINCREMENT, dataset_id "
+                "TEXT NOT NULL UNIQUE, primary_node TEXT NOT NULL, metadata TEXT NOT NULL, "
+                "maximum_size INTEGER, deleted INTEGER NOT NULL DEFAULT 0, manifested "
+                "INTEGER NOT NULL DEFAULT 0, origin TEXT, generation INTEGER NOT NULL "
+                "DEFAULT 1)")
+            db.execute("INSERT INTO datasets (dataset_id, primary_node, metadata) "
+                       "VALUES (?, ?, '{}')", (dataset_id, NODE1))
+        store = self.open()
+        self.assertEqual(store.get_dataset(dataset_id), Dataset(dataset_id, NODE1))
+        store.set_replica_nodes(dataset_id, [NODE2])
+        self.assertEqual(store.get_dataset(dataset_id).replica_nodes, (NODE2,))
