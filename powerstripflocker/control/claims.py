@@ -15,7 +15,7 @@ class Claims:
     changed())."""
 
     async def claim(self, name, node_uuid, expires=DEFAULT_CLAIM_SECONDS,
-                    maximum_size=None, create=True, generation=None):
+                    maximum_size=None, create=True, generation=None, replicas=None):
         """(code, answer, configuration tag) for POST /v1/configuration/claims, decided
         in one store decision: create the name here, move it here, or lease it to
         node_uuid once it is here.
@@ -28,16 +28,20 @@ class Claims:
 
         generation: the claimant is asking again about the claim answered with that
         generation; if another node has since moved the dataset away, refuse (409)
-        rather than move it back."""
+        rather than move it back.
+
+        replicas: the copies a volume the claim creates keeps besides the primary
+        (else the cluster's default)."""
         node_uuid = node_uuid.lower()
         new_id = str(uuid.uuid4())
+        new_metadata = self.new_metadata({"name": name}, replicas)
 
         async def decision(view, note):
             candidates = [d for d in await view.datasets_named(name) if not d.deleted]
             if not candidates:
                 if not create:
                     raise APIError(404, f"No dataset is named {name!r}.")
-                dataset = await self._create(view, note, node_uuid, new_id, {"name": name},
+                dataset = await self._create(view, note, node_uuid, new_id, new_metadata,
                                              maximum_size)
                 await self._grant(view, note, dataset.dataset_id, node_uuid, expires, None,
                                   claim=True)

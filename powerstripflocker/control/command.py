@@ -1,5 +1,6 @@
 """powerstrip-flocker control: the Flocker-compatible control service."""
 
+import argparse
 import ipaddress
 import os
 import re
@@ -17,6 +18,7 @@ from powerstripflocker.control.service import DEFAULT_STATE_EXPIRY, ControlServi
 from powerstripflocker.clients.etcd_client import EtcdClient
 from powerstripflocker.control.asyncstore import AsyncStore
 from powerstripflocker.control.etcdstore import EtcdStore
+from powerstripflocker.control.replicas import BadReplicaCount, parse_replica_count
 from powerstripflocker.control.store import Store
 from powerstripflocker.control.store_url import (
     BadStoreURL, EtcdURL, SQLiteURL, etcd_tls_files, parse_store_url,
@@ -58,6 +60,12 @@ def configure(parser):
              "(default 120)",
     )
     parser.add_argument(
+        "--default-replicas", type=replica_count, default=0, metavar="N",
+        help="copies besides the primary kept of a volume created without a count of its "
+             "own (docker run -v /flocker/NAME); stored in its metadata at creation "
+             "(default 0). Placement only so far: the nodes are chosen, no copy is made",
+    )
+    parser.add_argument(
         "--cluster-token-file", metavar="PATH",
         help=f"file holding the cluster token every v1 and agent request must carry as "
              f"'Authorization: Bearer' (or set {TOKEN_ENV}); without either, the token in "
@@ -86,6 +94,14 @@ def configure(parser):
 
 class ConfigurationError(Exception):
     pass
+
+
+def replica_count(text):
+    """argparse type of --default-replicas."""
+    try:
+        return parse_replica_count(text)
+    except BadReplicaCount as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def token_path(db):
@@ -290,7 +306,8 @@ class ControlServer(PartService):
         else:
             log.info("the cluster token is the one in {source}", source=token_source)
         self._store = self._open_store(location, store_tls)
-        self._service = ControlService(self._store, reactor, state_expiry=options.state_expiry)
+        self._service = ControlService(self._store, reactor, state_expiry=options.state_expiry,
+                                       default_replicas=options.default_replicas)
         factory = make_site(self._service, token)
         if context is not None:
             from twisted.protocols.tls import TLSMemoryBIOFactory

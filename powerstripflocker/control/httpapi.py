@@ -398,6 +398,7 @@ class ControlAPI:
             maximum_size=body.get("maximum_size"),
             create=body.get("create", True),
             generation=body.get("generation"),
+            replicas=body.get("replicas"),
         )
         return code, answer, _tag_header(tag)
 

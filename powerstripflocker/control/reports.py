@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from powerstripflocker.control.errors import NODE_ERA_NOT_FOUND, APIError
+from powerstripflocker.control.replicas import wanted_replicas
 
 # What a sender or receiver may add to a transfer it reports, kept as reported.
 TRANSFER_OUTCOME_FIELDS = ("attempts", "error", "stalled")
@@ -171,6 +172,9 @@ class NodeReports:
                     "manifested": d.manifested,
                     "origin": d.origin,
                     "generation": d.generation,
+                    # Placement only so far: the nodes chosen to keep copies.
+                    "replicas": wanted_replicas(d.metadata),
+                    "replica_nodes": list(d.replica_nodes),
                 }
                 for d in datasets
             ],

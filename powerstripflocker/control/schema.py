@@ -9,6 +9,7 @@ not carry ``deleted``, sizes are bounded so they fit in SQLite.
 
 from jsonschema import Draft4Validator
 
+from powerstripflocker.control.replicas import MAX_REPLICAS
 from powerstripflocker.protocol import ids
 
 UUID4_PATTERN = f"^{ids.UUID4_PATTERN}$"
@@ -83,6 +84,8 @@ CLAIM = {
         "create": {"type": "boolean"},
         # Asking again about the claim answered with this generation (see service.claim).
         "generation": {"type": "integer", "minimum": 1, "maximum": 2 ** 62},
+        # The copies besides the primary of a volume the claim creates (issue 15).
+        "replicas": {"type": "integer", "minimum": 0, "maximum": MAX_REPLICAS},
     },
     "required": ["name", "node_uuid"],
     "additionalProperties": False,

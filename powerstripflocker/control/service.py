@@ -26,6 +26,7 @@ from powerstripflocker.control.errors import (
     DATASET_DELETED, DATASET_ID_IN_USE, DATASET_NOT_FOUND, APIError, TagMismatch,
 )
 from powerstripflocker.control.leasing import Leases
+from powerstripflocker.control.replication import ReplicaPlacement
 from powerstripflocker.control.reports import NodeReport, NodeReports
 from powerstripflocker.control.store import Dataset
 from powerstripflocker.protocol.ids import canonical_uuid
@@ -36,16 +37,24 @@ STORE_HEALTH_SECONDS = 5.0
 REPORTS_LOAD_SECONDS = 5.0
 
 
-class ControlService(Leases, Claims, NodeReports):
-    """Configuration (persisted in an IAsyncStore), leases, node reports and the
-    generation."""
+class ControlService(Leases, Claims, NodeReports, ReplicaPlacement):
+    """Configuration (persisted in an IAsyncStore), leases, node reports, replica
+    placement and the generation."""
 
     log = Logger()
 
-    def __init__(self, store, clock, state_expiry=DEFAULT_STATE_EXPIRY):
+    def __init__(self, store, clock, state_expiry=DEFAULT_STATE_EXPIRY, default_replicas=0):
+        """default_replicas: the copies besides the primary kept of a volume created
+        without a count of its own (control/replicas.py)."""
         self.store = store
         self.clock = clock
         self.state_expiry = state_expiry
+        self.default_replicas = default_replicas
+        self._started_at = clock.seconds()
+        # The replica choices are looked at again when the configuration or the live
+        # nodes (those of the last look) change.
+        self._replicas_due = True
+        self._replica_live_nodes = None
         self.nodes = {}
         self._persisted_received = {}
         # Random start: a restarted service never takes an agent's old generation for
@@ -61,6 +70,7 @@ class ControlService(Leases, Claims, NodeReports):
     # -- lifecycle --------------------------------------------------------
 
     async def start(self):
+        self._started_at = self.clock.seconds()
         self._follower = self.store.follow(self, self.clock)
         if self._follower is None:
             self.reports_loaded(await self.store.node_reports())
@@ -93,7 +103,8 @@ class ControlService(Leases, Claims, NodeReports):
             self._sweep_failing = False
 
     async def sweep(self):
-        """Drop expired leases and stale node reports (called every second)."""
+        """Drop expired leases and stale node reports, then choose again the replica
+        nodes that are due (called every second)."""
         now = self.clock.seconds()
         changed = False
         for lease in await self.store.expire_leases(now):
@@ -117,6 +128,7 @@ class ControlService(Leases, Claims, NodeReports):
                 changed = True
         if changed:
             self.changed()
+        await self.place_replicas()
 
     async def store_health(self):
         """(True, None) when the store answers a read within STORE_HEALTH_SECONDS, else
@@ -173,6 +185,7 @@ class ControlService(Leases, Claims, NodeReports):
 
     def _advance(self, generation):
         self.generation = generation
+        self.replicas_due()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self.generation)
@@ -262,6 +275,7 @@ class ControlService(Leases, Claims, NodeReports):
         finds its own id: its client reads the 409 as done), else 412 when wanted_tag
         does not match, decided in one transaction with the create."""
         dataset_id = (dataset_id or str(uuid.uuid4())).lower()
+        metadata = self.new_metadata(metadata)
 
         async def decision(view, note):
             if await view.get_dataset(dataset_id) is not None:

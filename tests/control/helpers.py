@@ -58,7 +58,7 @@ class Harness:
     store (the SQLite store, read directly by some tests) is None."""
 
     def __init__(self, directory, token=None, state_expiry=120.0, start=True, etcd=None,
-                 clock=None, listen=False):
+                 clock=None, listen=False, default_replicas=0):
         self.directory = str(directory)
         self.db_path = os.path.join(self.directory, "control.db")
         if clock is None:
@@ -68,6 +68,7 @@ class Harness:
         self.token = token
         self.state_expiry = state_expiry
         self.etcd = etcd
+        self.default_replicas = default_replicas
         # listen: served on a loopback port, for a service that waits on real I/O (a
         # real etcd), which StubTreq's in-memory requests cannot wait for.
         self.listen = listen
@@ -82,7 +83,8 @@ class Harness:
         else:
             self.store = None
             shared = EtcdStore(self.etcd, report_ttl=self.state_expiry)
-        self.service = ControlService(shared, self.clock, state_expiry=self.state_expiry)
+        self.service = ControlService(shared, self.clock, state_expiry=self.state_expiry,
+                                      default_replicas=self.default_replicas)
         if start:
             at_once(self.service.start())
         self.api = ControlAPI(self.service, self.token)

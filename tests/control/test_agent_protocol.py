@@ -198,6 +198,7 @@ class LongPollTests(TestCase):
                 "dataset_id": dataset["dataset_id"], "primary": NODE1,
                 "metadata": {"name": "n"}, "deleted": False, "maximum_size": 67108864,
                 "manifested": True, "origin": NODE1, "generation": 1,
+                "replicas": 0, "replica_nodes": [],
             }],
             "leases": [{"dataset_id": dataset["dataset_id"], "node_uuid": NODE1,
                         "expires": 30.0}],

@@ -130,6 +130,28 @@ class TwoReplicas(TestCase):
         self.assertEqual(at_once(self.b.service.store.node_reports()), [])
         self.assertNotIn(NODE1, self.b.service.nodes)
 
+    async def test_both_replicas_choose_the_same_replica_nodes_and_keep_them(self):
+        node3 = "9a3f0c1e-2b4d-4e6f-8a0b-1c2d3e4f5a60"
+        for node, host in ((NODE1, "10.0.0.1"), (NODE2, "10.0.0.2"), (node3, "10.0.0.3")):
+            await self.a.report(node, host=host)
+        response, claimed = await self.b.request(
+            "POST", "/v1/configuration/claims", {"name": "kept", "node_uuid": NODE1,
+                                                 "replicas": 1})
+        self.assertEqual(response.code, 202, claimed)
+        self.clock.advance(1)
+        views = [at_once(h.service.cluster_view()) for h in (self.a, self.b)]
+        self.assertEqual([v["datasets"][0]["replica_nodes"] for v in views], [[NODE2]] * 2)
+        generation = self.a.service.generation
+        self.clock.advance(3)
+        self.assertEqual(self.a.service.generation, generation, "no replica undoes the other")
+        # NODE2 goes silent: after the state expiry both see node3 chosen instead.
+        for _ in range(25):
+            self.clock.advance(1)
+            for node, host in ((NODE1, "10.0.0.1"), (node3, "10.0.0.3")):
+                await self.a.report(node, host=host)
+        views = [at_once(h.service.cluster_view()) for h in (self.a, self.b)]
+        self.assertEqual([v["datasets"][0]["replica_nodes"] for v in views], [[node3]] * 2)
+
     async def test_health_says_the_store_is_reachable(self):
         response, body = await self.a.request("GET", "/healthz", headers={})
         self.assertEqual((response.code, body), (200, {"store": "reachable"}))
