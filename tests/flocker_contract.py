@@ -315,6 +315,33 @@ def make_flocker_api_tests(start_cluster):
             again = await cluster.api.claim(name, second.uuid, generation=theirs.generation)
             self.assertEqual(again.generation, theirs.generation)
 
+        async def test_a_replica_count_goes_into_the_new_datasets_metadata(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0]
+            name = f"copied-{uuid.uuid4().hex[:8]}"
+            claimed = await cluster.api.claim(name, node.uuid, replicas=2)
+            self.addCleanup(cluster.api.release_lease, claimed.dataset_id)
+            created = await cluster.api.create_dataset(
+                node.uuid, metadata={"name": f"{name}-made", "replicas": "1"})
+            [dataset] = (await cluster.api.datasets_named(name)).datasets
+            self.assertEqual((dataset.metadata, created.metadata),
+                             ({"name": name, "replicas": "2"},
+                              {"name": f"{name}-made", "replicas": "1"}))
+
+        async def test_a_bad_replica_count_is_refused_and_creates_nothing(self):
+            cluster = await start_cluster(self)
+            node = cluster.nodes[0]
+            name = f"uncopied-{uuid.uuid4().hex[:8]}"
+            for replicas in (-1, 17, "2", True):
+                with self.assertRaises(BadRequest, msg=repr(replicas)):
+                    await cluster.api.claim(name, node.uuid, replicas=replicas)
+            for count in ("-1", "x", "17"):
+                with self.assertRaises(BadRequest) as raised:
+                    await cluster.api.create_dataset(
+                        node.uuid, metadata={"name": name, "replicas": count})
+                self.assertIn("invalid replica count", raised.exception.description)
+            self.assertEqual((await cluster.api.datasets_named(name)).datasets, [])
+
         async def test_claim_without_create_of_an_unknown_name_is_not_found(self):
             cluster = await start_cluster(self)
             name = f"nothing-{uuid.uuid4().hex[:8]}"

@@ -74,6 +74,15 @@ class PlacementTests(SynchronousTestCase):
         [(_, expires)] = self.lease_of(dataset)
         self.assertTrue(4 < expires <= 5)
 
+    def test_a_replica_count_goes_with_the_claim_and_the_create(self):
+        placement = self.placement_for(self.here, replicas=2)
+        self.successResultOf(self.settle(placement.ensure_local(["copied"])))
+        created = self.successResultOf(self.placement.create("made", replicas=1))
+        [claimed] = [d for d in self.successResultOf(
+            self.api.list_datasets_configuration()).datasets if d.name == "copied"]
+        self.assertEqual((claimed.metadata, created.metadata),
+                         ({"name": "copied", "replicas": "2"}, {"name": "made", "replicas": "1"}))
+
     def test_a_volume_already_here_costs_one_round_trip_to_the_control_service(self):
         existing = self.dataset_on(self.here, "demo")
         self.api.latency = 0.01

@@ -60,12 +60,29 @@ class VolumePluginTests(SynchronousTestCase):
         [dataset] = self.named("demo")
         self.assertEqual((dataset.primary, dataset.maximum_size), (self.here.uuid, GiB))
 
+    def test_create_with_replicas_keeps_the_count_in_the_metadata(self):
+        for _ in range(2):
+            self.assertEqual(self.call("VolumeDriver.Create", {
+                "Name": "copied", "Opts": {"replicas": "2", "size": "1G"}}), {"Err": ""})
+        [dataset] = self.named("copied")
+        self.assertEqual((dataset.metadata, dataset.maximum_size),
+                         ({"name": "copied", "replicas": "2"}, GiB))
+        self.call("VolumeDriver.Create", {"Name": "plain"})
+        self.assertEqual(self.named("plain")[0].metadata, {"name": "plain"},
+                         "no count: the control service's default applies")
+        volume = self.call("VolumeDriver.Get", {"Name": "copied"})["Volume"]
+        self.assertEqual(volume["Status"]["replicas"], "2")
+
     def test_bad_sizes_unknown_options_and_bad_names_are_errors_that_create_nothing(self):
         for body, message in [
             ({"Name": "demo", "Opts": {"size": "banana"}}, "invalid size 'banana'"),
             ({"Name": "demo", "Opts": {"size": "1M"}}, "at least 64M"),
             ({"Name": "demo", "Opts": {"size": "1.5G"}}, "invalid size"),
             ({"Name": "demo", "Opts": {"profile": "gold"}}, "unknown option 'profile'"),
+            ({"Name": "demo", "Opts": {"replicas": "-1"}}, "invalid replica count '-1'"),
+            ({"Name": "demo", "Opts": {"replicas": "x"}}, "invalid replica count 'x'"),
+            ({"Name": "demo", "Opts": {"replicas": "17"}}, "from 0 to 16"),
+            ({"Name": "demo", "Opts": {"size": "1G", "replicas": ""}}, "invalid replica"),
             ({"Name": "a/b"}, "no nested volumes"),
             ({"Name": ".."}, "not a name"),
             ({}, "no volume Name"),
@@ -151,7 +168,7 @@ class VolumePluginTests(SynchronousTestCase):
         self.assertFalse(self.named("keep")[0].deleted)
 
     def test_an_unexpected_failure_is_an_err_that_points_at_the_log(self):
-        def broken(name, maximum_size):
+        def broken(name, maximum_size, replicas):
             raise KeyError(name)
         self.plugin._placement.create = broken
         reply = self.call("VolumeDriver.Create", {"Name": "demo"})

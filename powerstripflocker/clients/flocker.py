@@ -6,11 +6,33 @@ The fake is trusted only because the same contract tests (tests/flocker_contract
 pass against it and against our real control service.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from zope.interface import Interface
 
 MINIMUM_SIZE = 64 * 1024 * 1024
+
+# Beyond Flocker (issue 15): the dataset metadata key holding the number of copies kept
+# besides the primary, as text ("2"); the control service chooses their nodes.
+REPLICAS_KEY = "replicas"
+# More copies than this is surely a mistake (and each costs a transfer per interval).
+MAX_REPLICAS = 16
+_REPLICA_COUNT = re.compile(r"\A[0-9]{1,3}\Z")
+
+
+class BadReplicaCount(ValueError):
+    """A replica count that is not a whole number from 0 to MAX_REPLICAS."""
+
+
+def parse_replica_count(text):
+    """The int of a replica count given as text ("2"); BadReplicaCount otherwise."""
+    text = str(text).strip()
+    if not _REPLICA_COUNT.match(text) or int(text) > MAX_REPLICAS:
+        raise BadReplicaCount(
+            f"invalid replica count {text!r}: give a whole number from 0 to {MAX_REPLICAS} "
+            f"(the copies kept besides the primary)")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -182,13 +204,15 @@ class IFlockerAPI(Interface):
         ones too), without reading the rest of the cluster."""
 
     def claim(name, node_uuid, expires=30.0, maximum_size=None, create=True,
-              generation=None):
+              generation=None, replicas=None):
         """Asks the control service to make the volume name usable on node_uuid, decided
         there in one transaction: create it there (when create, else NotFound), move it
         there, or, once it is there, lease it to node_uuid for expires seconds. Fires with
         a Claim; fails with HeldElsewhere while another node holds its lease. generation:
         asking again about the Claim of that generation; fails with ClaimedElsewhere if
-        another node has moved the dataset away since."""
+        another node has moved the dataset away since. replicas: the copies besides the
+        primary a volume the claim creates keeps (its metadata's "replicas"; None: the
+        cluster's default); BadRequest unless 0 to MAX_REPLICAS."""
 
     def list_datasets_state(dataset_id=None):
         """Fires with the list of DatasetState the nodes report (of one dataset if

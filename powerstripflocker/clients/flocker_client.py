@@ -183,7 +183,7 @@ class FlockerClient:
         return Configuration(tag, [_dataset_config(entry) for entry in body])
 
     def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True,
-              generation=None):
+              generation=None, replicas=None):
         # Safe to send twice: decided by name in one transaction, a repeat finds what the
         # first did (the dataset created or moving, the lease renewed) and says so.
         body = {"name": name, "node_uuid": node_uuid, "expires": expires, "create": create}
@@ -191,6 +191,8 @@ class FlockerClient:
             body["maximum_size"] = maximum_size
         if generation is not None:
             body["generation"] = generation
+        if replicas is not None:
+            body["replicas"] = replicas
 
         async def call():
             _, answer = await self._request(

@@ -13,9 +13,10 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from powerstripflocker.clients.flocker import (
-    MINIMUM_SIZE, AlreadyExists, BadRequest, Claim, ClaimedElsewhere, Configuration,
+    MAX_REPLICAS, MINIMUM_SIZE, REPLICAS_KEY, AlreadyExists, BadReplicaCount, BadRequest, Claim, ClaimedElsewhere, Configuration,
     ConfigurationChanged, ControlServiceUnreachable, DatasetConfig, DatasetDeleted,
     DatasetState, HeldElsewhere, Holder, IFlockerAPI, Lease, Node, NotFound,
+    parse_replica_count,
 )
 from powerstripflocker.protocol.ids import is_uuid4
 from powerstripflocker.protocol.leases import after_use_ended, granted, still_claimed
@@ -39,7 +40,16 @@ def _check_maximum_size(maximum_size):
         raise BadRequest(400, SCHEMA_MISMATCH)
 
 
-def _check_claim(name, node_uuid, expires, create):
+def _check_replicas(metadata):
+    """The control service's check of a replica count in a new dataset's metadata."""
+    if metadata and REPLICAS_KEY in metadata:
+        try:
+            parse_replica_count(metadata[REPLICAS_KEY])
+        except BadReplicaCount as error:
+            raise BadRequest(400, f"metadata {REPLICAS_KEY!r}: {error}") from None
+
+
+def _check_claim(name, node_uuid, expires, create, replicas=None):
     """The control service's claim schema, for the fake."""
     if not isinstance(name, str) or not _VOLUME_NAME.match(name):
         raise BadRequest(400, SCHEMA_MISMATCH)
@@ -48,6 +58,9 @@ def _check_claim(name, node_uuid, expires, create):
             or not 0 < expires <= LONGEST_CLAIM):
         raise BadRequest(400, SCHEMA_MISMATCH)
     if not isinstance(create, bool):
+        raise BadRequest(400, SCHEMA_MISMATCH)
+    if replicas is not None and (isinstance(replicas, bool) or not isinstance(replicas, int)
+                                 or not 0 <= replicas <= MAX_REPLICAS):
         raise BadRequest(400, SCHEMA_MISMATCH)
 
 
@@ -178,6 +191,7 @@ class MemoryFlockerAPI:
             self._check_tag(if_configuration_matches)
             new_id = str(uuid.uuid4()) if dataset_id is None else _check_dataset_id(dataset_id)
             _check_maximum_size(maximum_size)
+            _check_replicas(metadata)
             if new_id in self._datasets:
                 raise AlreadyExists(409, "The provided dataset_id is already in use.")
             return self._add(primary, metadata, maximum_size, new_id)
@@ -195,17 +209,19 @@ class MemoryFlockerAPI:
             self._tag(), [d for d in self._datasets.values() if d.name == name]))
 
     def claim(self, name, node_uuid, expires=30.0, maximum_size=None, create=True,
-              generation=None):
+              generation=None, replicas=None):
         def decide():
-            _check_claim(name, node_uuid, expires, create)
+            _check_claim(name, node_uuid, expires, create, replicas)
             _check_maximum_size(maximum_size)
             self._expire_leases()
             candidates = [d for d in self._datasets.values() if d.name == name and not d.deleted]
             if not candidates:
                 if not create:
                     raise NotFound(404, f"No dataset is named {name!r}.")
-                created = self._add(node_uuid, {"name": name}, maximum_size,
-                                    str(uuid.uuid4()))
+                metadata = {"name": name}
+                if replicas is not None:
+                    metadata[REPLICAS_KEY] = str(replicas)
+                created = self._add(node_uuid, metadata, maximum_size, str(uuid.uuid4()))
                 # From its first answer on, a claim holds the lease (the control service's
                 # rule): another node asking meanwhile waits.
                 self._grant(created.dataset_id, node_uuid, expires, claim=True)

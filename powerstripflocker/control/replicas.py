@@ -1,32 +1,13 @@
 """Replica placement (issue 15): how many copies of a dataset its metadata asks for, and
 which nodes hold them. Pure functions; the control service's sweep applies them
-(ReplicaPlacement in service.py).
+(ReplicaPlacement in replication.py).
 
-Only the placement is decided here: the copies themselves are made by the agents.
+Only the placement is decided here: the agents will make the copies (not yet).
 """
 
-import re
-
-# The dataset metadata key holding the number of copies besides the primary ("2").
-REPLICAS_KEY = "replicas"
-# More copies than this is surely a mistake (and each costs a transfer per interval).
-MAX_REPLICAS = 16
-
-_COUNT = re.compile(r"\A[0-9]{1,3}\Z")
-
-
-class BadReplicaCount(ValueError):
-    """A replica count that is not a whole number from 0 to MAX_REPLICAS."""
-
-
-def parse_replica_count(text):
-    """The int of a replica count given as text ("2"); BadReplicaCount otherwise."""
-    text = str(text).strip()
-    if not _COUNT.match(text) or int(text) > MAX_REPLICAS:
-        raise BadReplicaCount(
-            f"invalid replica count {text!r}: give a whole number from 0 to {MAX_REPLICAS} "
-            f"(the copies kept besides the primary)")
-    return int(text)
+from powerstripflocker.clients.flocker import (  # noqa: F401 (the control's names too)
+    MAX_REPLICAS, REPLICAS_KEY, BadReplicaCount, parse_replica_count,
+)
 
 
 def wanted_replicas(metadata):

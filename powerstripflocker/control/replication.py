@@ -52,15 +52,20 @@ class ReplicaPlacement:
             return False
         self._replicas_due = False
         any_changed = False
-        while True:
-            count = await self._decide(
-                lambda view, note: self._choose_replicas(view, note, live, settling))
-            any_changed = any_changed or count > 0
-            if count < CHANGES_PER_DECISION:
-                break
+        try:
+            while True:
+                count = await self._decide(
+                    lambda view, note: self._choose_replicas(view, note, live, settling))
+                any_changed = any_changed or count > 0
+                if count < CHANGES_PER_DECISION:
+                    break
+        except Exception:
+            self._replicas_due = True  # the next sweep tries again
+            raise
+        finally:
+            if any_changed:
+                self.changed()
         self._replica_live_nodes = (live, settling)
-        if any_changed:
-            self.changed()
         return any_changed
 
     async def _choose_replicas(self, view, note, live, settling):

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 
 from powerstripflocker.clients.flocker import (
     ClaimedElsewhere, ConfigurationChanged, ControlServiceUnreachable, FlockerAPIError,
-    HeldElsewhere, NotFound,
+    REPLICAS_KEY, HeldElsewhere, NotFound,
 )
 
 log = Logger()
@@ -171,7 +171,9 @@ class Placement:
 
     def __init__(self, api, clock, node_uuid=None, node_address=None,
                  deadline=DEFAULT_DEADLINE, maximum_size=None, metrics=None,
-                 claim_seconds=DEFAULT_CLAIM_SECONDS):
+                 claim_seconds=DEFAULT_CLAIM_SECONDS, replicas=None):
+        """maximum_size, replicas: of the volumes a claim creates (replicas None: the
+        control service's --default-replicas)."""
         if node_uuid is None and node_address is None:
             raise ValueError("give this node's UUID or its address")
         self._api = api
@@ -181,6 +183,8 @@ class Placement:
         self.deadline = deadline
         self.claim_seconds = claim_seconds
         self._maximum_size = maximum_size
+        # Sent only when given: an IFlockerAPI from before replicas takes no such argument.
+        self._claim_options = {} if replicas is None else {"replicas": replicas}
         self._metrics = metrics
         self._flights = SingleFlight()
         # The plugin's Create goes one at a time: a conditional create fails when any
@@ -211,9 +215,11 @@ class Placement:
                 value.raiseException()
         return dict(zip(names, (value for _, value in results)))
 
-    def create(self, name, maximum_size=None):
+    def create(self, name, maximum_size=None, replicas=None):
         """Make sure a dataset is named name (a new one is created on this node) without
-        waiting for it to exist anywhere or moving it; fires with its DatasetConfig."""
+        waiting for it to exist anywhere or moving it; fires with its DatasetConfig.
+        replicas: the copies a new one keeps besides the primary (None: the control
+        service's default); an existing one keeps its own."""
         async def create():
             deadline_at = self._clock.seconds() + self.deadline
             node = await self.this_node(deadline_at, name)
@@ -230,7 +236,8 @@ class Placement:
                     f"whole {self.deadline:g}s deadline"
                 ) from None
             try:
-                return await self._create_one_at_a_time(name, node, deadline_at, maximum_size)
+                return await self._create_one_at_a_time(name, node, deadline_at, maximum_size,
+                                                        replicas)
             finally:
                 self._creating.release()
         return Deferred.fromCoroutine(create())
@@ -331,7 +338,8 @@ class Placement:
             try:
                 claim = await self._call(
                     self._api.claim(name, node.uuid, expires=self.claim_seconds,
-                                    maximum_size=self._maximum_size, generation=generation),
+                                    maximum_size=self._maximum_size, generation=generation,
+                                    **self._claim_options),
                     name, deadline_at)
             except HeldElsewhere as refusal:
                 if refusal.holder.users:
@@ -403,7 +411,10 @@ class Placement:
                      dataset_id=chosen.dataset_id)
         return chosen
 
-    async def _create_one_at_a_time(self, name, node, deadline_at, maximum_size):
+    async def _create_one_at_a_time(self, name, node, deadline_at, maximum_size, replicas):
+        metadata = {"name": name}
+        if replicas is not None:
+            metadata[REPLICAS_KEY] = str(replicas)
         for _ in range(CONDITIONAL_CREATE_ATTEMPTS):
             configuration = await self._call(self._api.datasets_named(name), name, deadline_at)
             found = self._chosen(configuration.datasets, name)
@@ -412,7 +423,7 @@ class Placement:
             try:
                 created = await self._call(
                     self._api.create_dataset(
-                        primary=node.uuid, metadata={"name": name},
+                        primary=node.uuid, metadata=metadata,
                         maximum_size=maximum_size,
                         if_configuration_matches=configuration.tag,
                     ),

@@ -14,7 +14,9 @@ from klein import Klein
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
-from powerstripflocker.clients.flocker import MINIMUM_SIZE, FlockerAPIError
+from powerstripflocker.clients.flocker import (
+    MINIMUM_SIZE, REPLICAS_KEY, BadReplicaCount, FlockerAPIError, parse_replica_count,
+)
 from powerstripflocker.core.placement import PlacementError
 from powerstripflocker.protocol.docker_json import InvalidRequest, check_json_depth
 from powerstripflocker.core.mount_counts import MountCounts
@@ -26,7 +28,7 @@ QUICK_ANSWER_SECONDS = 5.0  # Get, Path and List: Docker calls them often and wa
 MAX_REQUEST_BYTES = 64 * 1024
 _SIZE = re.compile(r"\s*([0-9]+)\s*(?:([kmgt])(?:i?b)?|b)?\s*\Z", re.IGNORECASE)
 _UNITS = {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
-OPTIONS = ("size",)
+OPTIONS = ("size", "replicas")
 
 
 class PluginError(Exception):
@@ -49,16 +51,24 @@ def parse_size(text):
 
 
 def parse_options(options):
-    """maximum_size from Create's Opts; any unknown option is an error."""
+    """(maximum_size, replicas) from Create's Opts (-o size=10G -o replicas=2), each None
+    when not given; any unknown option is an error."""
     if options is None:
-        return None
+        return None, None
     if not isinstance(options, dict):
         raise PluginError("Opts must be an object")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise PluginError(f"unknown option {unknown[0]!r}: the flocker driver takes "
                           + ", ".join(OPTIONS))
-    return parse_size(options["size"]) if "size" in options else None
+    maximum_size = parse_size(options["size"]) if "size" in options else None
+    replicas = None
+    if "replicas" in options:
+        try:
+            replicas = parse_replica_count(options["replicas"])
+        except BadReplicaCount as error:
+            raise PluginError(str(error)) from None
+    return maximum_size, replicas
 
 
 def _request_body(request):
@@ -175,8 +185,8 @@ class VolumePlugin:
     @_plugin_call
     async def create(self, body):
         name = _name(body)
-        maximum_size = parse_options(body.get("Opts"))
-        await self._placement.create(name, maximum_size)
+        maximum_size, replicas = parse_options(body.get("Opts"))
+        await self._placement.create(name, maximum_size, replicas)
         return {}
 
     @app.route("/VolumeDriver.Remove", methods=["POST"])
@@ -228,6 +238,8 @@ class VolumePlugin:
                       "on another node" if view.holder else "pending")}
         if view.dataset.maximum_size:
             status["maximum_size"] = view.dataset.maximum_size
+        if REPLICAS_KEY in view.dataset.metadata:
+            status["replicas"] = view.dataset.metadata[REPLICAS_KEY]
         return {"Volume": {"Name": view.name, "Mountpoint": view.local_path,
                            "Status": status}}
 
