@@ -20,7 +20,7 @@ HELP = "print the datasets of a Flocker(-compatible) cluster: where they are, mo
 
 REQUEST_TIMEOUT = 15
 
-COLUMNS = ("NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE")
+COLUMNS = ("NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE", "REPLICAS")
 
 log = Logger()
 
@@ -94,6 +94,9 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
             if transfer.get("direction") == "push":
                 transfers[transfer["dataset_id"]] = transfer
 
+    # Beyond Flocker (issue 15): the nodes chosen for copies, in the agents' view only.
+    placed = {d["dataset_id"]: d for d in (cluster or {}).get("datasets", [])}
+
     trashed = {}
     for node in (cluster or {}).get("nodes", []):
         for entry in node.get("trash", []):
@@ -151,9 +154,23 @@ def build_rows(configuration, state, nodes, leases, cluster=None, include_delete
             "path": path,
             "size": human_size(size),
             "lease": lease_text,
+            "replicas": replicas_text(placed.get(dataset_id), node_name),
         })
     rows.sort(key=lambda row: (row["name"], row["dataset"]))
     return rows
+
+
+def replicas_text(placed, node_name):
+    """'10.0.0.2, 10.0.0.3' for the nodes chosen to hold a dataset's copies, followed by
+    '(1 of 2 chosen)' while fewer live nodes than its count are there; '-' for none or
+    when the agents' view could not be read."""
+    if not placed:
+        return "-"
+    nodes, wanted = placed.get("replica_nodes") or [], placed.get("replicas") or 0
+    text = ", ".join(node_name(node) for node in nodes)
+    if len(nodes) < wanted:
+        text = f"{text} ({len(nodes)} of {wanted} chosen)".lstrip()
+    return text or "-"
 
 
 def trash_text(host, kept, now=None):

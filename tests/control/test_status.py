@@ -51,7 +51,8 @@ class PureTests(TestCase):
         self.assertEqual(set(rows), {D1, D2, D3})
         self.assertEqual(rows[D1], {
             "name": "here", "dataset": D1, "primary": "10.0.0.1", "state": "manifest",
-            "path": "/srv/d1", "size": "64MiB", "lease": "10.0.0.1 (no expiry)"})
+            "path": "/srv/d1", "size": "64MiB", "lease": "10.0.0.1 (no expiry)",
+            "replicas": "-"})
         self.assertEqual(rows[D2]["state"], "moving from 10.0.0.1 25% (512KiB/2MiB)")
         self.assertEqual(rows[D2]["primary"], "10.0.0.2")
         self.assertEqual(rows[D2]["path"], "-")
@@ -92,11 +93,36 @@ class PureTests(TestCase):
         self.assertEqual(row["state"], "moving from 198.18.0.2 (0B) stalled: "
                                        "No space left on device on 198.18.0.3")
 
+    def test_replicas_are_the_chosen_nodes_hosts(self):
+        configuration = [{"dataset_id": d, "primary": NODE1, "metadata": {"name": d[:2]},
+                          "deleted": False} for d in (D1, D2, D3)]
+        nodes = [{"host": "10.0.0.1", "uuid": NODE1}, {"host": "10.0.0.2", "uuid": NODE2}]
+        cluster = {"nodes": [], "datasets": [
+            {"dataset_id": D1, "replicas": 1, "replica_nodes": [NODE2]},
+            {"dataset_id": D2, "replicas": 2, "replica_nodes": [NODE2]},
+            {"dataset_id": D3, "replicas": 0, "replica_nodes": []}]}
+        rows = {row["dataset"]: row["replicas"]
+                for row in build_rows(configuration, [], nodes, [], cluster)}
+        self.assertEqual(rows, {D1: "10.0.0.2", D2: "10.0.0.2 (1 of 2 chosen)", D3: "-"})
+        plain = build_rows(configuration, [], nodes, [])
+        self.assertEqual({row["replicas"] for row in plain}, {"-"})
+
+    async def test_replicas_chosen_by_the_service_reach_the_table(self):
+        h = harness(self, token="tok")
+        await h.report(NODE1, host="10.0.0.1")
+        await h.report(NODE2, host="10.0.0.2")
+        await h.request("POST", "/v1/configuration/claims",
+                        {"name": "copied", "node_uuid": NODE1, "replicas": 2})
+        h.clock.advance(1)
+        [row] = build_rows(*await fetch(h.treq, BASE, token="tok"))
+        self.assertEqual(row["replicas"], "10.0.0.2 (1 of 2 chosen)")
+        self.assertIn("REPLICAS", render_table([row]).splitlines()[0])
+
     def test_table_is_aligned(self):
         rows = [{"name": "a", "dataset": "x" * 36, "primary": "p", "state": "pending",
-                 "path": "-", "size": "-", "lease": "-"},
+                 "path": "-", "size": "-", "lease": "-", "replicas": "-"},
                 {"name": "longer-name", "dataset": "y" * 36, "primary": "p", "state": "manifest",
-                 "path": "/p", "size": "1GiB", "lease": "-"}]
+                 "path": "/p", "size": "1GiB", "lease": "-", "replicas": "10.0.0.2"}]
         lines = render_table(rows).splitlines()
         self.assertEqual(len(lines), 3)
         self.assertTrue(lines[0].startswith("NAME         DATASET"))
