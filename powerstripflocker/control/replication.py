@@ -48,7 +48,7 @@ class ReplicaPlacement:
         # Until a whole state expiry has passed since the start, a node without a fresh
         # report may only not have reported to this replica yet: its place is kept.
         settling = self.clock.seconds() - self._started_at < self.state_expiry
-        if not self._replicas_due and (live, settling) == self._replica_live_nodes:
+        if not self._replicas_due and (live, settling) == self._last_replica_look:
             return False
         self._replicas_due = False
         any_changed = False
@@ -65,7 +65,7 @@ class ReplicaPlacement:
         finally:
             if any_changed:
                 self.changed()
-        self._replica_live_nodes = (live, settling)
+        self._last_replica_look = (live, settling)
         return any_changed
 
     async def _choose_replicas(self, view, note, live, settling):

@@ -54,7 +54,7 @@ class ControlService(Leases, Claims, NodeReports, ReplicaPlacement):
         # The replica choices are looked at again when the configuration or the live
         # nodes (those of the last look) change.
         self._replicas_due = True
-        self._replica_live_nodes = None
+        self._last_replica_look = None
         self.nodes = {}
         self._persisted_received = {}
         # Random start: a restarted service never takes an agent's old generation for

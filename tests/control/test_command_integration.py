@@ -407,9 +407,10 @@ def test_status_command_prints_the_table(control):
                             capture_output=True, timeout=60, text=True, env=env)
     assert result.returncode == 0, result.stderr
     header, row = result.stdout.splitlines()
-    assert header.split() == ["NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE"]
+    assert header.split() == ["NAME", "DATASET", "PRIMARY", "STATE", "PATH", "SIZE", "LEASE",
+                              "REPLICAS"]
     assert row.split() == ["shown", created["dataset_id"], "10.9.9.9", "manifest",
-                           "/srv/shown", "-", "-"]
+                           "/srv/shown", "-", "-", "-"]
 
 
 def test_oversized_bodies_get_413_whether_sized_or_chunked(control):

@@ -152,6 +152,16 @@ class TwoReplicas(TestCase):
         views = [at_once(h.service.cluster_view()) for h in (self.a, self.b)]
         self.assertEqual([v["datasets"][0]["replica_nodes"] for v in views], [[node3]] * 2)
 
+    async def test_replicas_of_many_datasets_are_chosen_over_several_decisions(self):
+        # As for manifested marks: at most CHANGES_PER_DECISION datasets per transaction.
+        for _ in range(CHANGES_PER_DECISION + 20):
+            await self.a.create(primary=NODE1, metadata={"replicas": "1"})
+        await self.a.report(NODE1, host="10.0.0.1")
+        await self.a.report(NODE2, host="10.0.0.2")
+        self.clock.advance(1)
+        self.assertEqual({d.replica_nodes for d in await self.b.service.datasets()},
+                         {(NODE2,)})
+
     async def test_health_says_the_store_is_reachable(self):
         response, body = await self.a.request("GET", "/healthz", headers={})
         self.assertEqual((response.code, body), (200, {"store": "reachable"}))
