@@ -46,8 +46,9 @@ class IAsyncStore(Interface):
         so). Otherwise an object with stop() (a Deferred), having started to tell
         listener what other writers do: reports_loaded([(node_uuid, report, received)])
         with every stored node report, then report_stored(node_uuid, report, received)
-        and report_removed(node_uuid) as they happen, and store_advanced(revision) after
-        each of those and each other change; clock paces its retries."""
+        and report_removed(node_uuid) as they happen, datasets_changed() when any dataset
+        was added or changed (or may have been, after a gap), and store_advanced(revision)
+        after each of those and each other change; clock paces its retries."""
 
     def is_empty():
         """Deferred True when the store holds nothing at all: no dataset, lease or node

@@ -412,6 +412,8 @@ class _Follower:
         read = await self._etcd.range(NODES, prefix=True)
         self._listener.reports_loaded([
             (kv.key[len(NODES):].decode(), *_report(kv.value)) for kv in read.kvs])
+        # Whatever happened to the datasets while no watch was running is unknown.
+        self._listener.datasets_changed()
         self._listener.store_advanced(read.revision)
         if self._stopped:
             return
@@ -423,6 +425,8 @@ class _Follower:
             self._watch = None
 
     def _events(self, events):
+        if any(event.key.startswith(DATASETS) for event in events):
+            self._listener.datasets_changed()
         for event in events:
             if not event.key.startswith(NODES):
                 continue

@@ -171,6 +171,9 @@ class ControlService(Leases, Claims, NodeReports, ReplicaPlacement):
         self.nodes.pop(node_uuid, None)
         self._persisted_received.pop(node_uuid, None)
 
+    def datasets_changed(self):
+        self.replicas_due()
+
     def store_advanced(self, revision):
         if revision != self.generation:
             self._advance(revision)
@@ -181,11 +184,13 @@ class ControlService(Leases, Claims, NodeReports, ReplicaPlacement):
         """Something agents care about changed: bump the generation, wake the long-polls.
         Following a shared store, the change comes back through its feed instead."""
         if self._follower is None:
+            # Alone on the store (SQLite, local): any change is worth a look at the
+            # replicas. Followers hear of dataset changes from the feed instead.
+            self.replicas_due()
             self._advance(self.generation + 1)
 
     def _advance(self, generation):
         self.generation = generation
-        self.replicas_due()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(self.generation)

@@ -245,3 +245,27 @@ class RoundTripTests(TestCase):
         await self.h.service.sweep()
         self.assertEqual(self.etcd.requests,
                          [("txn", (b"config/leases-guard", b"leases/"), False)])
+
+    async def test_the_sweep_reads_the_datasets_once_after_a_dataset_changed(self):
+        leases_alone = [("txn", (b"config/leases-guard", b"leases/"), False)]
+        dataset = await self.h.create(primary=NODE1)
+        await self.h.service.sweep()
+        del self.etcd.requests[:]
+        await self.h.service.sweep()
+        self.assertEqual(self.etcd.requests, leases_alone)
+        # A lease changes nothing the replica choice reads.
+        await self.h.request("POST", "/v1/configuration/leases", {
+            "dataset_id": dataset["dataset_id"], "node_uuid": NODE1, "expires": None})
+        del self.etcd.requests[:]
+        await self.h.service.sweep()
+        self.assertEqual(self.etcd.requests, leases_alone)
+        await self.h.create(primary=NODE1)
+        del self.etcd.requests[:]
+        await self.h.service.sweep()
+        self.assertEqual(self.etcd.requests, [
+            ("txn", (b"config/leases-guard", b"leases/"), False),
+            ("txn", (b"config/guard", b"datasets/", b"config/leases-guard", b"leases/"),
+             False)])
+        del self.etcd.requests[:]
+        await self.h.service.sweep()
+        self.assertEqual(self.etcd.requests, leases_alone)
