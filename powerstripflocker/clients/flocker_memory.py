@@ -13,7 +13,8 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from powerstripflocker.clients.flocker import (
-    MAX_REPLICAS, MINIMUM_SIZE, REPLICAS_KEY, AlreadyExists, BadReplicaCount, BadRequest, Claim, ClaimedElsewhere, Configuration,
+    MAX_REPLICAS, MINIMUM_SIZE, REPLICAS_KEY, AlreadyExists, BadReplicaCount, BadRequest,
+    Claim, ClaimedElsewhere, Configuration,
     ConfigurationChanged, ControlServiceUnreachable, DatasetConfig, DatasetDeleted,
     DatasetState, HeldElsewhere, Holder, IFlockerAPI, Lease, Node, NotFound,
     parse_replica_count,

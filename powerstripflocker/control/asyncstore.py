@@ -118,9 +118,9 @@ class IAsyncStore(Interface):
 # The calls a decision's view has, and so every IAsyncStore has through decide().
 VIEW_CALLS = (
     "datasets", "datasets_named", "get_dataset", "leases", "get_lease", "configuration_tag",
-    "add_dataset", "import_dataset", "set_primary", "set_replica_nodes", "mark_deleted", "mark_restored",
-    "mark_manifested", "put_lease", "delete_lease", "expire_leases", "put_node_report",
-    "touch_node_report", "delete_node_report",
+    "add_dataset", "import_dataset", "set_primary", "set_replica_nodes", "mark_deleted",
+    "mark_restored", "mark_manifested", "put_lease", "delete_lease", "expire_leases",
+    "put_node_report", "touch_node_report", "delete_node_report",
 )
 
 
