@@ -37,6 +37,29 @@ def median(values):
     return statistics.median(values)
 
 
+def interleaved_latencies(clients, body, requests, block=50, warmup=50):
+    """{label: {"requests", "p50_us", "p90_us", "p99_us"}} of body POSTed to each client
+    (label -> an object with post(body)) requests times, after warmup posts each, in
+    blocks of block that alternate the clients' order, so that a drift of the machine's
+    load falls on all of them alike."""
+    samples = {label: [] for label in clients}
+    for client in clients.values():
+        for _ in range(warmup):
+            client.post(body)
+    rounds = 0
+    while min(map(len, samples.values())) < requests:
+        items = list(clients.items())
+        for label, client in (items if rounds % 2 == 0 else items[::-1]):
+            for _ in range(block):
+                start = time.perf_counter()
+                client.post(body)
+                samples[label].append(time.perf_counter() - start)
+        rounds += 1
+    return {label: {"requests": len(t), "p50_us": percentile(t, 0.5) * 1e6,
+                    "p90_us": percentile(t, 0.9) * 1e6, "p99_us": percentile(t, 0.99) * 1e6}
+            for label, t in samples.items()}
+
+
 def machine():
     docker_version = subprocess.run(["dockerd", "--version"], capture_output=True,
                                     text=True).stdout.strip()

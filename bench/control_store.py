@@ -37,8 +37,8 @@ import threading
 import time
 import urllib.request
 
-from common import (RESULTS, free_port, median, percentile, print_rows, row,
-                    write_result)
+from common import (RESULTS, free_port, interleaved_latencies, median, percentile,
+                    print_rows, row, write_result)
 from hook_latency import Client, envelope
 from tests.support.etcd import EtcdCluster, etcd_missing
 from tests.support.processes import ManagedProcess
@@ -123,25 +123,6 @@ def first_hook(plane, body, timeout=120):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def measure(clients, body, requests, block=50, warmup=50):
-    samples = {label: [] for label in clients}
-    for client in clients.values():
-        for _ in range(warmup):
-            client.post(body)
-    rounds = 0
-    while min(map(len, samples.values())) < requests:
-        items = list(clients.items())
-        for label, client in (items if rounds % 2 == 0 else items[::-1]):
-            for _ in range(block):
-                start = time.perf_counter()
-                client.post(body)
-                samples[label].append(time.perf_counter() - start)
-        rounds += 1
-    return {label: {"requests": len(t), "p50_us": percentile(t, 0.5) * 1e6,
-                    "p90_us": percentile(t, 0.9) * 1e6, "p99_us": percentile(t, 0.99) * 1e6}
-            for label, t in samples.items()}
 
 
 class BackToBack:
@@ -402,8 +383,9 @@ def run(options, base, progress=print):
             first_hook(plane, body)
             progress(f"  {label}: control {plane.control_url}, volume {NAME} local")
         progress(f"{options.requests} hooks each, etcd vs SQLite ...")
-        figures = measure({label: plane.client() for label, plane in planes.items()},
-                          body, options.requests)
+        figures = interleaved_latencies(
+            {label: plane.client() for label, plane in planes.items()}, body,
+            options.requests)
         count = min(options.requests, PROFILE_HOOKS)
         progress(f"where the time goes: {count} hooks back to back on each ...")
         profile = {"sqlite": breakdown(planes["sqlite"], body, count),

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from common import (ROOT, cannot_run, free_port, percentile, print_rows, row,
+from common import (ROOT, cannot_run, free_port, interleaved_latencies, print_rows, row,
                     running_cluster, write_result)
 
 TARGET = 3.0
@@ -48,25 +48,6 @@ class Client:
         if response.status != 200:
             raise RuntimeError(f"{response.status}: {data[:300]!r}")
         return data
-
-
-def measure(clients, body, requests, block=50, warmup=200):
-    samples = {label: [] for label in clients}
-    for client in clients.values():
-        for _ in range(warmup):
-            client.post(body)
-    rounds = 0
-    while min(map(len, samples.values())) < requests:
-        items = list(clients.items())
-        for label, client in (items if rounds % 2 == 0 else items[::-1]):
-            for _ in range(block):
-                start = time.perf_counter()
-                client.post(body)
-                samples[label].append(time.perf_counter() - start)
-        rounds += 1
-    return {label: {"requests": len(t), "p50_us": percentile(t, 0.5) * 1e6,
-                    "p99_us": percentile(t, 0.99) * 1e6}
-            for label, t in samples.items()}
 
 
 def main(argv=None):
@@ -103,8 +84,8 @@ def main(argv=None):
                         raise
                     time.sleep(0.1)
             print(f"{options.requests} hooks each, adapter vs trivial Klein ...", flush=True)
-            figures = measure({"adapter": adapter, "baseline": trivial}, body,
-                              options.requests)
+            figures = interleaved_latencies({"adapter": adapter, "baseline": trivial},
+                                            body, options.requests, warmup=200)
         finally:
             baseline.terminate()
             baseline.wait(timeout=10)
