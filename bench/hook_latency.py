@@ -70,7 +70,8 @@ def main(argv=None):
             adapter = Client(node.address, node.adapter_port)
             reply = json.loads(adapter.post(body))  # first hook: creates the volume here
             rewritten = json.loads(reply["ModifiedClientRequest"]["Body"])
-            print(f"volume {NAME} local on node1: {rewritten['HostConfig']['Binds'][0]}")
+            [mount] = rewritten["HostConfig"]["Mounts"]
+            print(f"volume {NAME} local on node1: {mount['Source']}:{mount['Target']}")
             [dataset] = cluster.datasets_named(NAME)
             assert dataset["primary"] == cluster.node_uuid("node1")
             deadline = time.monotonic() + 30
